@@ -1,0 +1,110 @@
+"""The one cache interface (SPEC §4).
+
+Every cache — contiguous, rolling, sink, paged, quantized, latent, recurrent state —
+implements `update`, `seq_len`, `capacity`, `reset`, `nbytes` (bytes actually allocated)
+and `used_nbytes` (bytes holding live tokens/state). Layers call
+`cache.update(layer_idx, k, v)` and attend over what it returns.
+
+Position convention: `seq_len(layer_idx)` is the number of tokens appended so far, i.e.
+the absolute position the next token will have. `kv_positions(layer_idx)` gives the
+absolute position of every slot returned by the last `update` (caches that drop or
+reorder tokens document what they return).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+
+class CacheOverflowError(ValueError):
+    """Raised before anything is written when an append does not fit."""
+
+
+class KVCache(ABC):
+    """Abstract base of every attnlab cache."""
+
+    n_layers: int
+
+    @abstractmethod
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
+        """Append new entries for one layer; return what attention must read."""
+
+    @abstractmethod
+    def seq_len(self, layer_idx: int = 0) -> int:
+        """Tokens appended so far for this layer (absolute position of the next token)."""
+
+    @property
+    @abstractmethod
+    def capacity(self) -> int:
+        """Most tokens this cache can hold per sequence (per layer)."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget all tokens; keep the allocation."""
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes actually allocated by this cache's storage."""
+
+    @property
+    def used_nbytes(self) -> int:
+        """Bytes holding live entries (equals nbytes where storage is exact)."""
+        return self.nbytes
+
+    def kv_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        """Absolute positions of the slots returned by the last update."""
+        return torch.arange(self.seq_len(layer_idx))
+
+    def _check_layer(self, layer_idx: int) -> None:
+        if isinstance(layer_idx, bool) or not isinstance(layer_idx, int):
+            raise TypeError(f"layer_idx must be an int, got {type(layer_idx).__name__}")
+        if not 0 <= layer_idx < self.n_layers:
+            raise ValueError(f"layer_idx ({layer_idx}) must be in [0, {self.n_layers})")
+
+
+class CacheStack(KVCache):
+    """A model's cache: one per-layer cache object per layer, possibly of different kinds.
+
+    `update(i, ...)` delegates to `caches[i].update(0, ...)`, so hybrid models (GQA next
+    to MLA next to a recurrent state) share one object behind the same interface.
+    """
+
+    def __init__(self, caches: list[KVCache]):
+        if not caches:
+            raise ValueError("caches must be a non-empty list of per-layer caches")
+        for i, c in enumerate(caches):
+            if not isinstance(c, KVCache):
+                raise TypeError(f"caches[{i}] must be a KVCache, got {type(c).__name__}")
+        self.caches = list(caches)
+        self.n_layers = len(caches)
+
+    def layer(self, layer_idx: int) -> KVCache:
+        self._check_layer(layer_idx)
+        return self.caches[layer_idx]
+
+    def update(self, layer_idx, k, v):
+        return self.layer(layer_idx).update(0, k, v)
+
+    def seq_len(self, layer_idx: int = 0) -> int:
+        return self.layer(layer_idx).seq_len(0)
+
+    def kv_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        return self.layer(layer_idx).kv_positions(0)
+
+    @property
+    def capacity(self) -> int:
+        return min(c.capacity for c in self.caches)
+
+    def reset(self) -> None:
+        for c in self.caches:
+            c.reset()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.caches)
+
+    @property
+    def used_nbytes(self) -> int:
+        return sum(c.used_nbytes for c in self.caches)

@@ -1,0 +1,61 @@
+"""`attnlab grill`: the 50 questions, each answered with evidence measured here."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import app
+
+
+@app.command()
+def grill(
+    section: Optional[str] = typer.Option(None, "--section", "-s", help="Only section A..H."),
+    question: Optional[list[int]] = typer.Option(None, "--question", "-q", help="Only these ids."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Write results as JSON."),
+    markdown_path: Optional[str] = typer.Option(None, "--markdown", help="Write a Markdown report."),
+    full: bool = typer.Option(False, "--full", help="Run the longer experiments."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print answers and checks."),
+) -> None:
+    """Answer the grill's questions with live evidence; exit 1 if any answered check fails."""
+    from ..grill.registry import EvidenceContext
+    from ..grill.runner import machine_line, run, select, to_markdown, write_json
+
+    console = Console()
+    try:
+        qs = select(section, question)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    ctx = EvidenceContext(full=full)
+    with console.status("running evidence…") as status:
+        results = run(qs, ctx, progress=lambda q: status.update(f"Q{q.id}: {q.title}"))
+
+    table = Table(title=f"attnlab grill — {machine_line()}", show_lines=False)
+    table.add_column("id", justify="right")
+    table.add_column("sec")
+    table.add_column("question")
+    table.add_column("verdict")
+    table.add_column("key figure", overflow="fold")
+    colors = {"pass": "green", "fail": "bold red", "pending": "yellow"}
+    for r in results:
+        fig = r.evidence.key_figure if r.evidence else ""
+        if r.status == "fail":
+            fig = (r.error.splitlines()[0] if r.error else "failed: " + ", ".join(r.failed_checks))
+        table.add_row(str(r.question.id), r.question.section, r.question.title,
+                      f"[{colors[r.status]}]{r.status}[/]", fig)
+    console.print(table)
+    counts = {s: sum(r.status == s for r in results) for s in ("pass", "fail", "pending")}
+    total_s = sum(r.seconds for r in results)
+    console.print(f"{counts['pass']} pass, {counts['fail']} fail, {counts['pending']} pending "
+                  f"({total_s:.1f} s of evidence)")
+    if verbose:
+        console.print(to_markdown(results), markup=False, highlight=False)
+    if json_path:
+        write_json(results, json_path)
+    if markdown_path:
+        with open(markdown_path, "w") as f:
+            f.write(to_markdown(results))
+    if counts["fail"]:
+        raise typer.Exit(1)

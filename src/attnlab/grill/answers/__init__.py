@@ -1,0 +1,1 @@
+"""One module per answered grill question; each defines `QUESTION` (see registry)."""
