@@ -1,0 +1,198 @@
+"""Lowering a mask predicate to a dense boolean mask and to a block layout.
+
+Block layout: for every (query block, key block) pair, whether the block is EMPTY (all
+masked: kernels skip it), PARTIAL (mixed: kernels apply the mask) or FULL (all visible:
+kernels skip mask evaluation). Any block size; lengths need not divide it (the last block
+is ragged and classified over its valid entries only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .._checks import check_positive_int
+from .predicates import Mask
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+
+def _positions(nq: int, nk: int, q_offset: int | None, q_pos, kv_pos):
+    check_positive_int("nq", nq, minimum=0)
+    check_positive_int("nk", nk, minimum=0)
+    if q_pos is None:
+        off = nk - nq if q_offset is None else q_offset
+        q_pos = torch.arange(nq) + off
+    else:
+        q_pos = torch.as_tensor(q_pos).long()
+        if q_pos.shape != (nq,):
+            raise ValueError(f"q_pos must have shape ({nq},), got {tuple(q_pos.shape)}")
+    if kv_pos is None:
+        kv_pos = torch.arange(nk)
+    else:
+        kv_pos = torch.as_tensor(kv_pos).long()
+        if kv_pos.shape != (nk,):
+            raise ValueError(f"kv_pos must have shape ({nk},), got {tuple(kv_pos.shape)}")
+    return q_pos, kv_pos
+
+
+def _bh(mask: Mask, batch: int | None, heads: int | None):
+    if mask.uses_batch and batch is None:
+        raise ValueError(f"{mask.name} depends on the batch index: pass batch=")
+    if mask.uses_head and heads is None:
+        raise ValueError(f"{mask.name} depends on the head index: pass heads=")
+    nb = batch if (batch is not None and mask.uses_batch) else 1
+    nh = heads if (heads is not None and mask.uses_head) else 1
+    return nb, nh
+
+
+def _evaluate(mask: Mask, nb: int, nh: int, q_pos, kv_pos) -> torch.Tensor:
+    b = torch.arange(nb).view(nb, 1, 1, 1)
+    h = torch.arange(nh).view(1, nh, 1, 1)
+    q = q_pos.view(1, 1, -1, 1)
+    k = kv_pos.view(1, 1, 1, -1)
+    out = mask(b, h, q, k)
+    if not isinstance(out, torch.Tensor) or out.dtype != torch.bool:
+        raise TypeError(f"{mask.name} must return a bool tensor, got "
+                        f"{getattr(out, 'dtype', type(out).__name__)}")
+    return out.expand(nb, nh, q.shape[2], k.shape[3])
+
+
+def to_dense(mask: Mask, nq: int, nk: int, *, q_offset: int | None = None, q_pos=None,
+             kv_pos=None, batch: int | None = None, heads: int | None = None) -> torch.Tensor:
+    """Dense boolean mask: `(Nq, Nk)`, or `(B|1, H|1, Nq, Nk)` when batch/heads are given."""
+    if not isinstance(mask, Mask):
+        raise TypeError(f"mask must be a Mask, got {type(mask).__name__}")
+    q_pos, kv_pos = _positions(nq, nk, q_offset, q_pos, kv_pos)
+    nb, nh = _bh(mask, batch, heads)
+    dense = _evaluate(mask, nb, nh, q_pos, kv_pos)
+    if batch is None and heads is None:
+        return dense[0, 0]
+    return dense
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Per (query block, key block): EMPTY / PARTIAL / FULL.
+
+    `kind` is int8 of shape `(Bm, Hm, n_q_blocks, n_kv_blocks)` with `Bm`, `Hm` equal to 1
+    unless the mask depends on batch / head.
+    """
+
+    nq: int
+    nk: int
+    q_block: int
+    kv_block: int
+    kind: torch.Tensor
+    q_pos: torch.Tensor = field(repr=False)
+    kv_pos: torch.Tensor = field(repr=False)
+
+    @property
+    def n_q_blocks(self) -> int:
+        return self.kind.shape[-2]
+
+    @property
+    def n_kv_blocks(self) -> int:
+        return self.kind.shape[-1]
+
+    def blocks(self, qb: int, b: int = 0, h: int = 0) -> tuple[list[int], list[int]]:
+        """(full key-block indices, partial key-block indices) for query block `qb`."""
+        row = self.kind[min(b, self.kind.shape[0] - 1), min(h, self.kind.shape[1] - 1), qb]
+        return (torch.nonzero(row == FULL).flatten().tolist(),
+                torch.nonzero(row == PARTIAL).flatten().tolist())
+
+    def counts(self) -> dict[str, int]:
+        k = self.kind
+        return {"empty": int((k == EMPTY).sum()), "partial": int((k == PARTIAL).sum()),
+                "full": int((k == FULL).sum())}
+
+    def density(self) -> float:
+        """Fraction of blocks that are not empty (the work a block-sparse kernel does)."""
+        return float((self.kind != EMPTY).float().mean())
+
+    def describe(self) -> str:
+        chars = {EMPTY: "·", PARTIAL: "▒", FULL: "█"}
+        rows = [f"block layout {self.nq}x{self.nk}, blocks {self.q_block}x{self.kv_block} "
+                f"(█ full, ▒ partial, · empty)"]
+        for r in self.kind[0, 0].tolist():
+            rows.append("".join(chars[c] for c in r))
+        return "\n".join(rows)
+
+
+def block_layout(mask: Mask, nq: int, nk: int, q_block: int, kv_block: int | None = None, *,
+                 q_offset: int | None = None, q_pos=None, kv_pos=None,
+                 batch: int | None = None, heads: int | None = None) -> BlockLayout:
+    """Classify every (query block, key block) of `mask` as EMPTY / PARTIAL / FULL.
+
+    Exact: each block is decided from the predicate on all of its valid entries, but only
+    inside the mask's key bounds, so banded masks cost O(N·W) evaluations, not O(N²).
+    Layouts with default positions are memoised on the mask object.
+    """
+    if not isinstance(mask, Mask):
+        raise TypeError(f"mask must be a Mask, got {type(mask).__name__}")
+    check_positive_int("q_block", q_block)
+    kv_block = q_block if kv_block is None else kv_block
+    check_positive_int("kv_block", kv_block)
+    key = None
+    if q_pos is None and kv_pos is None:
+        key = (nq, nk, q_block, kv_block, q_offset, batch, heads)
+        if key in mask._layouts:
+            return mask._layouts[key]
+    q_pos, kv_pos = _positions(nq, nk, q_offset, q_pos, kv_pos)
+    nb, nh = _bh(mask, batch, heads)
+    n_qb = -(-nq // q_block)
+    n_kb = -(-nk // kv_block)
+    kind = torch.zeros(nb, nh, n_qb, n_kb, dtype=torch.int8)
+    kv_sorted = bool((kv_pos[1:] >= kv_pos[:-1]).all()) if nk > 1 else True
+    for qb in range(n_qb):
+        qp = q_pos[qb * q_block:(qb + 1) * q_block]
+        # key-block range that can hold visible keys (bounds are in positions; with sorted
+        # slots, positions map monotonically to key blocks)
+        kb_lo, kb_hi = 0, n_kb
+        if kv_sorted and nk > 0:
+            lo, hi = mask.kv_bounds(qp, int(kv_pos[-1]) + 1)
+            lo_p, hi_p = int(lo.min()), int(hi.max())
+            if hi_p <= lo_p:
+                continue
+            s_lo = int(torch.searchsorted(kv_pos, torch.tensor(lo_p)))
+            s_hi = int(torch.searchsorted(kv_pos, torch.tensor(hi_p)))
+            kb_lo, kb_hi = s_lo // kv_block, -(-s_hi // kv_block)
+        if kb_hi <= kb_lo:
+            continue
+        k_lo, k_hi = kb_lo * kv_block, min(kb_hi * kv_block, nk)
+        tile = _evaluate(mask, nb, nh, qp, kv_pos[k_lo:k_hi])  # (nb, nh, q, k_hi-k_lo)
+        width = (kb_hi - kb_lo) * kv_block
+        pad = width - (k_hi - k_lo)
+        if pad:
+            any_t = torch.nn.functional.pad(tile, (0, pad), value=False)
+            all_t = torch.nn.functional.pad(tile, (0, pad), value=True)
+        else:
+            any_t = all_t = tile
+        nq_b = qp.shape[0]
+        anyb = any_t.reshape(nb, nh, nq_b, kb_hi - kb_lo, kv_block).any(-1).any(2)
+        allb = all_t.reshape(nb, nh, nq_b, kb_hi - kb_lo, kv_block).all(-1).all(2)
+        row = torch.where(allb, FULL, torch.where(anyb, PARTIAL, EMPTY)).to(torch.int8)
+        kind[:, :, qb, kb_lo:kb_hi] = row
+    layout = BlockLayout(nq, nk, q_block, kv_block, kind, q_pos, kv_pos)
+    if key is not None:
+        mask._layouts[key] = layout
+    return layout
+
+
+def describe(mask: Mask, nq: int, nk: int | None = None, *, q_offset: int | None = None,
+             max_size: int = 64) -> str:
+    """ASCII grid of a small mask: rows are queries, columns keys (█ attend, · masked)."""
+    nk = nq if nk is None else nk
+    if nq > max_size or nk > max_size:
+        raise ValueError(f"describe is for small masks: nq ({nq}) and nk ({nk}) must be "
+                         f"<= max_size ({max_size})")
+    dense = to_dense(mask, nq, nk, q_offset=q_offset,
+                     batch=1 if mask.uses_batch else None, heads=1 if mask.uses_head else None)
+    if dense.ndim == 4:
+        dense = dense[0, 0]
+    off = nk - nq if q_offset is None else q_offset
+    width = len(str(nq + off - 1 if nq else 0))
+    lines = [f"{mask.name}: {nq} queries x {nk} keys (█ attend, · masked)"]
+    for i, row in enumerate(dense.tolist()):
+        lines.append(f"{i + off:>{width}} " + "".join("█" if x else "·" for x in row))
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""`attention(q, k, v, ...)`: one entry point over every exact softmax backend.
+
+Backends: "reference" (the dense oracle), "sdpa" (torch's fused scaled_dot_product_attention;
+masks lower to a dense boolean mask unless the pattern is plain full/causal with Nq == Nk),
+"auto" (picks the fastest exact backend for the pattern). Every backend returns the same
+answer to SPEC §5 tolerances.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..._checks import check_qkv
+from ...masks import Mask
+from .reference import attention_reference, dense_mask
+
+BACKENDS: dict[str, object] = {}
+
+
+def register_backend(name: str):
+    """Register `fn(q, k, v, *, mask, scale, return_lse, q_pos, kv_pos)` under `name`."""
+
+    def deco(fn):
+        BACKENDS[name] = fn
+        return fn
+
+    return deco
+
+
+def _is_plain_causal(mask) -> bool:
+    return isinstance(mask, Mask) and mask.name == "causal"
+
+
+@register_backend("reference")
+def _reference(q, k, v, *, mask, scale, return_lse, q_pos, kv_pos):
+    return attention_reference(q, k, v, mask=mask, scale=scale, return_lse=return_lse,
+                               q_pos=q_pos, kv_pos=kv_pos)
+
+
+@register_backend("sdpa")
+def _sdpa(q, k, v, *, mask, scale, return_lse, q_pos, kv_pos):
+    B, Hq, Hkv, Nq, Nk, D, Dv = q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], \
+        q.shape[3], v.shape[3]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    default_pos = q_pos is None and kv_pos is None
+    if return_lse:
+        # torch's fused CPU flash kernel returns lse; it supports no mask or top-left causal
+        if mask is None or (_is_plain_causal(mask) and Nq == Nk and default_pos):
+            kk, vv = k, v
+            if Hkv != Hq:
+                kk, vv = k.repeat_interleave(Hq // Hkv, 1), v.repeat_interleave(Hq // Hkv, 1)
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q, kk, vv, 0.0, mask is not None, scale=scale)[:2]
+            return out, lse.float()
+        return attention_reference(q, k, v, mask=mask, scale=scale, return_lse=True,
+                                   q_pos=q_pos, kv_pos=kv_pos)
+    gqa = Hkv != Hq
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
+    if _is_plain_causal(mask) and Nq == Nk and default_pos:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    m = dense_mask(mask, B, Hq, Nq, Nk, q_pos=q_pos, kv_pos=kv_pos)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale, enable_gqa=gqa)
+    # SPEC §2: a row with no visible key returns 0 (SDPA's math path may give NaN there)
+    empty = ~m.any(-1, keepdim=True)  # (B|1, H|1, Nq, 1)
+    if bool(empty.any()):
+        out = out.masked_fill(empty, 0.0)
+    return out
+
+
+def choose_backend(q, k, v, mask) -> str:
+    """The backend "auto" would pick for these shapes and mask."""
+    for name in ("auto_hook",):  # fast-path issues may register a smarter chooser
+        if name in BACKENDS:
+            return BACKENDS[name](q, k, v, mask)  # type: ignore[operator]
+    return "sdpa"
+
+
+def attention(q, k, v, *, mask=None, scale: float | None = None, backend: str = "auto",
+              return_lse: bool = False, q_pos=None, kv_pos=None):
+    """Exact softmax attention. q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv).
+
+    `mask` is a `Mask` predicate or a bool tensor (True = attend); causal alignment is
+    bottom-right. Returns `out` or `(out, lse)`.
+    """
+    check_qkv(q, k, v)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    name = choose_backend(q, k, v, mask) if backend == "auto" else backend
+    if name not in BACKENDS or name == "auto_hook":
+        known = sorted(b for b in BACKENDS if b != "auto_hook")
+        raise ValueError(f"backend ({backend!r}) must be 'auto' or one of {known}")
+    return BACKENDS[name](q, k, v, mask=mask, scale=scale, return_lse=return_lse,
+                          q_pos=q_pos, kv_pos=kv_pos)

@@ -1,0 +1,43 @@
+"""Exact merge of partial attention results over disjoint key sets (SPEC §3).
+
+lse = logaddexp(lse1, lse2); o = exp(lse1 − lse)·o1 + exp(lse2 − lse)·o2, with -inf
+meaning "no keys". Associative and commutative; split-KV decoding, LSH hash rounds, the
+block-sparse executor and ring attention all use this one function.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def merge(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Tensor):
+    """Combine (o1, lse1) and (o2, lse2): o (..., N, Dv), lse (..., N) float32."""
+    if o1.shape != o2.shape:
+        raise ValueError(f"o1 {tuple(o1.shape)} and o2 {tuple(o2.shape)} must have one shape")
+    if lse1.shape != lse2.shape or lse1.shape != o1.shape[:-1]:
+        raise ValueError(f"lse1 {tuple(lse1.shape)} and lse2 {tuple(lse2.shape)} must equal "
+                         f"o.shape[:-1] = {tuple(o1.shape[:-1])}")
+    lse1 = lse1.float()
+    lse2 = lse2.float()
+    lse = torch.logaddexp(lse1, lse2)  # -inf only when both are -inf
+    finite = torch.isfinite(lse)
+    ref = torch.where(finite, lse, torch.zeros_like(lse))
+    w1 = torch.where(finite, torch.exp(lse1 - ref), torch.zeros_like(lse)).unsqueeze(-1)
+    w2 = torch.where(finite, torch.exp(lse2 - ref), torch.zeros_like(lse)).unsqueeze(-1)
+    o = (w1 * o1.float() + w2 * o2.float()).to(o1.dtype)
+    return o, lse
+
+
+def merge_many(outs: list[torch.Tensor], lses: list[torch.Tensor]):
+    """Merge any number of partial results in one pass (stacked weights)."""
+    if not outs or len(outs) != len(lses):
+        raise ValueError(f"outs ({len(outs)}) and lses ({len(lses)}) must be equal, non-empty lists")
+    if len(outs) == 1:
+        return outs[0], lses[0].float()
+    L = torch.stack([x.float() for x in lses])  # (S, ..., N)
+    O = torch.stack([x.float() for x in outs])  # (S, ..., N, Dv)
+    lse = torch.logsumexp(L, dim=0)
+    finite = torch.isfinite(lse)
+    ref = torch.where(finite, lse, torch.zeros_like(lse))
+    w = torch.where(finite, torch.exp(L - ref), torch.zeros_like(L))
+    o = (w.unsqueeze(-1) * O).sum(0).to(outs[0].dtype)
+    return o, lse

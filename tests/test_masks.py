@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from attnlab import masks as M
+
+LENGTHS = [(1, 1), (7, 7), (63, 63), (129, 129), (5, 17), (33, 70)]
+
+
+def brute(mask_fn, nq, nk):
+    off = nk - nq
+    return torch.tensor([[bool(mask_fn(off + i, j)) for j in range(nk)] for i in range(nq)])
+
+
+@pytest.mark.parametrize("nq,nk", LENGTHS)
+def test_factories_dense_match_definition(nq, nk):
+    cases = [
+        (M.causal(), lambda i, j: j <= i),
+        (M.sliding_window(4), lambda i, j: 0 <= i - j < 4),
+        (M.sliding_window(1), lambda i, j: i == j),
+        (M.prefix_lm(3), lambda i, j: j < 3 or j <= i),
+        (M.global_tokens([0, 2]) | M.sliding_window(3),
+         lambda i, j: i in (0, 2) or j in (0, 2) or 0 <= i - j < 3),
+        (M.causal() & ~M.sliding_window(2), lambda i, j: j <= i and not (0 <= i - j < 2)),
+    ]
+    for m, ref in cases:
+        assert torch.equal(m.to_dense(nq, nk), brute(ref, nq, nk)), m.name
+
+
+def test_window_semantics_counts_self():
+    # SPEC §2: W keys including itself -> far from the start each row has exactly W keys
+    d = M.sliding_window(5).to_dense(20, 20)
+    assert d.sum(-1)[10:].tolist() == [5] * 10
+    assert d.sum(-1)[:5].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_document_mask_per_batch():
+    ids = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 2, 2]])
+    m = M.document(ids) & M.causal()
+    d = m.to_dense(5, 5, batch=2, heads=1)
+    assert d.shape == (2, 1, 5, 5)
+    assert d[0, 0, 3].tolist() == [False, False, True, True, False]
+    assert d[1, 0, 4].tolist() == [False, False, False, True, True]
+    with pytest.raises(ValueError, match="batch"):
+        m.to_dense(5, 5)
+
+
+@pytest.mark.parametrize("nq,nk", LENGTHS)
+@pytest.mark.parametrize("qb,kb", [(1, 1), (4, 4), (8, 16), (16, 5), (64, 64)])
+def test_block_layout_matches_dense(nq, nk, qb, kb):
+    for m in [M.causal(), M.sliding_window(6), M.full(),
+              M.sliding_window(3) | M.global_tokens([1]), M.prefix_lm(4) & M.causal()]:
+        dense = m.to_dense(nq, nk)
+        lay = m.block_layout(nq, nk, qb, kb)
+        assert lay.kind.shape == (1, 1, -(-nq // qb), -(-nk // kb))
+        for i in range(lay.n_q_blocks):
+            for j in range(lay.n_kv_blocks):
+                tile = dense[i * qb:(i + 1) * qb, j * kb:(j + 1) * kb]
+                expect = M.FULL if tile.all() else (M.PARTIAL if tile.any() else M.EMPTY)
+                assert int(lay.kind[0, 0, i, j]) == expect, (m.name, i, j)
+
+
+def test_block_layout_is_banded_for_window():
+    lay = M.sliding_window(64).block_layout(4096, 4096, 64)
+    c = lay.counts()
+    # each query block touches its own (partial, diagonal) and one previous block
+    assert c["partial"] + c["full"] <= 2 * lay.n_q_blocks
+    assert lay.density() < 0.04
+
+
+def test_describe_renders_grid():
+    s = M.sliding_window(2).describe(4)
+    rows = s.splitlines()[1:]
+    assert [r.split(" ")[1] for r in rows] == ["█···", "██··", "·██·", "··██"]
+    with pytest.raises(ValueError, match="max_size"):
+        M.causal().describe(1000)
+    assert "█" in M.causal().block_layout(8, 8, 2).describe()
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="window"):
+        M.sliding_window(0)
+    with pytest.raises(TypeError, match="window"):
+        M.sliding_window(2.5)
+    with pytest.raises(ValueError, match="repeat"):
+        M.global_tokens([1, 1])
+    with pytest.raises(ValueError, match="seq_len"):
+        M.global_tokens([9], seq_len=4)
+    with pytest.raises(ValueError, match="q_block"):
+        M.causal().block_layout(8, 8, 0)
+    with pytest.raises(TypeError, match="Mask"):
+        M.and_masks(M.causal(), "causal")
+    bad = M.Mask(lambda b, h, q, k: (q - k).float(), "bad")
+    with pytest.raises(TypeError, match="bool"):
+        bad.to_dense(3, 3)
