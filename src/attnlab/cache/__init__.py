@@ -1,4 +1,14 @@
 """KV caches behind one interface (SPEC §4)."""
 from .base import CacheOverflowError, CacheStack, KVCache
+from .contiguous import ContiguousKVCache
+from .latent import LatentKVCache
+from .static import StaticCrossCache
 
-__all__ = ["KVCache", "CacheStack", "CacheOverflowError"]
+__all__ = [
+    "CacheOverflowError",
+    "CacheStack",
+    "ContiguousKVCache",
+    "KVCache",
+    "LatentKVCache",
+    "StaticCrossCache",
+]
