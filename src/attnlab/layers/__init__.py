@@ -1,1 +1,18 @@
+"""Token mixers as nn.Modules: attention (MHA/GQA/MQA), MLA, cross-attention, hook points."""
+from .attention import Attention, AttentionSpec
+from .base import Mixer, MixerSpec
+from .convert import mha_to_gqa
+from .hooks import HookPoint, hook_points
+from .mla import MLASpec, MultiLatentAttention
 
+__all__ = [
+           "Attention",
+           "AttentionSpec",
+           "HookPoint",
+           "MLASpec",
+           "Mixer",
+           "MixerSpec",
+           "MultiLatentAttention",
+           "hook_points",
+           "mha_to_gqa",
+]

@@ -1,0 +1,117 @@
+"""TinyLM: a config-driven decoder-only transformer for conformance tests and experiments.
+
+Token embedding → n_layers pre-norm blocks `x + mixer(RMSNorm(x))`, `x + MLP(RMSNorm(x))`
+→ final RMSNorm → LM head (tied to the embedding by default, as GPT-2 / Press & Wolf 2017).
+No absolute position embedding: positions come from each mixer (RoPE, recurrence).
+Cost per token: O(n_layers · (mixer + 2·d_model·d_ff or 3·d_model·d_ff for SwiGLU)).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_tensor
+from ..cache.base import CacheStack, KVCache
+from ..layers.base import Mixer
+from .config import ModelConfig
+
+
+class MLP(nn.Module):
+    """SwiGLU `W2(silu(W1 x) ⊙ W3 x)` (Shazeer 2020) or GELU `W2 gelu(W1 x)` (GPT-2)."""
+
+    def __init__(self, d_model: int, d_ff: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.up = nn.Linear(d_model, d_ff, bias=False)
+        self.gate = nn.Linear(d_model, d_ff, bias=False) if kind == "swiglu" else None
+        self.down = nn.Linear(d_ff, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block around one mixer and one MLP."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mixer = cfg.layer_specs[layer_idx].build(cfg.d_model, layer_idx)
+        if not isinstance(self.mixer, Mixer):
+            raise TypeError(f"mixers[{layer_idx}].build() must return a Mixer, got "
+                            f"{type(self.mixer).__name__}")
+        self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.mlp)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x), cache=cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyLM(nn.Module):
+    """forward(tokens (B, N) long, cache=None) -> logits (B, N, vocab_size).
+
+    With a cache (from `new_cache`), `tokens` are the next N tokens of every sequence;
+    prefill + token-by-token decoding equals one parallel forward
+    (`models.conformance.check_parallel_equals_decode`).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size,
+                                                              bias=False)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        """Normal(0, init_std) for the embedding and every Linear weight; zero biases."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=self.cfg.init_std)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        check_tensor("tokens", tokens, 2)
+        if tokens.dtype != torch.long:
+            raise TypeError(f"tokens must have dtype torch.long, got {tokens.dtype}")
+        if tokens.shape[1] == 0:
+            raise ValueError(f"tokens must hold at least one token, got shape "
+                             f"{tuple(tokens.shape)}")
+        if cache is not None and not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
+        if cache is not None and cache.n_layers != self.cfg.n_layers:
+            raise ValueError(f"cache has {cache.n_layers} layers; expected n_layers "
+                             f"({self.cfg.n_layers})")
+        start = 0 if cache is None else cache.seq_len(0)
+        if start + tokens.shape[1] > self.cfg.max_seq_len:
+            raise ValueError(f"positions up to {start + tokens.shape[1]} exceed max_seq_len "
+                             f"({self.cfg.max_seq_len})")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
+            raise ValueError(f"tokens must lie in [0, {self.cfg.vocab_size}), got range "
+                             f"[{int(tokens.min())}, {int(tokens.max())}]")
+        x = self.embed(tokens)  # (B, N, d_model)
+        for block in self.blocks:
+            x = block(x, cache)
+        x = self.norm(x)
+        w = self.embed.weight if self.head is None else self.head.weight
+        return x @ w.T  # (B, N, vocab)
+
+    def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> CacheStack:
+        """One cache per layer from each mixer's `new_cache`, stacked (hybrid-friendly)."""
+        return CacheStack([b.mixer.new_cache(batch, capacity, dtype=dtype, device=device)
+                           for b in self.blocks])
+
+    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
+        """Sum of every layer's cached bytes per token."""
+        return sum(b.mixer.kv_bytes_per_token(dtype_bytes) for b in self.blocks)
