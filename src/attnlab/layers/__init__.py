@@ -2,17 +2,19 @@
 from .attention import Attention, AttentionSpec
 from .base import Mixer, MixerSpec
 from .convert import mha_to_gqa
+from .cross import CrossAttention
 from .hooks import HookPoint, hook_points
 from .mla import MLASpec, MultiLatentAttention
 
 __all__ = [
-           "Attention",
-           "AttentionSpec",
-           "HookPoint",
-           "MLASpec",
-           "Mixer",
-           "MixerSpec",
-           "MultiLatentAttention",
-           "hook_points",
-           "mha_to_gqa",
+    "Attention",
+    "AttentionSpec",
+    "CrossAttention",
+    "HookPoint",
+    "MLASpec",
+    "Mixer",
+    "MixerSpec",
+    "MultiLatentAttention",
+    "hook_points",
+    "mha_to_gqa",
 ]
