@@ -138,3 +138,19 @@ def test_forward_and_generate_bad_input():
         generate(model, tokens(1, 3), 2, temperature=-1.0)
     with pytest.raises(ValueError, match=r"prefix_len \(9\) must be <= sequence length \(8\)"):
         check_parallel_equals_decode(model, tokens(1, 8), 9)
+
+
+def test_residual_hooks_expose_and_edit_the_stream():
+    model = make_model(MIXERS["hybrid"]).eval()
+    x = tokens(2, 6)
+    seen = {}
+    for i, blk in enumerate(model.blocks):
+        blk.hook_resid_post.register_forward_hook(
+            lambda m, inp, out, i=i: seen.__setitem__(i, out))
+    logits = model(x)
+    assert len(seen) == 4 and seen[3].shape == (2, 6, D)
+    torch.testing.assert_close(model.norm(seen[3]) @ model.embed.weight.T, logits)
+    # removing layer 2's mixer output == a model whose layer 2 mixer returns zeros
+    model.blocks[2].hook_mixer_out.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+    edited = model(x)
+    assert (edited - logits).abs().max() > 1e-4

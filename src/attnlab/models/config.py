@@ -6,6 +6,7 @@ plug in without touching the model.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._checks import check_positive_int
@@ -26,14 +27,14 @@ class ModelConfig:
     vocab_size: int
     d_model: int
     n_layers: int
-    mixers: object
+    mixers: MixerSpec | Sequence[MixerSpec]
     d_ff: int | None = None
     mlp: str = "swiglu"
     max_seq_len: int = 2048
     tie_embeddings: bool = True
     norm_eps: float = 1e-6
     init_std: float = 0.02
-    layer_specs: list = field(init=False, repr=False)  # derived: one spec per layer
+    layer_specs: list[MixerSpec] = field(init=False, repr=False)  # derived: one spec per layer
 
     def __post_init__(self) -> None:
         check_positive_int("vocab_size", self.vocab_size)

@@ -14,6 +14,7 @@ from torch import nn
 from .._checks import check_tensor
 from ..cache.base import CacheStack, KVCache
 from ..layers.base import Mixer
+from ..layers.hooks import HookPoint
 from .config import ModelConfig
 
 
@@ -34,7 +35,11 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block around one mixer and one MLP."""
+    """Pre-norm residual block around one mixer and one MLP.
+
+    Hook points (identity unless hooked): `hook_resid_pre`, `hook_mixer_out`,
+    `hook_mlp_out`, `hook_resid_post`, all (B, N, d_model).
+    """
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -45,10 +50,15 @@ class Block(nn.Module):
                             f"{type(self.mixer).__name__}")
         self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.mlp)
+        self.hook_resid_pre = HookPoint("resid_pre")
+        self.hook_mixer_out = HookPoint("mixer_out")
+        self.hook_mlp_out = HookPoint("mlp_out")
+        self.hook_resid_post = HookPoint("resid_post")
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x), cache=cache)
-        return x + self.mlp(self.norm2(x))
+        x = self.hook_resid_pre(x)
+        x = x + self.hook_mixer_out(self.mixer(self.norm1(x), cache=cache))
+        return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.norm2(x))))
 
 
 class TinyLM(nn.Module):
