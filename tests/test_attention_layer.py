@@ -32,7 +32,8 @@ def explicit_attention(layer: Attention, x: torch.Tensor) -> torch.Tensor:
     heads = []
     for h in range(H):
         kv = h // (H // Hkv)  # SPEC §1 grouping
-        s = q[:, h] @ k[:, kv].transpose(-1, -2) / math.sqrt(D)  # (B, N, N)
+        scale = 1 / math.sqrt(D) if layer.scale is None else layer.scale
+        s = q[:, h] @ k[:, kv].transpose(-1, -2) * scale  # (B, N, N)
         p = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1)
         heads.append(p @ v[:, kv])  # (B, N, D)
     out = torch.stack(heads, dim=2).reshape(B, N, H * D)
@@ -47,12 +48,13 @@ CONFIGS = [  # n_heads, n_kv_heads, extra kwargs
     (4, 2, {"rope": False, "bias": True}),
     (4, 4, {"causal": False}),
     (2, 1, {"rope_interleaved": True, "rope_base": 500.0, "head_dim": 6}),
+    (4, 2, {"scale": 0.1, "head_dim": 16}),  # custom scale (e.g. Gemma-2's 1/sqrt(256))
 ]
 
 
 @pytest.mark.parametrize("H,Hkv,kw", CONFIGS)
 @pytest.mark.parametrize("backend", ["reference", "sdpa", "auto"])
-@pytest.mark.parametrize("N", [1, 7, 20])
+@pytest.mark.parametrize("N", [1, 7, 63, 129])
 def test_matches_explicit_reference(H, Hkv, kw, backend, N):
     torch.manual_seed(0)
     layer = Attention(D_MODEL, H, Hkv, backend=backend, **kw)

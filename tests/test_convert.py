@@ -3,7 +3,7 @@ MQA == GQA(1) == MHA with tied heads, MHA == GQA(H) (SPEC §5)."""
 import pytest
 import torch
 
-from attnlab.layers import Attention, mha_to_gqa
+from attnlab.layers import Attention, gqa_to_mha, mha_to_gqa
 
 D_MODEL, H, D = 48, 6, 8
 
@@ -92,6 +92,20 @@ def test_untied_conversion_changes_outputs_and_keeps_cache_equivalence():
     assert cache.nbytes * 3 == mha.new_cache(2, 8).nbytes  # 6 -> 2 KV heads: 3x smaller
 
 
+@pytest.mark.parametrize("Hkv,bias", [(2, True), (1, False), (3, False)])
+def test_gqa_to_mha_is_exact_and_inverts_pooling(Hkv, bias):
+    torch.manual_seed(5)
+    gqa = Attention(D_MODEL, H, Hkv, bias=bias, window=4)
+    mha = gqa_to_mha(gqa)
+    assert (mha.n_kv_heads, mha.window, mha.bias) == (H, 4, bias)
+    x = torch.randn(2, 11, D_MODEL)
+    torch.testing.assert_close(mha(x), gqa(x), atol=1e-5, rtol=1e-4)
+    back = mha_to_gqa(mha, Hkv)  # mean of copies is the original head (to rounding)
+    for a, b in zip(back.parameters(), gqa.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+    assert mha.new_cache(1, 4).nbytes == (H // Hkv) * gqa.new_cache(1, 4).nbytes
+
+
 def test_bad_input():
     mha = Attention(D_MODEL, H)
     with pytest.raises(ValueError, match=r"layer.n_kv_heads \(6\) must be divisible by n_kv_heads \(4\)"):
@@ -100,3 +114,5 @@ def test_bad_input():
         mha_to_gqa(mha, 0)
     with pytest.raises(TypeError, match=r"layer must be an Attention, got Linear"):
         mha_to_gqa(torch.nn.Linear(2, 2), 1)
+    with pytest.raises(TypeError, match=r"layer must be an Attention, got Linear"):
+        gqa_to_mha(torch.nn.Linear(2, 2))

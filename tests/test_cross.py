@@ -46,6 +46,21 @@ def test_matches_explicit_reference_with_padding(Hkv, backend, N, S):
     torch.testing.assert_close(m(x, enc2, encoder_mask=mask), out, atol=1e-5, rtol=1e-4)
 
 
+def test_fully_padded_sequence_gives_zero_head_outputs():
+    """SPEC §2: a row with no visible key returns 0 (never NaN)."""
+    torch.manual_seed(3)
+    m = CrossAttention(D_MODEL, 4, 2, d_encoder=D_ENC, bias=True)
+    x, enc = torch.randn(2, 3, D_MODEL), torch.randn(2, 5, D_ENC)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[0] = False
+    seen = {}
+    m.hook_head_out.register_forward_hook(lambda mod, i, o: seen.__setitem__("o", o))
+    out = m(x, enc, encoder_mask=mask)
+    assert torch.equal(seen["o"][0], torch.zeros(4, 3, 8))
+    torch.testing.assert_close(out[0], m.o_proj.bias.expand(3, D_MODEL))
+    torch.testing.assert_close(out[1], m(x[1:], enc[1:])[0], atol=1e-5, rtol=1e-4)
+
+
 class TinyDecoder(nn.Module):
     """Pre-norm decoder blocks: causal self-attention then cross-attention."""
 

@@ -1,7 +1,7 @@
 """Token mixers as nn.Modules: attention (MHA/GQA/MQA), MLA, cross-attention, hook points."""
 from .attention import Attention, AttentionSpec
 from .base import Mixer, MixerSpec
-from .convert import mha_to_gqa
+from .convert import gqa_to_mha, mha_to_gqa
 from .cross import CrossAttention
 from .hooks import HookPoint, hook_points
 from .mla import MLASpec, MultiLatentAttention
@@ -15,6 +15,7 @@ __all__ = [
     "Mixer",
     "MixerSpec",
     "MultiLatentAttention",
+    "gqa_to_mha",
     "hook_points",
     "mha_to_gqa",
 ]

@@ -75,6 +75,7 @@ class AttentionSpec:
     rope_base: float = 10000.0
     rope_interleaved: bool = False
     bias: bool = False
+    scale: float | None = None
     backend: str = "auto"
 
     def __post_init__(self) -> None:
@@ -93,7 +94,8 @@ class AttentionSpec:
         return Attention(d_model, self.n_heads, self.n_kv_heads, self.head_dim,
                          rope=self.rope, rope_base=self.rope_base,
                          rope_interleaved=self.rope_interleaved, window=self.window,
-                         bias=self.bias, backend=self.backend, layer_idx=layer_idx)
+                         bias=self.bias, scale=self.scale, backend=self.backend,
+                         layer_idx=layer_idx)
 
 
 class Attention(Mixer):
@@ -127,6 +129,8 @@ class Attention(Mixer):
             if not causal:
                 raise ValueError(f"window ({window}) needs causal=True; a bidirectional "
                                  "window is not supported")
+        if scale is not None and not scale > 0:
+            raise ValueError(f"scale ({scale}) must be > 0 or None (1/sqrt(head_dim))")
         check_positive_int("layer_idx", layer_idx, minimum=0)
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = (
             d_model, n_heads, n_kv_heads, head_dim)

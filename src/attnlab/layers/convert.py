@@ -5,6 +5,9 @@ key and value projection heads inside each group are **mean-pooled** (which beat
 the first head and random initialisation, FACTS.md); queries and the output projection are
 copied. GQA-1 is MQA, GQA-H is MHA. The converted model is then uptrained for a small
 fraction (α = 5%) of the original steps; this module only builds the start point.
+
+`gqa_to_mha`: the exact inverse direction: every query head gets its own copy of the KV
+head it reads, so outputs are unchanged while the cache grows by n_heads / n_kv_heads.
 """
 from __future__ import annotations
 
@@ -21,6 +24,19 @@ def _pool_heads(w: torch.Tensor, n_from: int, n_to: int, head_dim: int) -> torch
     return w.mean(dim=1).reshape(n_to * head_dim, *rest)  # (G·D, ...)
 
 
+def _like(layer: Attention, n_kv_heads: int) -> Attention:
+    """A fresh Attention with `layer`'s settings and `n_kv_heads`, q/o projections copied."""
+    new = Attention(layer.d_model, layer.n_heads, n_kv_heads, layer.head_dim, rope=layer.rope,
+                    rope_base=layer.rope_base, rope_interleaved=layer.rope_interleaved,
+                    window=layer.window, causal=layer.causal, bias=layer.bias,
+                    scale=layer.scale, backend=layer.backend, layer_idx=layer.layer_idx)
+    new = new.to(device=layer.q_proj.weight.device, dtype=layer.q_proj.weight.dtype)
+    new.q_proj.load_state_dict(layer.q_proj.state_dict())
+    new.o_proj.load_state_dict(layer.o_proj.state_dict())
+    new.train(layer.training)
+    return new
+
+
 @torch.no_grad()
 def mha_to_gqa(layer: Attention, n_kv_heads: int) -> Attention:
     """A new `Attention` with `n_kv_heads` KV heads, each the mean of the heads it replaces.
@@ -33,17 +49,29 @@ def mha_to_gqa(layer: Attention, n_kv_heads: int) -> Attention:
         raise TypeError(f"layer must be an Attention, got {type(layer).__name__}")
     check_positive_int("n_kv_heads", n_kv_heads)
     check_divisible("layer.n_kv_heads", layer.n_kv_heads, "n_kv_heads", n_kv_heads)
-    new = Attention(layer.d_model, layer.n_heads, n_kv_heads, layer.head_dim, rope=layer.rope,
-                    rope_base=layer.rope_base, rope_interleaved=layer.rope_interleaved,
-                    window=layer.window, causal=layer.causal, bias=layer.bias,
-                    scale=layer.scale, backend=layer.backend, layer_idx=layer.layer_idx)
-    new = new.to(device=layer.q_proj.weight.device, dtype=layer.q_proj.weight.dtype)
-    new.q_proj.load_state_dict(layer.q_proj.state_dict())
-    new.o_proj.load_state_dict(layer.o_proj.state_dict())
+    new = _like(layer, n_kv_heads)
     for name in ("k_proj", "v_proj"):
         src, dst = getattr(layer, name), getattr(new, name)
         dst.weight.copy_(_pool_heads(src.weight, layer.n_kv_heads, n_kv_heads, layer.head_dim))
         if layer.bias:
             dst.bias.copy_(_pool_heads(src.bias, layer.n_kv_heads, n_kv_heads, layer.head_dim))
-    new.train(layer.training)
+    return new
+
+
+@torch.no_grad()
+def gqa_to_mha(layer: Attention) -> Attention:
+    """An MHA `Attention` equal to `layer`: KV head j is copied to each query head of group j.
+
+    Exact (MHA == GQA with tied heads); the cache grows by `layer.n_groups`. O(params).
+    """
+    if not isinstance(layer, Attention):
+        raise TypeError(f"layer must be an Attention, got {type(layer).__name__}")
+    new = _like(layer, layer.n_heads)
+    for name in ("k_proj", "v_proj"):
+        src, dst = getattr(layer, name), getattr(new, name)
+        w = src.weight.view(layer.n_kv_heads, 1, layer.head_dim, layer.d_model)  # (Hkv, 1, D, d)
+        dst.weight.copy_(w.expand(-1, layer.n_groups, -1, -1).reshape_as(dst.weight))
+        if layer.bias:
+            b = src.bias.view(layer.n_kv_heads, 1, layer.head_dim)  # (Hkv, 1, D)
+            dst.bias.copy_(b.expand(-1, layer.n_groups, -1).reshape_as(dst.bias))
     return new
