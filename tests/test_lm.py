@@ -17,6 +17,7 @@ MIXERS = {
     "window": AttentionSpec(n_heads=4, n_kv_heads=2, window=4),
     "mla": MLASpec(**MLA, q_lora_rank=12),
     "mla_absorbed": MLASpec(**MLA, absorb=True),
+    "mla_auto": MLASpec(**MLA, q_lora_rank=12, absorb="auto"),
     "hybrid": [AttentionSpec(n_heads=4, n_kv_heads=2, window=3), MLASpec(**MLA, absorb=True),
                AttentionSpec(n_heads=4, n_kv_heads=1), MLASpec(**MLA, q_lora_rank=8)],
 }

@@ -95,7 +95,7 @@ def test_absorbed_equals_naive_outputs_and_gradients(q_lora_rank, N):
         torch.testing.assert_close(p2.grad, p1.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("absorb", [False, True])
+@pytest.mark.parametrize("absorb", [False, True, "auto"])
 @pytest.mark.parametrize("prefix,chunk", [(0, 1), (6, 1), (5, 4), (11, 1)])
 def test_parallel_equals_cached_decode(absorb, prefix, chunk):
     m = make(12, absorb)
@@ -161,6 +161,22 @@ def test_absorbed_path_never_materialises_per_head_kv(monkeypatch, absorb):
         assert seen["k_heads"] == [SMALL["n_heads"]] * 5
 
 
+def test_auto_takes_naive_for_prefill_and_absorbed_for_decode(monkeypatch):
+    m = make(12, absorb="auto")
+    seen = _trace(monkeypatch, m)
+    cache = m.new_cache(2, 40)
+    x = torch.randn(2, 40, D_MODEL)
+    m(x[:, :32], cache)  # prefill: 32 queries over 32 keys
+    assert seen["kv_b_proj"] == 1 and seen["k_heads"] == [SMALL["n_heads"]]
+    m(x[:, 32:33], cache)  # decode step
+    assert seen["kv_b_proj"] == 1 and seen["k_heads"][-1] == 1
+    # DeepSeek-V2 sizes (FACTS.md): absorbed is cheaper up to ~190 new tokens at L = 4096
+    naive, absorbed = mla_module.mla_path_flops(128, 1, 4096, 512, 128, 64, 128)
+    assert absorbed * 100 < naive
+    naive, absorbed = mla_module.mla_path_flops(128, 4096, 4096, 512, 128, 64, 128)
+    assert naive < absorbed
+
+
 def test_cache_holds_only_latent_and_rope_key():
     # DeepSeek-V2 latent sizes (kv_lora_rank 512, qk_rope 64; FACTS.md, report §2.1), 2 heads
     spec = MLASpec(n_heads=2, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
@@ -187,6 +203,10 @@ def test_spec_and_input_validation():
         MLASpec(**SMALL, q_lora_rank=0)
     with pytest.raises(ValueError, match=r"backend \('nope'\) must be 'auto' or one of"):
         MLASpec(**SMALL, backend="nope")
+    with pytest.raises(ValueError, match=r"absorb \('yes'\) must be False, True or 'auto'"):
+        MLASpec(**SMALL, absorb="yes")
+    with pytest.raises(ValueError, match=r"absorb \(1\) must be False, True or 'auto'"):
+        MultiLatentAttention(D_MODEL, MLASpec(**SMALL), absorb=1)
     with pytest.raises(TypeError, match=r"spec must be an MLASpec, got dict"):
         MultiLatentAttention(D_MODEL, SMALL)
     spec = MLASpec(**SMALL)
