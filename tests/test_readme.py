@@ -1,0 +1,18 @@
+"""Every ```python block of the README runs as written."""
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_snippets():
+    assert len(BLOCKS) >= 4
+
+
+@pytest.mark.parametrize("i", range(len(BLOCKS)))
+def test_readme_snippet_runs(i, capsys):
+    exec(compile(BLOCKS[i], f"README.md[python block {i}]", "exec"), {"__name__": "readme"})
+    assert capsys.readouterr().out.strip(), "each snippet prints something"
