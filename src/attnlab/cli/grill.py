@@ -1,6 +1,7 @@
 """`attnlab grill`: the 50 questions, each answered with evidence measured here."""
 from __future__ import annotations
 
+import tempfile
 from typing import Optional
 
 import typer
@@ -15,12 +16,17 @@ def grill(
     section: Optional[str] = typer.Option(None, "--section", "-s", help="Only section A..H."),
     question: Optional[list[int]] = typer.Option(None, "--question", "-q", help="Only these ids."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Write results as JSON."),
-    markdown_path: Optional[str] = typer.Option(None, "--markdown", help="Write a Markdown report."),
+    markdown_path: Optional[str] = typer.Option(
+        None, "--markdown", help="Write the study report as Markdown, plots copied beside it."),
+    html_path: Optional[str] = typer.Option(
+        None, "--html", help="Write the study report as one self-contained HTML file."),
     full: bool = typer.Option(False, "--full", help="Run the longer experiments."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print answers and checks."),
 ) -> None:
     """Answer the grill's questions with live evidence; exit 1 if any answered check fails."""
     from ..grill.registry import EvidenceContext
+    from ..grill.report import write_markdown
+    from ..grill.report_html import write_html
     from ..grill.runner import machine_line, run, select, to_markdown, write_json
 
     console = Console()
@@ -28,7 +34,11 @@ def grill(
         qs = select(section, question)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    ctx = EvidenceContext(full=full)
+    # Plots are only drawn when a report will show them; they live in a temporary folder
+    # until the report embeds (HTML) or copies (Markdown) them.
+    plot_tmp = tempfile.TemporaryDirectory(prefix="attnlab-plots-") if (
+        html_path or markdown_path) else None
+    ctx = EvidenceContext(full=full, plot_dir=plot_tmp.name if plot_tmp else None)
     with console.status("running evidence…") as status:
         results = run(qs, ctx, progress=lambda q: status.update(f"Q{q.id}: {q.title}"))
 
@@ -55,7 +65,12 @@ def grill(
     if json_path:
         write_json(results, json_path)
     if markdown_path:
-        with open(markdown_path, "w") as f:
-            f.write(to_markdown(results))
+        write_markdown(results, markdown_path)
+        console.print(f"Markdown report: {markdown_path}")
+    if html_path:
+        write_html(results, html_path)
+        console.print(f"HTML report: {html_path}")
+    if plot_tmp is not None:
+        plot_tmp.cleanup()
     if counts["fail"]:
         raise typer.Exit(1)

@@ -123,37 +123,10 @@ def to_json(results: list[Result]) -> dict:
 
 
 def to_markdown(results: list[Result]) -> str:
-    lines = ["# attnlab grill", "", f"Machine: {machine_line()}", ""]
-    current = None
-    for r in results:
-        q = r.question
-        if q.section != current:
-            current = q.section
-            lines += [f"## {current}. {SECTIONS[current][0]}", ""]
-        lines.append(f"### Q{q.id}. {q.title} — **{r.status}**")
-        lines.append("")
-        if r.status == "pending":
-            lines += ["_Pending: no measured answer yet._", ""]
-            continue
-        lines += [q.answer, ""]
-        if q.formulas:
-            lines += ["Formulas:", ""] + [f"- `{f}`" for f in q.formulas] + [""]
-        if q.seed_note:
-            lines += [f"Seed note: {q.seed_note}", ""]
-        if r.evidence:
-            if r.evidence.key_figure:
-                lines += [f"Key figure: {r.evidence.key_figure}", ""]
-            lines += ["| measurement | value |", "|---|---|"]
-            for k, v in r.evidence.measurements.items():
-                lines.append(f"| {k} | {_fmt(v)} |")
-            lines.append("")
-            for c in r.evidence.checks:
-                mark = "PASS" if c.passed else "FAIL"
-                lines.append(f"- [{mark}] {c.name}" + (f" — {c.detail}" if c.detail else ""))
-            lines.append("")
-        if r.error:
-            lines += ["```", r.error.strip(), "```", ""]
-    return "\n".join(lines)
+    """The Markdown study report (see `report.render_markdown`; plots linked by path)."""
+    from .report import render_markdown  # report imports this module
+
+    return render_markdown(results)
 
 
 def _fmt(v: Any) -> str:

@@ -1,0 +1,99 @@
+"""`attnlab quiz`: practise the grill's questions, graded by you, spaced by Leitner boxes."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+from rich.console import Console
+
+from . import app
+
+
+@app.command()
+def quiz(
+    section: str | None = typer.Option(None, "--section", "-s", help="Only section A..H."),
+    tier: int | None = typer.Option(
+        None, "--tier", "-t", help="1 = Q1-10 (basics), 2 = Q11-25 (LLM-architecture round), "
+        "3 = Q26-50 (frontier-lab depth)."),
+    due: bool = typer.Option(False, "--due", help="Only questions practised before and due now."),
+    stats: bool = typer.Option(False, "--stats", help="Show mastery per section and exit."),
+    progress_path: str | None = typer.Option(
+        None, "--progress", help="Progress file (default: the user data directory)."),
+    no_evidence: bool = typer.Option(False, "--no-evidence",
+                                     help="Reveal answers without running the evidence."),
+    seed: int | None = typer.Option(None, "--seed", help="Fix the question order."),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="Ask at most N questions."),
+    include_pending: bool = typer.Option(
+        False, "--include-pending", help="Also ask questions that have no answer written yet."),
+) -> None:
+    """Ask questions one at a time; you answer, see ours with live evidence, and grade yourself.
+
+    Reads from the terminal, or line by line from stdin when it is not a terminal (an answer
+    line, then a grade line y/n/s/q, per question).
+    """
+    from ..grill import progress as prog_mod
+    from ..grill.quiz import (
+        LineReader,
+        QuizOptions,
+        id_ranges,
+        run_session,
+        select_questions,
+        stats_table,
+        summary_lines,
+    )
+    from ..grill.registry import all_questions
+
+    console = Console(highlight=False)
+    try:
+        opts = QuizOptions(section=section, tier=tier, due=due, evidence=not no_evidence,
+                           seed=seed, limit=limit, include_pending=include_pending)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    try:
+        progress = prog_mod.load(progress_path)
+    except prog_mod.ProgressError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    all_qs = all_questions()
+    if stats:
+        console.print(stats_table(all_qs, progress))
+        return
+
+    sel = select_questions(all_qs, opts, progress)
+    reader = LineReader(console)
+    source = "the terminal" if reader.interactive else (
+        "stdin (not a terminal): one answer line, then one grade line, per question")
+    console.print(f"attnlab quiz — {len(sel.questions)} question(s); reading from {source}. "
+                  f"Progress: {progress.path}")
+    if sel.pending_left_out:
+        ids = id_ranges(sel.pending_left_out)
+        console.print(f"[yellow]{len(sel.pending_left_out)} pending question(s) left out "
+                      f"(no answer written yet): {ids}. Use --include-pending to see them.[/]")
+    if due and not sel.questions:
+        console.print(f"Nothing is due: {sel.not_due} practised question(s) are waiting for "
+                      f"their next date, {sel.never_seen} were never practised (run without "
+                      "--due to meet them).")
+        return
+    if not sel.questions:
+        console.print("No questions match these filters.")
+        return
+
+    started = datetime.now(UTC)
+    try:
+        res = run_session(sel.questions, progress, reader, console,
+                          evidence=opts.evidence, seed=seed or 0)
+    except KeyboardInterrupt:
+        console.print("\nInterrupted; every grade given so far is saved.")
+        raise typer.Exit(130) from None
+    known, missed, skipped = res.counts()
+    progress.sessions.append({
+        "started": started.isoformat(timespec="seconds"), "asked": len(res.grades),
+        "known": known, "missed": missed, "skipped": skipped,
+        "filters": {"section": opts.section, "tier": tier, "due": due},
+    })
+    progress.save()
+    console.print()
+    if res.quit_early:
+        console.print("Session ended early; grades so far are saved.")
+    for line in summary_lines(res):
+        console.print(line)
