@@ -25,7 +25,7 @@ Two paths, selected by `absorb`:
 - "auto": per call, the path with fewer multiply-adds (`mla_path_flops`): naive for long
   prefills (up-projecting L latents once costs less than scoring N·L pairs over 2r + d_R
   dims instead of d_nope + d_R), absorbed for decode steps, as serving stacks do. For
-  DeepSeek-V2 sizes at L = 4096 the crossover is near 190 new tokens.
+  DeepSeek-V2 sizes at L = 4096 the crossover is at 164 new tokens.
 """
 from __future__ import annotations
 
