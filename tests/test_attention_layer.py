@@ -169,3 +169,23 @@ def test_bad_input_raises_clear_errors():
         layer(torch.randn(1, 5, D_MODEL, dtype=torch.float64))
     with pytest.raises(TypeError, match=r"cache must be a KVCache or None, got dict"):
         layer(torch.randn(1, 5, D_MODEL), cache={})
+
+
+def test_window_decode_reads_only_the_window_from_a_contiguous_cache(monkeypatch):
+    import attnlab.layers.attention as attention_module
+
+    lengths = []
+    orig = attention_module.attention
+
+    def recording(q, k, v, **kw):
+        lengths.append(k.shape[2])
+        return orig(q, k, v, **kw)
+
+    monkeypatch.setattr(attention_module, "attention", recording)
+    torch.manual_seed(5)
+    layer = Attention(D_MODEL, 4, 2, window=3)
+    x = torch.randn(2, 12, D_MODEL)
+    cache = layer.new_cache(2, 12)
+    out = torch.cat([layer(x[:, :5], cache)] + [layer(x[:, t:t + 1], cache) for t in range(5, 12)], 1)
+    assert lengths[0] == 5 and lengths[1:] == [3] * 7  # W keys per decode step, not t + 1
+    torch.testing.assert_close(out, explicit_attention(layer, x), atol=1e-5, rtol=1e-4)

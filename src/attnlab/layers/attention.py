@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .._checks import check_divisible, check_positive_int, check_tensor
-from ..cache.base import KVCache
+from ..cache.base import CacheStack, KVCache
 from ..cache.contiguous import ContiguousKVCache
 from ..masks import Mask, causal, sliding_window
 from ..ops.rope import apply_rope
@@ -58,6 +58,13 @@ def self_attention_mask(window: int | None, is_causal: bool) -> Mask | None:
     if window is not None:
         return sliding_window(window)
     return causal() if is_causal else None
+
+
+def positions_are_slots(cache: KVCache, layer_idx: int) -> bool:
+    """True when slot j of the layer's cache holds absolute position j (contiguous cache)."""
+    if isinstance(cache, CacheStack):
+        cache, layer_idx = cache.layer(layer_idx), 0
+    return type(cache) is ContiguousKVCache
 
 
 @dataclass
@@ -180,6 +187,11 @@ class Attention(Mixer):
         else:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, L, D) views
             q_pos, kv_pos = positions, cache.kv_positions(self.layer_idx)
+            if self.window is not None and positions_are_slots(cache, self.layer_idx):
+                # keys before the first query's window are masked for every query: skip
+                # them, so a decode step reads W keys, not the whole history (exact)
+                lo = max(0, start - self.window + 1)
+                k, v, kv_pos = k[:, :, lo:], v[:, :, lo:], kv_pos[lo:]  # (B, Hkv, L - lo, D)
         out = attention(q, k, v, mask=self.mask, scale=self.scale, backend=self.backend,
                         q_pos=q_pos, kv_pos=kv_pos)  # (B, H, N, D)
         out = self.hook_head_out(out)
