@@ -1,0 +1,112 @@
+"""Q38: the KV cache grows linearly with context — measured on real caches while decoding."""
+from __future__ import annotations
+
+import torch
+
+from ...analysis.configs import get_config
+from ...analysis.memory import kv_memory, standard_kv_bytes
+from ...cache.base import CacheStack
+from ...layers.attention import Attention
+from ..registry import Evidence, EvidenceContext, Question
+from ..titles import TITLES
+
+
+def _fit_line(xs: list[int], ys: list[int]) -> tuple[float, float, float]:
+    """Least-squares slope, intercept and max |residual| of ys against xs (float64)."""
+    x = torch.tensor(xs, dtype=torch.float64)
+    y = torch.tensor(ys, dtype=torch.float64)
+    A = torch.stack([x, torch.ones_like(x)], dim=1)  # (n, 2)
+    sol = torch.linalg.lstsq(A, y.unsqueeze(1)).solution.squeeze(1)  # (2,)
+    resid = (A @ sol - y).abs().max()
+    return float(sol[0]), float(sol[1]), float(resid)
+
+
+def evidence(ctx: EvidenceContext) -> Evidence:
+    ev = Evidence()
+    torch.manual_seed(ctx.seed)
+    # a small GQA decoder stack: 3 layers, 8 query heads sharing 2 KV heads of size 16
+    L, H, Hkv, D, d_model, B = 3, 8, 2, 16, 128, 2
+    steps = 512 if ctx.full else 96
+    layers = [Attention(d_model, H, Hkv, D, layer_idx=i) for i in range(L)]
+    cache = CacheStack([layer.new_cache(B, steps) for layer in layers])
+    allocated = cache.nbytes
+    lengths, used = [], []
+    x = torch.randn(B, 1, d_model)
+    with torch.no_grad():
+        for t in range(1, steps + 1):  # decode one token at a time through every layer
+            h = x
+            for layer in layers:
+                h = h + layer(h, cache=cache)
+            x = torch.tanh(h)
+            if t % 8 == 0:
+                lengths.append(t)
+                used.append(cache.used_nbytes)
+    slope, intercept, resid = _fit_line(lengths, used)
+    per_token = standard_kv_bytes(L, Hkv, D, 1, 4, batch=B)  # 2·L·H_kv·d_head·bytes·batch
+    ev.measurements["decoder"] = f"{L} layers, {H} query / {Hkv} KV heads, d_head {D}, batch {B}, fp32"
+    ev.measurements["lengths measured"] = lengths
+    ev.measurements["used_nbytes at those lengths"] = used
+    ev.measurements["fitted slope (bytes/token, whole batch)"] = round(slope, 3)
+    ev.measurements["fitted intercept (bytes)"] = round(intercept, 3)
+    ev.measurements["formula 2·L·H_kv·d_head·bytes·batch"] = per_token
+    ev.measurements["allocated nbytes (preallocated, constant)"] = allocated
+    ev.check("slope of used bytes vs length equals the formula", abs(slope - per_token) < 1e-6,
+             f"fit {slope:.3f} vs formula {per_token}")
+    ev.check("the line goes through zero and fits exactly", abs(intercept) < 1e-6 and resid < 1e-6,
+             f"intercept {intercept:.3g}, max residual {resid:.3g}")
+    ev.check("preallocated bytes equal the formula at capacity",
+             allocated == standard_kv_bytes(L, Hkv, D, steps, 4, batch=B) == cache.nbytes,
+             f"{allocated} B for {steps} slots")
+
+    # the same law at real scale: Llama-2-70B through the calculator
+    cfg = get_config("llama-2-70b")
+    ctxs = [1024, 2048, 4096, 8192]
+    seq = [kv_memory(cfg, T, 1, "fp16").bytes_per_sequence for T in ctxs]
+    s70, i70, r70 = _fit_line(ctxs, seq)
+    ev.measurements["Llama-2-70B fp16 bytes/sequence at 1K..8K"] = seq
+    ev.measurements["Llama-2-70B slope (bytes/token)"] = round(s70, 3)
+    ev.check("Llama-2-70B: slope = 2·80·8·128·2 = 327,680 B/token",
+             abs(s70 - 2 * 80 * 8 * 128 * 2) < 1e-3 and abs(i70) < 1e-3 and r70 < 1e-3,
+             f"slope {s70:.1f}")
+    # where the law bends: a sliding window caps the per-sequence bytes (Mistral, W = 4096)
+    mis = get_config("mistral-7b")
+    m8k, m32k = (kv_memory(mis, T).bytes_per_sequence for T in (8192, 32768))
+    ev.measurements["Mistral-7B fp16 bytes/sequence at 8K and 32K (W = 4096)"] = (m8k, m32k)
+    ev.check("a sliding window stops the growth (Mistral 8K == 32K)", m8k == m32k,
+             f"{m8k} vs {m32k}")
+    ev.key_figure = (f"used bytes grow {slope:,.0f} B/token (formula {per_token:,}); "
+                     f"Llama-2-70B {s70:,.0f} B/token fp16")
+    return ev
+
+
+QUESTION = Question(
+    id=38,
+    title=TITLES[38],
+    answer=(
+        "During generation every layer stores, for every token it has seen, that token's key "
+        "and value in each KV head; nothing already stored is ever thrown away, because later "
+        "queries may attend to any earlier position. Each new token therefore adds the same "
+        "fixed number of bytes — 2 (K and V) times layers times KV heads times head size "
+        "times bytes per element — and the total is that constant times the number of "
+        "tokens: a straight line through the origin, multiplied again by the batch size. For "
+        "Llama-2-70B in fp16 the constant is 320 KiB per token, so one 4096-token sequence "
+        "holds 1.25 GiB and a batch of 8 holds 10 GiB, more than the layers' activations. "
+        "The slope is what the attention variants attack: GQA and MQA shrink H_kv, MLA "
+        "replaces 2·H_kv·d_head by a small latent, quantization shrinks the bytes, and a "
+        "sliding window or a recurrent state stops the growth altogether (the cache then "
+        "stays at W tokens or a fixed state size)."
+    ),
+    formulas=[
+        "KV bytes = 2 · L · H_kv · d_head · T · bytes_per_element · batch",
+        "bytes/token = 2 · L · H_kv · d_head · bytes   (Llama-2-70B fp16: 2·80·8·128·2 = 327,680)",
+        "MLA: bytes/token = L · (d_c + d_R) · bytes;  sliding window: T → min(T, W)",
+    ],
+    seed_note=(
+        "The seed's formula was lost. It also speaks of one vector per head; with GQA/MQA the "
+        "count is per KV head (H_kv), not per query head, which is exactly where GQA saves. "
+        "Calling linear growth the fundamental cost overstates it: it holds for full softmax "
+        "attention only — window layers cap at W tokens and recurrent mixers keep a constant "
+        "state (the evidence shows the Mistral cap)."
+    ),
+    evidence=evidence,
+)

@@ -1,0 +1,75 @@
+"""Q45: LLaMA-2 70B has 8 KV heads — read from its config, checked on a real cache."""
+from __future__ import annotations
+
+import torch
+
+from ...analysis.configs import get_config
+from ...analysis.memory import build_cache, format_bytes, kv_memory
+from ...ops.softmax import attention
+from ..registry import Evidence, EvidenceContext, Question
+from ..titles import TITLES
+
+
+def evidence(ctx: EvidenceContext) -> Evidence:
+    ev = Evidence()
+    cfg = get_config("llama-2-70b")  # HF config.json: 80 layers, 64 heads, 8 KV heads, d 128
+    ev.measurements["n_layers, n_heads, n_kv_heads, head_dim"] = (
+        cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim)
+    ev.measurements["group size n_heads / n_kv_heads"] = cfg.group_size
+    ev.check("n_kv_heads = 8 and group size = 64 / 8 = 8",
+             cfg.n_kv_heads == 8 and cfg.group_size == 8, f"{cfg.n_kv_heads}, {cfg.group_size}")
+    mem = kv_memory(cfg, 4096, batch=1, dtype="fp16")
+    ev.measurements["fp16 bytes/token"] = mem.bytes_per_token
+    ev.measurements["fp16 bytes per 4096-token sequence"] = mem.bytes_per_sequence
+    ev.check("327,680 B/token = 2·80·8·128·2", mem.bytes_per_token == 327_680,
+             f"{mem.bytes_per_token:,}")
+    ev.check("1.25 GiB per 4096-token sequence", mem.bytes_per_sequence == 1.25 * 2**30,
+             format_bytes(mem.bytes_per_sequence))
+
+    # a real cache with all 80 layers (8 tokens, fp16): bytes per token from nbytes
+    stack, _ = build_cache(cfg, context=8, batch=1, dtype="fp16")
+    per_token = stack.nbytes // 8
+    ev.measurements["real 80-layer cache: nbytes / tokens"] = per_token
+    ev.check("real ContiguousKVCache stack allocates 327,680 B per token slot",
+             per_token == 327_680 and stack.n_layers == 80, f"{per_token:,} B")
+
+    # the grouping rule with LLaMA-2-70B's head counts: query head h reads KV head h // 8
+    g = torch.Generator().manual_seed(ctx.seed)
+    B, N, D = 1, 3, 4
+    q = torch.randn(B, 64, N, D, generator=g)
+    k = torch.randn(B, 8, N, D, generator=g)
+    v = torch.arange(8, dtype=torch.float32).view(1, 8, 1, 1).expand(B, 8, N, D)  # head j ≡ j
+    out = attention(q, k, v, backend="reference")  # (B, 64, N, D)
+    read = out[0, :, 0, 0].round().long()  # which KV head each query head read
+    expect = torch.arange(64) // 8
+    ev.measurements["KV head read by query heads 0, 7, 8, 63"] = [int(read[i]) for i in (0, 7, 8, 63)]
+    ev.check("query head h reads KV head h // 8 (SPEC §1 grouping)", bool((read == expect).all()),
+             str(read.tolist()[:16]))
+    ev.key_figure = (f"n_kv_heads 8 (64 query heads, groups of 8): {mem.bytes_per_token:,} B/token "
+                     f"fp16, {format_bytes(mem.bytes_per_sequence)} per 4K sequence")
+    return ev
+
+
+QUESTION = Question(
+    id=45,
+    title=TITLES[45],
+    answer=(
+        "LLaMA-2 70B uses grouped-query attention with 8 key/value heads for its 64 query "
+        "heads, so each KV head serves a group of 8 query heads (both numbers are 8, which is "
+        "why the one-word answer is ambiguous). The smaller LLaMA-2 models (7B, 13B) kept "
+        "full multi-head attention; GQA was used only at 70B, where the cache mattered most. "
+        "With 80 layers and 128-wide heads that is 2·80·8·128 = 163,840 cached elements per "
+        "token, 320 KiB in fp16, so a full 4096-token context costs 1.25 GiB per sequence "
+        "instead of the 10 GiB that 64 KV heads would need."
+    ),
+    formulas=[
+        "group size = n_heads / n_kv_heads = 64 / 8 = 8",
+        "bytes/token = 2 · 80 · 8 · 128 · 2 = 327,680 (fp16)",
+        "bytes/sequence(4096) = 327,680 · 4096 = 1.25 GiB",
+    ],
+    seed_note=(
+        "The seed lost the symbol being asked about: the quantity is n_kv_heads (the number "
+        "of KV heads, i.e. GQA groups) = 8; the group size, 64/8, is also 8."
+    ),
+    evidence=evidence,
+)
