@@ -16,7 +16,7 @@ import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TextIO
 
 from rich.box import SIMPLE_HEAD
@@ -270,8 +270,6 @@ def stats_table(all_qs: list[Question], progress: Progress) -> Table:
     grades that were "known"; mastery: mean of (box-1)/(MAX_BOX-1) over all the section's
     questions (a never-practised question counts 0), so 100% means every one is in box 5.
     """
-    from datetime import datetime
-
     now = datetime.now(UTC)
     table = Table(title=f"Quiz progress — {progress.path}", title_justify="left",
                   box=SIMPLE_HEAD, pad_edge=False)
