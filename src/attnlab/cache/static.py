@@ -53,8 +53,8 @@ class StaticCrossCache(KVCache):
         S = k.shape[2]
         if self._capacity is not None and S > self._capacity:
             raise CacheOverflowError(f"encoder length ({S}) exceeds capacity ({self._capacity})")
-        self._k[layer_idx] = k.detach().contiguous()  # (B, Hkv, S, D), owned storage
-        self._v[layer_idx] = v.detach().contiguous()  # (B, Hkv, S, Dv)
+        self._k[layer_idx] = k.contiguous()  # (B, Hkv, S, D); a projection's transpose is copied once
+        self._v[layer_idx] = v.contiguous()  # (B, Hkv, S, Dv)
         return self._k[layer_idx], self._v[layer_idx]
 
     def get(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
