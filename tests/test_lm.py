@@ -162,3 +162,16 @@ def test_residual_hooks_expose_and_edit_the_stream():
     model.blocks[2].hook_mixer_out.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
     edited = model(x)
     assert (edited - logits).abs().max() > 1e-4
+
+
+def test_runs_under_bf16_autocast():
+    """Layers accept autocast's per-op casting (their dtype check allows it there)."""
+    model = make_model(MIXERS["hybrid"]).eval()
+    x = tokens(2, 9)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert low.dtype == torch.bfloat16
+    # bf16 keeps 8 mantissa bits; 4 layers of rounding stay within 10% of the logit range
+    assert float((low.float() - ref).abs().max()) < 0.1 * float(ref.abs().max())

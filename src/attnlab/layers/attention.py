@@ -38,11 +38,12 @@ def check_backend(backend) -> str:
 
 
 def check_hidden(name: str, x, d_model: int, dtype: torch.dtype) -> torch.Tensor:
-    """Hidden states must be a (B, N, d_model) tensor of the layer's dtype."""
+    """Hidden states must be a (B, N, d_model) tensor of the layer's dtype (any dtype
+    under torch.autocast, which casts per op)."""
     check_tensor(name, x, 3)
     if x.shape[-1] != d_model:
         raise ValueError(f"{name} last dimension ({x.shape[-1]}) must equal d_model ({d_model})")
-    if x.dtype != dtype:
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's weights are {dtype}; "
                         f"expected {dtype}")
     return x
