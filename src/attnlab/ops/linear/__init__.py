@@ -1,0 +1,8 @@
+"""Linear attention (Katharopoulos et al. 2020) and Performer FAVOR+ (Choromanski et al. 2020)."""
+from .attention import MODES, linear_attention, linear_attention_features
+from .feature_maps import FEATURE_MAPS, resolve_feature_map
+from .forms import LinearState
+from .reference import linear_attention_reference
+
+__all__ = ["FEATURE_MAPS", "MODES", "LinearState", "linear_attention",
+           "linear_attention_features", "linear_attention_reference", "resolve_feature_map"]
