@@ -50,7 +50,7 @@ def test_contiguous_returns_views_of_one_buffer_no_history_copy():
         k_new, v_new = cache.update(1, k, v)
         # same storage, same start address: the history was not moved or copied
         assert k_new.data_ptr() == ptr_k and v_new.data_ptr() == ptr_v
-        assert k_new.untyped_storage().data_ptr() == cache._buf_a.untyped_storage().data_ptr()
+        assert k_new.untyped_storage().data_ptr() == cache.buffers[0].untyped_storage().data_ptr()
         assert k_new.shape == (B, H, 6 + step, D)
     # the first five slots still hold exactly what was written first
     torch.testing.assert_close(k_new[:, :, :5], k0, atol=0, rtol=0)
@@ -59,19 +59,35 @@ def test_contiguous_returns_views_of_one_buffer_no_history_copy():
     assert k_all.data_ptr() == cache.get(1)[0].data_ptr()
 
 
+def test_contiguous_append_writes_only_the_new_slots():
+    B, H, D, cap = 2, 2, 3, 9
+    cache = ContiguousKVCache(2, B, H, D, capacity=cap)
+    for buf in cache.buffers:
+        buf.fill_(float("nan"))  # sentinel: any slot the cache touches stops being NaN
+    k, v = _kv(B, H, 4, D)
+    cache.update(1, k, v)
+    k_buf, v_buf = cache.buffers
+    assert not k_buf[1, :, :, :4].isnan().any() and not v_buf[1, :, :, :4].isnan().any()
+    assert k_buf[1, :, :, 4:].isnan().all() and v_buf[1, :, :, 4:].isnan().all()
+    assert k_buf[0].isnan().all()  # another layer is untouched
+    cache.update(1, *_kv(B, H, 1, D, seed=1))
+    written = (~k_buf[1].isnan()).sum().item()
+    assert written == B * H * 5 * D  # exactly the 4 + 1 appended slots, nothing else
+
+
 def test_contiguous_overflow_raises_before_writing():
     B, H, D = 2, 2, 3
     cache = ContiguousKVCache(1, B, H, D, capacity=8)
     k, v = _kv(B, H, 6, D)
     cache.update(0, k, v)
-    before = cache._buf_a.clone(), cache._buf_b.clone()
+    before = tuple(b.clone() for b in cache.buffers)
     k2, v2 = _kv(B, H, 3, D, seed=1)
     with pytest.raises(CacheOverflowError, match=r"6 stored \+ 3 new = 9.*capacity is 8"):
         cache.update(0, k2, v2)
     assert isinstance(CacheOverflowError("x"), ValueError)
     assert cache.seq_len(0) == 6
-    torch.testing.assert_close(cache._buf_a, before[0], atol=0, rtol=0)
-    torch.testing.assert_close(cache._buf_b, before[1], atol=0, rtol=0)
+    torch.testing.assert_close(cache.buffers[0], before[0], atol=0, rtol=0)
+    torch.testing.assert_close(cache.buffers[1], before[1], atol=0, rtol=0)
     cache.update(0, k2[:, :, :2], v2[:, :, :2])  # exactly filling the capacity is fine
     assert cache.seq_len(0) == 8
 

@@ -83,6 +83,11 @@ class _SlabCache(KVCache):
     truncate = crop
 
     @property
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two preallocated slabs, `(n_layers, B, ..., capacity, ...)`, for inspection."""
+        return self._buf_a, self._buf_b
+
+    @property
     def nbytes(self) -> int:
         return (self._buf_a.numel() + self._buf_b.numel()) * self._buf_a.element_size()
 
