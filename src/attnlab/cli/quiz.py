@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import app
 
@@ -52,7 +53,7 @@ def quiz(
     try:
         progress = prog_mod.load(progress_path)
     except prog_mod.ProgressError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     all_qs = all_questions()
     if stats:
@@ -64,15 +65,16 @@ def quiz(
     source = "the terminal" if reader.interactive else (
         "stdin (not a terminal): one answer line, then one grade line, per question")
     console.print(f"attnlab quiz — {len(sel.questions)} question(s); reading from {source}. "
-                  f"Progress: {progress.path}")
+                  f"Progress: {progress.path}", soft_wrap=True)
     if sel.pending_left_out:
         ids = id_ranges(sel.pending_left_out)
         console.print(f"[yellow]{len(sel.pending_left_out)} pending question(s) left out "
-                      f"(no answer written yet): {ids}. Use --include-pending to see them.[/]")
+                      f"(no answer written yet): {ids}. Use --include-pending to see them.[/]",
+                      soft_wrap=True)
     if due and not sel.questions:
         console.print(f"Nothing is due: {sel.not_due} practised question(s) are waiting for "
                       f"their next date, {sel.never_seen} were never practised (run without "
-                      "--due to meet them).")
+                      "--due to meet them).", soft_wrap=True)
         return
     if not sel.questions:
         console.print("No questions match these filters.")
@@ -96,4 +98,4 @@ def quiz(
     if res.quit_early:
         console.print("Session ended early; grades so far are saved.")
     for line in summary_lines(res):
-        console.print(line)
+        console.print(line, soft_wrap=True)  # whole lines: easy to read back from a pipe
