@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,21 +12,19 @@ from . import app
 
 @app.command()
 def grill(
-    section: Optional[str] = typer.Option(None, "--section", "-s", help="Only section A..H."),
-    question: Optional[list[int]] = typer.Option(None, "--question", "-q", help="Only these ids."),
-    json_path: Optional[str] = typer.Option(None, "--json", help="Write results as JSON."),
-    markdown_path: Optional[str] = typer.Option(
+    section: str | None = typer.Option(None, "--section", "-s", help="Only section A..H."),
+    question: list[int] | None = typer.Option(None, "--question", "-q", help="Only these ids."),
+    json_path: str | None = typer.Option(None, "--json", help="Write results as JSON."),
+    markdown_path: str | None = typer.Option(
         None, "--markdown", help="Write the study report as Markdown, plots copied beside it."),
-    html_path: Optional[str] = typer.Option(
+    html_path: str | None = typer.Option(
         None, "--html", help="Write the study report as one self-contained HTML file."),
     full: bool = typer.Option(False, "--full", help="Run the longer experiments."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print answers and checks."),
 ) -> None:
     """Answer the grill's questions with live evidence; exit 1 if any answered check fails."""
     from ..grill.registry import EvidenceContext
-    from ..grill.report import write_markdown
-    from ..grill.report_html import write_html
-    from ..grill.runner import machine_line, run, select, to_markdown, write_json
+    from ..grill.runner import select
 
     console = Console()
     try:
@@ -38,7 +35,20 @@ def grill(
     # until the report embeds (HTML) or copies (Markdown) them.
     plot_tmp = tempfile.TemporaryDirectory(prefix="attnlab-plots-") if (
         html_path or markdown_path) else None
-    ctx = EvidenceContext(full=full, plot_dir=plot_tmp.name if plot_tmp else None)
+    try:
+        _grill(console, qs, EvidenceContext(full=full, plot_dir=plot_tmp and plot_tmp.name),
+               json_path, markdown_path, html_path, verbose)
+    finally:
+        if plot_tmp is not None:
+            plot_tmp.cleanup()
+
+
+def _grill(console: Console, qs, ctx, json_path: str | None, markdown_path: str | None,
+           html_path: str | None, verbose: bool) -> None:
+    from ..grill.report import write_markdown
+    from ..grill.report_html import write_html
+    from ..grill.runner import machine_line, run, to_markdown, write_json
+
     with console.status("running evidence…") as status:
         results = run(qs, ctx, progress=lambda q: status.update(f"Q{q.id}: {q.title}"))
 
@@ -70,7 +80,5 @@ def grill(
     if html_path:
         write_html(results, html_path)
         console.print(f"HTML report: {html_path}")
-    if plot_tmp is not None:
-        plot_tmp.cleanup()
     if counts["fail"]:
         raise typer.Exit(1)

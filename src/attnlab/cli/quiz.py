@@ -77,7 +77,9 @@ def quiz(
                       "--due to meet them).", soft_wrap=True)
         return
     if not sel.questions:
-        console.print("No questions match these filters.")
+        console.print("No questions to ask: every question matching these filters is pending "
+                      "(try --include-pending)." if sel.pending_left_out
+                      else "No questions match these filters.", soft_wrap=True)
         return
 
     started = datetime.now(UTC)

@@ -177,7 +177,8 @@ def show_reveal(console: Console, q: Question, result: Result | None) -> None:
     colors = {"pass": "green", "fail": "bold red", "pending": "yellow"}
     status = f"[{colors.get(result.status, 'white')}]{result.status}[/]"
     if result.evidence is None:
-        console.print(f"[bold]Evidence[/] {status}: {escape((result.error or '').strip())}")
+        first = (result.error or "").strip().splitlines()[:1]
+        console.print(f"[bold]Evidence[/] {status}: {escape(first[0] if first else '')}")
         return
     ev = result.evidence
     console.print(f"[bold]Evidence[/] ({status}, {result.seconds:.2f} s on this machine): "
@@ -238,8 +239,9 @@ def summary_lines(res: SessionResult) -> list[str]:
              + f", {skipped} skipped."]
     if not graded:
         return lines + ["Nothing graded, so no verdict."]
-    lines.append(f"Scaled to all 50 questions that is about {round(50 * known / graded)}/50; "
-                 f"the target is {TARGET}+/50 answered cold, i.e. {BAR:.0%} in every tier.")
+    lines.append(f"At this rate, about {round(50 * known / graded)}/50 over the whole grill "
+                 f"(projected from {graded} graded); the target is {TARGET}+/50 answered cold, "
+                 f"i.e. {BAR:.0%} in every tier.")
     for t, (lo, hi, what) in TIERS.items():
         k, m, _ = res.counts(set(range(lo, hi + 1)))
         if k + m == 0:
@@ -257,6 +259,8 @@ def summary_lines(res: SessionResult) -> list[str]:
         per_sec[sec] = (k + (g == "y"), n + 1)
     sec = min(per_sec, key=lambda s: (per_sec[s][0] / per_sec[s][1], -per_sec[s][1], s))
     k, n = per_sec[sec]
+    if k == n:
+        return lines + ["No weak section this time: every graded question was known."]
     lines.append(f"Weakest section: {sec}. {SECTIONS[sec][0]} ({k}/{n} known); "
                  f"practise it with `attnlab quiz --section {sec}`.")
     return lines
