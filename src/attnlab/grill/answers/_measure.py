@@ -28,3 +28,39 @@ def variant_table(name: str, variants: list[tuple[str, int | None]], dtype: str 
             "bytes_per_sequence": mem.bytes_per_sequence,
         }
     return out
+
+
+def decode_step_ms(n_heads: int, n_kv_heads: int, head_dim: int, context: int,
+                   reps: int = 7, seed: int = 0) -> float:
+    """Best-of-`reps` time (ms) of one decode step of attention (1 query token, fp32) over a cache.
+
+    GQA-aware: the query heads of a group become rows of one attention call against their
+    KV head, so each KV head is read once per step (as decode kernels do).
+    """
+    import time
+
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    group = n_heads // n_kv_heads
+    q = torch.randn(1, n_kv_heads, group, head_dim, generator=g)  # (B, Hkv, group·1, D)
+    k = torch.randn(1, n_kv_heads, context, head_dim, generator=g)
+    v = torch.randn(1, n_kv_heads, context, head_dim, generator=g)
+    scale = head_dim ** -0.5
+
+    def step():  # two skinny matmuls, each streaming one KV head once
+        p = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # (1, Hkv, group, T)
+        return p @ v  # (1, Hkv, group, D)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: stable ratios even when the other core is busy
+    try:
+        step()  # warm-up
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            ts.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return min(ts) * 1e3  # the least-disturbed run: the step is memory-bound and short
