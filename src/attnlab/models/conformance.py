@@ -30,8 +30,8 @@ def decode_logits(model, tokens: torch.Tensor, prefix_len: int, chunk: int = 1) 
 
 
 @torch.no_grad()
-def check_parallel_equals_decode(model, tokens: torch.Tensor, prefix_len: int, *,
-                                 atol: float = 1e-5, chunk: int = 1) -> float:
+def check_parallel_equals_decode(model, tokens: torch.Tensor, prefix_len: int,
+                                 atol: float = 1e-5, *, chunk: int = 1) -> float:
     """Max |parallel logits − cached-decode logits|; AssertionError with details if > atol.
 
     `tokens` (B, N) long; `prefix_len` in [0, N] tokens are prefilled in one call, the rest

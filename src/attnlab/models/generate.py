@@ -13,9 +13,9 @@ from .lm import TinyLM
 
 
 @torch.no_grad()
-def generate(model: TinyLM, prompt: torch.Tensor, max_new_tokens: int, *,
-             temperature: float = 0.0, top_k: int | None = None,
-             seed: int | None = None) -> torch.Tensor:
+def generate(model: TinyLM, prompt: torch.Tensor, max_new_tokens: int,
+             temperature: float = 0.0, seed: int | None = None, *,
+             top_k: int | None = None) -> torch.Tensor:
     """Extend `prompt` (B, N0) by `max_new_tokens`; returns (B, N0 + max_new_tokens).
 
     temperature 0 = greedy (argmax); > 0 samples from softmax(logits / temperature),
