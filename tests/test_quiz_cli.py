@@ -70,9 +70,14 @@ def test_corrupt_progress_stops_the_quiz_with_a_clear_message(tmp_path):
     assert [p.read_text() for p in tmp_path.glob("progress.json.bad-*")] == ["{ half-written"]
 
 
-def test_bad_tier_is_rejected_naming_the_option(tmp_path):
-    res = quiz(["--tier", "4"], "", tmp_path)
-    assert res.returncode != 0 and "tier (4) must be 1, 2 or 3" in res.stdout + res.stderr
+def test_bad_tier_is_rejected_naming_the_option():
+    from typer.testing import CliRunner
+
+    from attnlab.cli import _load_commands, app
+
+    _load_commands()
+    res = CliRunner().invoke(app, ["quiz", "--tier", "4"])
+    assert res.exit_code == 2 and "tier (4) must be 1, 2 or 3" in res.output
 
 
 # --- a real terminal -------------------------------------------------------------------------
@@ -144,3 +149,29 @@ def test_quiz_in_a_real_terminal_under_tmux(tmp_path):
     ids = asked(screen)
     cards = json.loads(progress.read_text())["questions"]
     assert len(ids) == 2 and cards[str(ids[0])]["box"] == 1 and cards[str(ids[1])]["box"] == 2
+
+
+def test_ctrl_c_in_a_real_terminal_keeps_the_grades_given(tmp_path):
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (apt-get install tmux); Ctrl-C in a real terminal "
+                    "could not be tested on this machine")
+    progress = tmp_path / "progress.json"
+    args = " ".join(shlex.quote(a) for a in CMD + [
+        "--tier", "1", "--include-pending", "--no-evidence", "--seed", "3", "-n", "3",
+        "--progress", str(progress)])
+    term = Tmux(tmp_path)
+    term.start(f"{args}; echo QUIZ-EXIT-$?; sleep 120")
+    try:
+        term.wait_for("Your answer (enter to reveal")
+        term.type("")
+        term.wait_for("Did you know it?")
+        term.type("y")
+        term.wait_for("Your answer (enter to reveal", count=2)
+        term.tmux("send-keys", "-t", "quiz", "C-c")
+        screen = term.wait_for("QUIZ-EXIT-")
+    finally:
+        term.close()
+    assert "QUIZ-EXIT-130" in screen and "every grade given so far is saved" in screen, screen
+    first = asked(screen)[0]
+    cards = json.loads(progress.read_text())["questions"]
+    assert list(cards) == [str(first)] and cards[str(first)]["box"] == 2

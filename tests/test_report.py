@@ -22,7 +22,8 @@ from attnlab.grill.runner import Result, run_one
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+                  "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]  # small /dev/shm in containers
 
 
 # --- PNG writing and decoding without third-party code ---------------------------------
