@@ -102,19 +102,19 @@ def select_questions(all_qs: list[Question], opts: QuizOptions,
     if not opts.include_pending:
         qs = [q for q in qs if q.answered]
     sel = Selection(qs, pending if not opts.include_pending else [])
+    rng = random.Random(opts.seed)
     if opts.due:
         if progress is None:
             raise ValueError("due=True needs the user's progress (got progress=None)")
-        prog = progress
-        due = set(prog.due_ids([q.id for q in qs]))
-        sel.never_seen = sum(1 for q in qs if q.id not in prog.cards or not prog.cards[q.id].seen)
+        due = set(progress.due_ids([q.id for q in qs]))
+        sel.never_seen = sum(1 for q in qs if q.id not in progress.cards
+                             or not progress.cards[q.id].seen)
         sel.not_due = len(qs) - len(due) - sel.never_seen
         qs = [q for q in qs if q.id in due]
-    rng = random.Random(opts.seed)
-    qs = list(qs)
-    rng.shuffle(qs)
-    if opts.due and progress is not None:  # lowest box (most often missed) first
-        qs.sort(key=lambda q: progress.cards[q.id].box)
+        rng.shuffle(qs)
+        qs.sort(key=lambda q: progress.cards[q.id].box)  # stable: most often missed first
+    else:
+        rng.shuffle(qs)
     sel.questions = qs[: opts.limit] if opts.limit else qs
     return sel
 
