@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from attnlab.cli import _load_commands, app
 from attnlab.grill import runner
 from attnlab.grill.registry import Evidence, EvidenceContext, Question, all_questions
-from attnlab.grill.report import render_markdown, write_markdown
+from attnlab.grill.report import paragraphs, render_markdown, write_markdown
 from attnlab.grill.report_html import to_html, write_html
 from attnlab.grill.runner import Result, run_one
 
@@ -186,7 +186,7 @@ def test_markdown_copies_plots_beside_and_matches_html_content(fake_results, tmp
     copied = md_path.parent / links[0]
     assert copied.parent == files and decode_png(copied.read_bytes()) == (40, 24)
     for qid in range(1, 51):
-        assert f"### Q{qid}." in md
+        assert f"### Q{qid}." in md and f"\n| {qid} | " in md
     for piece in ("KV bytes/token = 2 · n_layers", "The seed lost the formula.",
                   "128 KiB per token", "| bytes/token |", "[FAIL] a claim that does not hold",
                   "Machine: "):
@@ -215,7 +215,7 @@ def test_real_registry_report_without_running_evidence():
     for q in all_questions():
         assert f"Q{q.id}. {q.title}" in text
         if q.answered:
-            assert q.answer.split("\n")[0][:60] in text, q.id
+            assert paragraphs(q.answer)[0][:60] in text, q.id
     assert text.count("evidence not run") >= sum(q.answered for q in all_questions())
 
 

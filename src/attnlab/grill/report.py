@@ -69,7 +69,11 @@ def render_markdown(results: list[Result],
     """The report as Markdown. `image_link(result, index, path)` gives each plot's link
     (default: the plot's own path)."""
     lines = ["# attnlab grill — study report", "", f"Machine: {machine_line()}", "",
-             generated_line() + ". " + summary_line(results) + ".", ""]
+             generated_line() + ". " + summary_line(results) + ".", "",
+             "| Q | question | status |", "|---|---|---|"]
+    lines += [f"| {r.question.id} | {_md_cell(r.question.title)} | "
+              f"{STATUS_TEXT.get(r.status, r.status)} |" for r in results]
+    lines.append("")
     current = None
     for r in results:
         q = r.question
