@@ -20,6 +20,7 @@ from torch import nn
 from .._checks import check_divisible, check_positive_int, check_tensor
 from ..cache.base import CacheStack, KVCache
 from ..cache.contiguous import ContiguousKVCache
+from ..cache.rolling import RollingKVCache
 from ..masks import Mask, causal, sliding_window
 from ..ops.rope import apply_rope
 from ..ops.softmax import BACKENDS, attention
@@ -47,6 +48,18 @@ def check_hidden(name: str, x, d_model: int, dtype: torch.dtype) -> torch.Tensor
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's weights are {dtype}; "
                         f"expected {dtype}")
     return x
+
+
+KV_CACHES = ("contiguous", "rolling")
+
+
+def check_kv_cache(kv_cache, window: int | None) -> str:
+    """`kv_cache` names the cache `new_cache` builds; "rolling" needs a window."""
+    if kv_cache not in KV_CACHES:
+        raise ValueError(f"kv_cache ({kv_cache!r}) must be one of {list(KV_CACHES)}")
+    if kv_cache == "rolling" and window is None:
+        raise ValueError("kv_cache ('rolling') needs a window; got window=None")
+    return kv_cache
 
 
 def check_cache(cache) -> None:
@@ -85,6 +98,7 @@ class AttentionSpec:
     bias: bool = False
     scale: float | None = None
     backend: str = "auto"
+    kv_cache: str = "contiguous"
 
     def __post_init__(self) -> None:
         check_positive_int("n_heads", self.n_heads)
@@ -97,13 +111,14 @@ class AttentionSpec:
         if self.window is not None:
             check_positive_int("window", self.window)
         check_backend(self.backend)
+        check_kv_cache(self.kv_cache, self.window)
 
     def build(self, d_model: int, layer_idx: int) -> Attention:
         return Attention(d_model, self.n_heads, self.n_kv_heads, self.head_dim,
                          rope=self.rope, rope_base=self.rope_base,
                          rope_interleaved=self.rope_interleaved, window=self.window,
                          bias=self.bias, scale=self.scale, backend=self.backend,
-                         layer_idx=layer_idx)
+                         layer_idx=layer_idx, kv_cache=self.kv_cache)
 
 
 class Attention(Mixer):
@@ -119,7 +134,8 @@ class Attention(Mixer):
                  head_dim: int | None = None, *, rope: bool = True,
                  rope_base: float = 10000.0, rope_interleaved: bool = False,
                  window: int | None = None, causal: bool = True, bias: bool = False,
-                 scale: float | None = None, backend: str = "auto", layer_idx: int = 0):
+                 scale: float | None = None, backend: str = "auto", layer_idx: int = 0,
+                 kv_cache: str = "contiguous"):
         super().__init__()
         check_positive_int("d_model", d_model)
         check_positive_int("n_heads", n_heads)
@@ -146,6 +162,7 @@ class Attention(Mixer):
         self.window, self.causal, self.bias, self.scale = window, causal, bias, scale
         self.backend = check_backend(backend)
         self.layer_idx = layer_idx
+        self.kv_cache = check_kv_cache(kv_cache, window)
         self.mask = self_attention_mask(window, causal)
 
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
@@ -200,7 +217,11 @@ class Attention(Mixer):
 
     def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu") -> KVCache:
-        """A one-layer ContiguousKVCache for this layer's KV heads."""
+        """A one-layer cache for this layer's KV heads: ContiguousKVCache, or with
+        `kv_cache="rolling"` a RollingKVCache of W slots (memory capped at the window)."""
+        if self.kv_cache == "rolling":
+            return RollingKVCache(1, batch, self.n_kv_heads, self.head_dim, self.window,
+                                  dtype=dtype, device=device)
         return ContiguousKVCache(1, batch, self.n_kv_heads, self.head_dim, capacity,
                                  dtype=dtype, device=device)
 
