@@ -1,0 +1,130 @@
+"""Recurrent state behind the cache interface (SPEC §4): linear attention, Performer, RWKV, SSD.
+
+A recurrent mixer does not keep past tokens: it keeps a fixed set of named state tensors
+per layer (linear attention: S = Σ φ(k)ᵀv and z = Σ φ(k); RWKV-4: a, b, p and the
+token-shift inputs; RWKV-6 / SSD: a matrix state, plus the token shift or the short
+convolution's last inputs). `nbytes` is therefore constant in sequence length:
+    nbytes = n_layers · batch · Σ_state numel(state) · bytes_per_element,
+where a KV cache holds 2 · n_layers · H_kv · d_head · T · bytes (Pope et al. 2022).
+
+Layers read `state(layer_idx)` and write `commit(layer_idx, new_state, n_tokens)`;
+`update(layer_idx, k, v)` is the plain linear-attention fold S += kᵀv, z += Σk for callers
+that speak the key/value interface. `capacity` bounds positions only (the state does not
+grow); appending past it raises CacheOverflowError before anything is written.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from .._checks import check_positive_int, check_tensor
+from .base import CacheOverflowError, CacheStack, KVCache
+
+
+class RecurrentStateCache(KVCache):
+    """Fixed-size per-layer state tensors `(batch, *shape)` for each named entry.
+
+    `shapes`: name -> per-sequence shape, e.g. {"S": (H, F, Dv), "z": (H, F)}.
+    `fill`: name -> value the entry holds at the start (default 0; RWKV-4's p starts at −1e38).
+    """
+
+    def __init__(self, n_layers: int, batch: int, shapes: Mapping[str, tuple[int, ...]], *,
+                 capacity: int, dtype: torch.dtype = torch.float32, device="cpu",
+                 fill: Mapping[str, float] | None = None) -> None:
+        self.n_layers = check_positive_int("n_layers", n_layers)
+        self.batch = check_positive_int("batch", batch)
+        self._capacity = check_positive_int("capacity", capacity)
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__}")
+        if not shapes:
+            raise ValueError("shapes must name at least one state tensor")
+        self.fill = dict(fill or {})
+        unknown = set(self.fill) - set(shapes)
+        if unknown:
+            raise ValueError(f"fill names {sorted(unknown)} not in shapes {sorted(shapes)}")
+        self.shapes = {name: tuple(int(s) for s in shp) for name, shp in shapes.items()}
+        self.dtype, self.device = dtype, torch.device(device)
+        self._bufs = {name: torch.empty((n_layers, batch, *shp), dtype=dtype, device=self.device)
+                      for name, shp in self.shapes.items()}  # (L, B, *shape) each
+        self._lens = [0] * n_layers
+        self.reset()
+
+    # --- interface -------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def seq_len(self, layer_idx: int = 0) -> int:
+        self._check_layer(layer_idx)
+        return self._lens[layer_idx]
+
+    def reset(self) -> None:
+        for name, buf in self._bufs.items():
+            buf.fill_(self.fill.get(name, 0.0))
+        self._lens = [0] * self.n_layers
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._bufs.values())
+
+    # --- state access ------------------------------------------------------------------
+    def state(self, layer_idx: int) -> dict[str, torch.Tensor]:
+        """Views of this layer's state tensors, each (batch, *shape)."""
+        self._check_layer(layer_idx)
+        return {name: buf[layer_idx] for name, buf in self._bufs.items()}
+
+    def _check_room(self, layer_idx: int, n_tokens: int) -> None:
+        check_positive_int("n_tokens", n_tokens, minimum=0)
+        if self._lens[layer_idx] + n_tokens > self._capacity:
+            raise CacheOverflowError(
+                f"appending {n_tokens} tokens to layer {layer_idx} holding "
+                f"{self._lens[layer_idx]} exceeds capacity ({self._capacity})")
+
+    def commit(self, layer_idx: int, new_state: Mapping[str, torch.Tensor], n_tokens: int) -> None:
+        """Overwrite this layer's state after `n_tokens` more tokens (checked before writing)."""
+        self._check_layer(layer_idx)
+        self._check_room(layer_idx, n_tokens)
+        if set(new_state) != set(self._bufs):
+            raise ValueError(f"new_state names {sorted(new_state)}; expected {sorted(self._bufs)}")
+        for name, t in new_state.items():
+            check_tensor(f"new_state[{name!r}]", t)
+            want = (self.batch, *self.shapes[name])
+            if tuple(t.shape) != want:
+                raise ValueError(f"new_state[{name!r}] has shape {tuple(t.shape)}; expected {want}")
+        with torch.no_grad():
+            for name, t in new_state.items():
+                self._bufs[name][layer_idx].copy_(t)
+        self._lens[layer_idx] += n_tokens
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
+        """Fold keys k (B, H, T, F) and values v (B, H, T, Dv) into S (and z): returns (S, z).
+
+        For plain linear attention only (shapes "S" (H, F, Dv) and optionally "z" (H, F)).
+        """
+        self._check_layer(layer_idx)
+        if "S" not in self._bufs:
+            raise ValueError(f"update needs a state named 'S'; this cache holds "
+                             f"{sorted(self._bufs)} (use state/commit)")
+        check_tensor("k", k, 4)
+        check_tensor("v", v, 4)
+        st = self.state(layer_idx)
+        new = {name: t.clone() for name, t in st.items()}
+        new["S"] = st["S"] + k.transpose(-1, -2) @ v  # (B, H, F, Dv)
+        if "z" in new:
+            new["z"] = st["z"] + k.sum(-2)  # (B, H, F)
+        self.commit(layer_idx, new, k.shape[2])
+        st = self.state(layer_idx)
+        return st["S"], st.get("z")
+
+
+def state_cache_of(cache: KVCache, layer_idx: int) -> tuple[RecurrentStateCache, int]:
+    """The RecurrentStateCache serving `layer_idx` (inside a CacheStack or standalone)."""
+    if isinstance(cache, CacheStack):
+        inner, idx = cache.layer(layer_idx), 0
+    else:
+        inner, idx = cache, layer_idx
+    if not isinstance(inner, RecurrentStateCache):
+        raise TypeError(f"cache for layer {layer_idx} must be a RecurrentStateCache, got "
+                        f"{type(inner).__name__}")
+    return inner, idx
