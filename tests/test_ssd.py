@@ -140,3 +140,18 @@ def test_bad_input():
         ssd(bad, dt, A, B, C)
     with pytest.raises(ValueError, match="dt has shape"):
         ssd(x, dt[:, :, :3], A, B, C)
+
+
+def test_factorized_and_exact_chunk_masks_agree():
+    """The two intra-chunk paths of the chunked algorithm (row/column-scaled vs exact mask)."""
+    from attnlab.ops.ssd.forms import chunked
+
+    x, dt, A, B, C, _, h0 = make(N=45, seed=7, h0=True)
+    G, R = B.shape[1], x.shape[1] // B.shape[1]
+    log_a = (dt * A[:, None]).reshape(2, G, R, 45)
+    v = (x * dt.unsqueeze(-1)).reshape(2, G, R, 45, 5)
+    h = h0.reshape(2, G, R, 6, 5)
+    y1, s1 = chunked(C.unsqueeze(2), B.unsqueeze(2), v, log_a, h, 8, factorize=True)
+    y2, s2 = chunked(C.unsqueeze(2), B.unsqueeze(2), v, log_a, h, 8, factorize=False)
+    assert_close(y1, y2, **TOL)
+    assert_close(s1, s2, **TOL)

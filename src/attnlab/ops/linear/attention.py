@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from ..._checks import check_finite, check_positive_int, check_qkv, check_tensor
+from ..._checks import check_positive_int, check_qkv, check_tensor
+from .checks import check_finite_fast as check_finite
 from .feature_maps import FeatureMap, apply_feature_map, resolve_feature_map
 from .forms import LinearState, bidirectional, causal_chunked, causal_parallel, causal_recurrent
 

@@ -19,7 +19,8 @@ import math
 
 import torch
 
-from ..._checks import check_finite, check_positive_int, check_qkv, check_tensor
+from ..._checks import check_positive_int, check_qkv, check_tensor
+from .checks import check_finite_fast as check_finite
 from .attention import linear_attention_features
 from .forms import LinearState
 

@@ -17,7 +17,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..._checks import check_finite, check_positive_int, check_tensor
+from ..._checks import check_positive_int, check_tensor
+from ..linear.checks import check_finite_fast as check_finite
 
 MODES = ("chunked", "parallel", "recurrent")
 # RWKV-4's official kernels start p at −1e38 rather than −inf so that p − q stays finite.

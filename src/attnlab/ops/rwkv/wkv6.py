@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ..._checks import check_finite, check_positive_int, check_tensor
+from ..._checks import check_positive_int, check_tensor
+from ..linear.checks import check_finite_fast as check_finite
 
 MODES = ("chunked", "parallel", "recurrent")
 # Per-step log decays are floored at −80 (factor 1.8e-35, zero against any fp32 state of

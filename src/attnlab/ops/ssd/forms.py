@@ -50,8 +50,22 @@ def quadratic(q, k, v, log_a, h0):
     return y, hN
 
 
-def chunked(q, k, v, log_a, h0, chunk_size: int):
-    """Mamba-2's chunked SSD: intra-chunk quadratic + a scan over chunk states."""
+# Within a chunk exp(cum_i − cum_j) = exp(cum_i)·exp(−cum_j) is used while every chunk-local
+# cumulative log decay stays above this bound (exp(60) ≈ 1.1e26: no fp32 overflow).
+FACTORIZE_MIN_CUM = -60.0
+
+
+def chunked(q, k, v, log_a, h0, chunk_size: int, factorize: bool | None = None):
+    """Mamba-2's chunked SSD: intra-chunk quadratic + a scan over chunk states.
+
+    The R heads of a B/C group share C Bᵀ; only the decay differs per head. While the
+    chunk-local cumulative log decays stay above FACTORIZE_MIN_CUM (`factorize=None`
+    decides), the decay mask factorises, exp(cum_i − cum_j) = exp(cum_i)·exp(−cum_j), into
+    row and column scalings, and the heads fold into the value columns: every matmul is one
+    GEMM per chunk and group — (C, S)x(S, C), (C, C)x(C, R·P), (S, C)x(C, R·P),
+    (C, S)x(S, R·P). Otherwise (decays strong enough to underflow) the exact per-head mask
+    exp(cum_i − cum_j) is formed, as in Mamba-2's `ssd_minimal`.
+    """
     Bt, G, R, N, P = v.shape
     S = q.shape[-1]
     C = min(chunk_size, N)
@@ -62,28 +76,47 @@ def chunked(q, k, v, log_a, h0, chunk_size: int):
         v = torch.nn.functional.pad(v, (0, 0, 0, pad))
         log_a = torch.nn.functional.pad(log_a, (0, pad))
     nc = (N + pad) // C
-    qc = q.reshape(Bt, G, 1, nc, C, S)  # (B, G, 1, nc, C, S)
-    kc = k.reshape(Bt, G, 1, nc, C, S)
+    qc = q.reshape(Bt, G, nc, C, S)  # (B, G, nc, C, S): shared by the group's R heads
+    kc = k.reshape(Bt, G, nc, C, S)
     vc = v.reshape(Bt, G, R, nc, C, P)  # (B, G, R, nc, C, P)
-    ac = log_a.reshape(Bt, G, R, nc, C)  # (B, G, R, nc, C)
-    cum = ac.cumsum(-1)  # (B, G, R, nc, C): log decay from chunk start to step i
-    # 1. diagonal blocks: quadratic inside each chunk
-    L = torch.exp(segsum(ac))  # (B, G, R, nc, C, C)
-    y = (L * (qc @ kc.transpose(-1, -2))) @ vc  # (B, G, R, nc, C, P)
-    # 2. each chunk's own contribution to the state at its end
-    to_end = torch.exp(cum[..., -1:] - cum)  # (B, G, R, nc, C)
-    states = kc.transpose(-1, -2) @ (to_end.unsqueeze(-1) * vc)  # (B, G, R, nc, S, P)
-    # 3. pass states between chunks (a scan over nc chunks)
-    chunk_decay = torch.exp(cum[..., -1])  # (B, G, R, nc)
+    cum = log_a.reshape(Bt, G, R, nc, C).cumsum(-1)  # (B, G, R, nc, C): chunk-local
+    if factorize is None:
+        factorize = bool(cum.min() > FACTORIZE_MIN_CUM) if cum.numel() else True
+    scores = qc @ kc.transpose(-1, -2)  # (B, G, nc, C, C) = C Bᵀ per chunk
+    future = torch.ones(C, C, dtype=torch.bool, device=v.device).triu(1)
+
+    def fold(t):  # (B, G, R, nc, C, P) -> (B, G, nc, C, R·P)
+        return t.permute(0, 1, 3, 4, 2, 5).reshape(Bt, G, nc, C, R * P)
+
+    def unfold(t):  # (B, G, nc, C, R·P) -> (B, G, R, nc, C, P)
+        return t.view(Bt, G, nc, C, R, P).permute(0, 1, 4, 2, 3, 5)
+
+    if factorize:
+        xs = fold(torch.exp(-cum).unsqueeze(-1) * vc)  # (B, G, nc, C, R·P): exp(−cum_j) x_j
+        y_diag = scores.masked_fill_(future, 0.0) @ xs  # (B, G, nc, C, R·P)
+        states = kc.transpose(-1, -2) @ xs  # (B, G, nc, S, R·P), still without exp(cum_end)
+        states = states.view(Bt, G, nc, S, R, P) * torch.exp(cum[..., -1]).permute(
+            0, 1, 3, 2)[:, :, :, None, :, None]  # (B, G, nc, S, R, P)
+    else:
+        Lm = (cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(future, float("-inf")).exp()
+        y_diag = fold((Lm * scores.unsqueeze(2)) @ vc)  # (B, G, nc, C, R·P)
+        to_end = torch.exp(cum[..., -1:] - cum)  # (B, G, R, nc, C)
+        states = (kc.transpose(-1, -2) @ fold(to_end.unsqueeze(-1) * vc)).view(
+            Bt, G, nc, S, R, P)
+    # pass states between chunks (a scan over nc chunks)
+    chunk_decay = torch.exp(cum[..., -1]).permute(0, 1, 3, 2)  # (B, G, nc, R)
+    h = h0.permute(0, 1, 3, 2, 4)  # (B, G, S, R, P)
     starts = []
-    h = h0  # (B, G, R, S, P)
     for c in range(nc):
         starts.append(h)
-        h = chunk_decay[..., c, None, None] * h + states[..., c, :, :]
-    h_start = torch.stack(starts, dim=3)  # (B, G, R, nc, S, P)
-    # 4. off-diagonal blocks: each step reads the state at its chunk start, decayed
-    y = y + torch.exp(cum).unsqueeze(-1) * (qc @ h_start)  # (B, G, R, nc, C, P)
-    return y.reshape(Bt, G, R, nc * C, P)[..., :N, :], h
+        h = chunk_decay[:, :, c, None, :, None] * h + states[:, :, c]
+    h_start = torch.stack(starts, dim=2).reshape(Bt, G, nc, S, R * P)  # (B, G, nc, S, R·P)
+    if factorize:  # y_i = exp(cum_i)·(Σ_j≤i s_ij exp(−cum_j) x_j + C_i h_start)
+        inner = torch.baddbmm(y_diag.flatten(0, 2), qc.flatten(0, 2), h_start.flatten(0, 2))
+        y = torch.exp(cum).unsqueeze(-1) * unfold(inner.view(Bt, G, nc, C, R * P))
+    else:
+        y = unfold(y_diag) + torch.exp(cum).unsqueeze(-1) * unfold(qc @ h_start)
+    return y.reshape(Bt, G, R, nc * C, P)[..., :N, :], h.permute(0, 1, 3, 2, 4)
 
 
 def recurrent(q, k, v, log_a, h0):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..._checks import check_finite, check_positive_int, check_tensor
+from ..._checks import check_positive_int, check_tensor
+from ..linear.checks import check_finite_fast as check_finite
 from .forms import LOG_DECAY_FLOOR, chunked, quadratic, recurrent
 
 MODES = ("chunked", "quadratic", "recurrent")
