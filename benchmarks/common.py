@@ -1,0 +1,78 @@
+"""Shared benchmark helpers: this machine's peaks, timing, and the results-file header.
+
+Every benchmark measures the peak it reports against at the start of its own run (SPEC §7):
+fp32 matmul FLOP/s for compute-bound work, streaming copy bytes/s for memory-bound work.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from attnlab.grill.runner import machine_line
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Timing:
+    median: float  # seconds
+    best: float
+    runs: list[float]
+
+
+def time_fn(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> Timing:
+    """Median (and best) wall time of `fn()` over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return Timing(statistics.median(runs), min(runs), runs)
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 7) -> float:
+    """fp32 FLOP/s of an n×n×n matmul (best of `repeats`: a peak is a ceiling)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t = time_fn(lambda: a @ b, repeats=repeats, warmup=2)
+    return 2 * n ** 3 / t.best
+
+
+def stream_bandwidth(n_bytes: int = 256 * 2 ** 20, repeats: int = 5) -> float:
+    """Bytes/s of a large fp32 copy (read + write counted)."""
+    src = torch.randn(n_bytes // 4)
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), repeats=repeats, warmup=1)
+    return 2 * n_bytes / t.best
+
+
+def load_line() -> str:
+    """1-minute load average against the core count: timings on a shared machine are noisy."""
+    try:
+        load1 = os.getloadavg()[0]
+    except OSError:
+        return "load average unavailable"
+    return f"load average {load1:.2f} on {os.cpu_count()} cores at the start of the run"
+
+
+def header(title: str, peak_flops: float | None = None, bandwidth: float | None = None) -> str:
+    lines = [f"# {title}", "", f"Machine: {machine_line()}", "", f"Load: {load_line()}", ""]
+    if peak_flops is not None:
+        lines.append(f"Measured fp32 matmul peak: {peak_flops / 1e9:.1f} GFLOP/s (2048³, best of 7)")
+    if bandwidth is not None:
+        lines.append(f"Measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s")
+    return "\n".join(lines + [""])
+
+
+def write_results(name: str, text: str) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.md"
+    path.write_text(text)
+    return path
