@@ -2,8 +2,11 @@
 
 Backends: "reference" (the dense oracle), "sdpa" (torch's fused scaled_dot_product_attention;
 masks lower to a dense boolean mask unless the pattern is plain full/causal with Nq == Nk),
-"auto" (picks the fastest exact backend for the pattern). Every backend returns the same
-answer to SPEC §5 tolerances.
+"flash" (tiled online softmax, `flash.py`), "block_sparse" (executor over the mask's block
+layout, `block_sparse.py`), "decode" (split-KV, `decode.py`), and "auto" (`choose_backend`:
+SDPA's fused kernel for plain full/causal with Nq == Nk, split-KV for decode shapes, the
+block-sparse executor for any other `Mask`, SDPA for a dense bool tensor). Every backend
+returns the same answer to SPEC §5 tolerances (tests/test_dispatch.py).
 """
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ import torch.nn.functional as F
 
 from ..._checks import check_qkv
 from ...masks import Mask
+from .block_sparse import block_sparse_attention
+from .decode import decode_attention
+from .flash import flash_attention
 from .reference import attention_reference, dense_mask
 
 BACKENDS: dict[str, object] = {}
@@ -70,12 +76,43 @@ def _sdpa(q, k, v, *, mask, scale, return_lse, q_pos, kv_pos):
     return out
 
 
-def choose_backend(q, k, v, mask) -> str:
-    """The backend "auto" would pick for these shapes and mask."""
-    for name in ("auto_hook",):  # fast-path issues may register a smarter chooser
-        if name in BACKENDS:
-            return BACKENDS[name](q, k, v, mask)  # type: ignore[operator]
-    return "sdpa"
+@register_backend("flash")
+def _flash(q, k, v, *, mask, scale, return_lse, q_pos, kv_pos):
+    return flash_attention(q, k, v, mask=mask, scale=scale, return_lse=return_lse,
+                           q_pos=q_pos, kv_pos=kv_pos)
+
+
+@register_backend("block_sparse")
+def _block_sparse(q, k, v, *, mask, scale, return_lse, q_pos, kv_pos):
+    return block_sparse_attention(q, k, v, mask=mask, scale=scale, return_lse=return_lse,
+                                  q_pos=q_pos, kv_pos=kv_pos)
+
+
+@register_backend("decode")
+def _decode(q, k, v, *, mask, scale, return_lse, q_pos, kv_pos):
+    return decode_attention(q, k, v, mask=mask, scale=scale, return_lse=return_lse,
+                            q_pos=q_pos, kv_pos=kv_pos)
+
+
+# decode shapes: at most this many queries against at least this many keys (a step of
+# generation or a short speculative burst against a long cache)
+DECODE_MAX_Q = 16
+DECODE_MIN_K = 2048
+
+
+def choose_backend(q, k, v, mask, q_pos=None, kv_pos=None) -> str:
+    """The backend "auto" picks for these shapes and mask (rules in the module docstring)."""
+    Nq, Nk = q.shape[2], k.shape[2]
+    default_pos = q_pos is None and kv_pos is None
+    if Nq <= DECODE_MAX_Q and Nk >= DECODE_MIN_K:
+        return "decode"
+    if mask is None:
+        return "sdpa"
+    if isinstance(mask, Mask):
+        if _is_plain_causal(mask) and Nq == Nk and default_pos:
+            return "sdpa"
+        return "block_sparse"
+    return "sdpa"  # a dense bool tensor: SDPA with attn_mask
 
 
 def attention(q, k, v, *, mask=None, scale: float | None = None, backend: str = "auto",
@@ -88,9 +125,9 @@ def attention(q, k, v, *, mask=None, scale: float | None = None, backend: str = 
     check_qkv(q, k, v)
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-    name = choose_backend(q, k, v, mask) if backend == "auto" else backend
-    if name not in BACKENDS or name == "auto_hook":
-        known = sorted(b for b in BACKENDS if b != "auto_hook")
+    name = choose_backend(q, k, v, mask, q_pos, kv_pos) if backend == "auto" else backend
+    if name not in BACKENDS:
+        known = sorted(BACKENDS)
         raise ValueError(f"backend ({backend!r}) must be 'auto' or one of {known}")
     return BACKENDS[name](q, k, v, mask=mask, scale=scale, return_lse=return_lse,
                           q_pos=q_pos, kv_pos=kv_pos)

@@ -1,0 +1,224 @@
+"""Block-sparse exact attention over a mask's block layout (forward and backward).
+
+The mask's `BlockLayout` (masks/layout.py) says, per (query block, key block), EMPTY /
+PARTIAL / FULL. The executor never reads EMPTY blocks, evaluates the mask predicate only
+on PARTIAL blocks, and treats FULL blocks as unmasked. This is the block-sparse idea of
+FlashAttention (Dao et al. 2022, §3.3) and of FlexAttention's BlockMask; it serves causal,
+sliding-window, global-token, prefix-LM and document masks alike.
+
+Two implementations, the same answer:
+- "fused" (default): for each query block, the non-empty key blocks are grouped into
+  contiguous runs (a sliding window or causal row is ONE run), and each run is a single
+  call into torch's fused CPU flash kernel
+  (`aten._scaled_dot_product_flash_attention_for_cpu`, which returns `lse`) with a small
+  additive mask that is -inf only inside the run's PARTIAL blocks. Runs merge exactly
+  with `merge_many` (SPEC §3). GQA folds the G query heads of a group into the rows of one
+  call, so each key/value block is read once per KV head. The backward calls the fused
+  flash backward per run with the merged `out`/`lse` (P = exp(S − lse) and
+  Δ = rowsum(dO ∘ O) are global quantities, so per-run gradients simply add up).
+  Requires Dv == D (the kernel's constraint); otherwise "tiled" is used.
+- "tiled": the readable pure-torch FlashAttention-2 tiles of `flash.py`, visiting only
+  the non-empty blocks.
+
+Cost: O(B·Hq·D · Σ non-empty block areas) time; O(B·Hq·(Nq + Nk)·D) memory plus one
+(q_block × run length) tile. Choice of the fused path and of q_block = 128 was made by
+measurement (benchmarks/results/kernels.md): 128-row calls keep the kernel's working
+set in cache and were the fastest on this CPU.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..._checks import check_positive_int, check_qkv
+from ...masks import EMPTY, FULL, PARTIAL, Mask, block_layout
+from .flash import TilePlan, check_result, compute_dtype, make_tile_mask, run_tiles
+from .merge import merge_many
+from .reference import dense_mask
+
+_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+IMPLS = ("auto", "fused", "tiled")
+
+
+def block_kinds(mask, B: int, Hq: int, nq: int, nk: int, q_block: int, kv_block: int,
+                q_pos=None, kv_pos=None) -> torch.Tensor:
+    """(n_q_blocks, n_kv_blocks) int8 EMPTY/PARTIAL/FULL, the union over batch and heads
+    (a block is EMPTY / FULL only if it is so for every batch row and head)."""
+    n_qb, n_kb = -(-nq // q_block), -(-nk // kv_block)
+    if mask is None:
+        return torch.full((n_qb, n_kb), FULL, dtype=torch.int8)
+    if isinstance(mask, Mask):
+        lay = block_layout(mask, nq, nk, q_block, kv_block, q_pos=q_pos, kv_pos=kv_pos,
+                           batch=B if mask.uses_batch else None,
+                           heads=Hq if mask.uses_head else None)
+        kind = lay.kind
+    else:
+        m = dense_mask(mask, B, Hq, nq, nk)  # validates; (B|1, H|1, Nq, Nk)
+        pq, pk = n_qb * q_block - nq, n_kb * kv_block - nk
+        shape = (m.shape[0], m.shape[1], n_qb, q_block, n_kb, kv_block)
+        anyb = F.pad(m, (0, pk, 0, pq), value=False).reshape(shape).any(5).any(3)
+        allb = F.pad(m, (0, pk, 0, pq), value=True).reshape(shape).all(5).all(3)
+        kind = torch.where(allb, FULL, torch.where(anyb, PARTIAL, EMPTY)).to(torch.int8)
+    empty = (kind == EMPTY).all(0).all(0)
+    full = (kind == FULL).all(0).all(0)
+    return torch.where(full, FULL, torch.where(empty, EMPTY, PARTIAL)).to(torch.int8)
+
+
+def tile_plan(kinds: torch.Tensor, nq: int, nk: int, q_block: int, kv_block: int) -> TilePlan:
+    """Per query block, the non-empty key blocks as (k0, k1, is_partial) in key order."""
+    rows = []
+    kl = kinds.tolist()
+    for qb, row in enumerate(kl):
+        ks = [(kb * kv_block, min((kb + 1) * kv_block, nk), c == PARTIAL)
+              for kb, c in enumerate(row) if c != EMPTY]
+        rows.append((qb * q_block, min((qb + 1) * q_block, nq), ks))
+    return TilePlan(nq, nk, tuple(rows))
+
+
+def runs(ks: list) -> list[tuple[int, int, list]]:
+    """Group a query block's key tiles into contiguous runs: (k0, k1, partial tiles)."""
+    out: list[tuple[int, int, list]] = []
+    for k0, k1, partial in ks:
+        if out and out[-1][1] == k0:
+            out[-1] = (out[-1][0], k1, out[-1][2])
+        else:
+            out.append((k0, k1, []))
+        if partial:
+            out[-1][2].append((k0, k1))
+    return out
+
+
+def _run_mask(tile_mask, q0, q1, r0, r1, partial, Hkv, G, dtype):
+    """Additive (B|1, Hkv|1, G·n, r1−r0) mask: 0 on FULL blocks, the predicate on PARTIAL
+    ones (evaluated there only). None when the run has no partial block."""
+    if not partial:
+        return None, None
+    n = q1 - q0
+    tiles = [(a, b, tile_mask(q0, q1, a, b)) for a, b in partial]
+    Bm = max(t.shape[0] for _, _, t in tiles)
+    Hm = max(t.shape[1] for _, _, t in tiles)
+    keep = torch.ones(Bm, Hm, n, r1 - r0, dtype=torch.bool)
+    for a, b, t in tiles:
+        keep[:, :, :, a - r0:b - r0] = t
+    if Hm == 1:  # the same rows for every head of a group: tile them G times
+        keep = keep.unsqueeze(2).expand(Bm, 1, G, n, r1 - r0).reshape(Bm, 1, G * n, r1 - r0)
+    else:
+        keep = keep.reshape(Bm, Hkv, G * n, r1 - r0)
+    add = torch.zeros(keep.shape, dtype=dtype).masked_fill_(~keep, float("-inf"))
+    return add, ~keep.any(-1)  # (…, G·n) rows with no key in this run
+
+
+def _fused_forward(q, k, v, scale, plan, tile_mask):
+    B, Hq, Nq, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    out = q.new_zeros(B, Hq, Nq, D)
+    lse = torch.full((B, Hq, Nq), float("-inf"), dtype=torch.float32)
+    og, lg = out.view(B, Hkv, G, Nq, D), lse.view(B, Hkv, G, Nq)
+    qg = q.view(B, Hkv, G, Nq, D)
+    for q0, q1, ks in plan.rows:
+        if not ks:
+            continue
+        n = q1 - q0
+        qb = qg[:, :, :, q0:q1].reshape(B, Hkv, G * n, D)  # (B, Hkv, G·bq, D)
+        outs, lses = [], []
+        for r0, r1, partial in runs(ks):
+            add, empty = _run_mask(tile_mask, q0, q1, r0, r1, partial, Hkv, G, q.dtype)
+            o, l = _FLASH(qb, k[:, :, r0:r1], v[:, :, r0:r1], attn_mask=add, scale=scale)
+            l = l.float()
+            if empty is not None and bool(empty.any()):
+                l = l.masked_fill(empty.expand_as(l), float("-inf"))  # kernel reports 0
+                o = o.masked_fill(empty.expand_as(l).unsqueeze(-1), 0.0)
+            outs.append(o)
+            lses.append(l)
+        o, l = merge_many(outs, lses)
+        og[:, :, :, q0:q1] = o.view(B, Hkv, G, n, D)
+        lg[:, :, :, q0:q1] = l.view(B, Hkv, G, n)
+    return out, lse
+
+
+def _fused_backward(do, q, k, v, out, lse, scale, plan, tile_mask):
+    B, Hq, Nq, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    lse_safe = torch.where(torch.isfinite(lse), lse, float("inf"))  # P = 0 on empty rows
+    fold = lambda x: x.view(B, Hkv, G, Nq, -1)  # noqa: E731  (B, Hkv, G, Nq, ·)
+    qg, dog, og, dqg = fold(q), fold(do), fold(out), fold(dq)
+    lg = lse_safe.view(B, Hkv, G, Nq)
+    for q0, q1, ks in plan.rows:
+        if not ks:
+            continue
+        n = q1 - q0
+        qb = qg[:, :, :, q0:q1].reshape(B, Hkv, G * n, D)
+        dob = dog[:, :, :, q0:q1].reshape(B, Hkv, G * n, D)
+        ob = og[:, :, :, q0:q1].reshape(B, Hkv, G * n, D)
+        lb = lg[:, :, :, q0:q1].reshape(B, Hkv, G * n)
+        dqb = torch.zeros_like(qb)
+        for r0, r1, partial in runs(ks):
+            add, _ = _run_mask(tile_mask, q0, q1, r0, r1, partial, Hkv, G, q.dtype)
+            gq, gk, gv = _FLASH_BWD(dob, qb, k[:, :, r0:r1], v[:, :, r0:r1], ob, lb, 0.0, False,
+                                    attn_mask=add, scale=scale)
+            dqb += gq
+            dk[:, :, r0:r1] += gk
+            dv[:, :, r0:r1] += gv
+        dqg[:, :, :, q0:q1] = dqb.view(B, Hkv, G, n, D)
+    return dq, dk, dv
+
+
+class FusedBlockSparseFn(torch.autograd.Function):
+    """Autograd for the fused path: saves q, k, v, out, lse; recomputes per run."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, plan, tile_mask):
+        out, lse = _fused_forward(q, k, v, scale, plan, tile_mask)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.plan, ctx.tile_mask = scale, plan, tile_mask
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, do, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _fused_backward(do.contiguous(), q, k, v, out, lse, ctx.scale, ctx.plan,
+                                     ctx.tile_mask)
+        return dq, dk, dv, None, None, None
+
+
+def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None,
+                           q_block: int = 128, kv_block: int = 128, impl: str = "auto",
+                           return_lse: bool = False, q_pos=None, kv_pos=None):
+    """Exact attention visiting only the mask's non-empty blocks; differentiable.
+
+    q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); `mask` a `Mask` (evaluated on
+    absolute positions, PARTIAL blocks only), a bool tensor, or None. `impl`: "fused"
+    (torch's CPU flash kernel per contiguous run; needs Dv == D), "tiled" (pure torch),
+    or "auto" (fused when possible). float16/bfloat16 run in the fused path with float32
+    statistics; the tiled path computes in float32. Rows with no visible key give 0 and
+    lse = -inf. Raises ValueError if a NaN/inf input reaches the output.
+    """
+    B, Hq, Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
+    check_positive_int("q_block", q_block)
+    check_positive_int("kv_block", kv_block)
+    if impl not in IMPLS:
+        raise ValueError(f"impl ({impl!r}) must be one of {IMPLS}")
+    if impl == "fused" and Dv != D:
+        raise ValueError(f"impl 'fused' needs v head_dim ({Dv}) == q head_dim ({D}); "
+                         f"use impl='tiled' or 'auto'")
+    compute_dtype(q)  # raises TypeError on non-floating dtypes
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    kinds = block_kinds(mask, B, Hq, Nq, Nk, q_block, kv_block, q_pos, kv_pos)
+    plan = tile_plan(kinds, Nq, Nk, q_block, kv_block)
+    tile_mask = make_tile_mask(mask, B, Hq, Nq, Nk, q_pos, kv_pos)
+    if impl == "tiled" or Dv != D:
+        return run_tiles(q, k, v, scale, plan, tile_mask, return_lse)
+    qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        out, lse = FusedBlockSparseFn.apply(qc, kc, vc, scale, plan, tile_mask)
+    else:
+        out, lse = _fused_forward(qc, kc, vc, scale, plan, tile_mask)
+    check_result(out.detach(), lse)
+    return (out, lse) if return_lse else out

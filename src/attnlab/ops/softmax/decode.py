@@ -1,0 +1,91 @@
+"""Split-KV decoding (Flash-Decoding, Dao, Haziza, Massa, Sizov 2023).
+
+A few query tokens against a long cache: the cache is cut into chunks, each chunk gives a
+partial `(o_c, lse_c)` independently, and the partials are combined exactly with
+`merge_many` (SPEC §3):  lse = log Σ_c exp(lse_c),  o = Σ_c exp(lse_c − lse) · o_c.
+
+GQA-aware: the G = Hq/Hkv query heads that share a KV head are folded into the rows of one
+matmul, q (B, Hq, Nq, D) -> (B, Hkv, G·Nq, D), so every key/value byte is read once per
+step, not G times. Decoding is memory-bound: per step it reads 2·Nk·Hkv·D elements and
+does ≈ 4·Nk·Hq·Nq·D FLOPs, an arithmetic intensity of about G·Nq/2 FLOP per element.
+
+Cost: O(B·Hq·Nq·Nk·D) time, O(B·Hkv·G·Nq·chunk) extra memory (one chunk's scores).
+Chunks whose keys are all masked are skipped unread. Differentiable through plain torch
+ops (decode shapes are inference; the tests check the gradients anyway).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..._checks import check_positive_int, check_qkv
+from .flash import check_result, compute_dtype
+from .merge import merge_many
+from .reference import dense_mask
+
+DEFAULT_CHUNK = 8192  # measured: 4K–16K chunks stream alike on this CPU (kernels.md)
+
+
+def _chunk_partial(qg, kc, vc, scale, keep):
+    """One chunk: (o_c, lse_c) over its keys; keep (…, G·Nq, c) bool or None."""
+    s = torch.matmul(qg, kc.transpose(-1, -2)).mul_(scale)  # (B, Hkv, G·Nq, c)
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m)
+    l = p.sum(-1, keepdim=True)
+    nonempty = l > 0
+    l_safe = torch.where(nonempty, l, torch.ones_like(l))
+    o = torch.matmul(p, vc) / l_safe  # (B, Hkv, G·Nq, Dv); 0 on empty rows (p = 0)
+    lse = torch.where(nonempty, m + torch.log(l_safe), float("-inf")).squeeze(-1)
+    return o, lse.float()
+
+
+def decode_attention(q, k, v, *, mask=None, scale: float | None = None,
+                     chunk: int = DEFAULT_CHUNK, return_lse: bool = False, q_pos=None,
+                     kv_pos=None):
+    """Exact split-KV attention for decode shapes (few queries, long cache).
+
+    q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); `chunk` keys per split (the
+    number of splits is ceil(Nk / chunk)). `mask`: `Mask` or bool tensor, evaluated densely
+    on (Nq, Nk) — cheap because Nq is small. float16/bfloat16 inputs are computed in
+    float32 chunk by chunk. Returns `out` or `(out, lse)`; rows with no visible key give 0
+    and lse = -inf. Raises ValueError if a NaN/inf input reaches the output.
+    """
+    B, Hq, Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
+    check_positive_int("chunk", chunk)
+    cd = compute_dtype(q)
+    G = Hq // Hkv
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    qg = q.to(cd).reshape(B, Hkv, G * Nq, D)  # (B, Hkv, G·Nq, D): group rows share one KV read
+    keep = None
+    if mask is not None:
+        if q_pos is None:
+            q_pos = torch.arange(Nq) + (Nk - Nq)
+        m = dense_mask(mask, B, Hq, Nq, Nk, q_pos=q_pos, kv_pos=kv_pos)  # (B|1, Hq|1, Nq, Nk)
+        Bm, Hm = m.shape[0], m.shape[1]
+        if Hm == 1:
+            keep = m.unsqueeze(2).expand(Bm, 1, G, Nq, Nk).reshape(Bm, 1, G * Nq, Nk)
+        else:
+            keep = m.reshape(Bm, Hkv, G * Nq, Nk)
+    outs, lses = [], []
+    for c0 in range(0, Nk, chunk):
+        c1 = min(c0 + chunk, Nk)
+        kc = keep[..., c0:c1] if keep is not None else None
+        if kc is not None and not bool(kc.any()):
+            continue  # every key of this chunk is masked: not read
+        o, lse = _chunk_partial(qg, k[:, :, c0:c1].to(cd), v[:, :, c0:c1].to(cd), scale, kc)
+        outs.append(o)
+        lses.append(lse)
+    if outs:
+        o, lse = merge_many(outs, lses)
+    else:
+        o = qg.new_zeros(B, Hkv, G * Nq, Dv)
+        lse = torch.full((B, Hkv, G * Nq), float("-inf"))
+    out = o.reshape(B, Hq, Nq, Dv)  # rows were ordered (group, query)
+    lse = lse.reshape(B, Hq, Nq)
+    check_result(out.detach(), lse.detach())
+    out = out.to(q.dtype)
+    return (out, lse) if return_lse else out
