@@ -5,6 +5,7 @@ import torch
 from attnlab import masks as M
 from attnlab.masks.bigbird import BigBirdConfig, bigbird_block_table
 from attnlab.ops.softmax import attention, attention_reference
+from attnlab.ops.softmax.block_sparse import block_sparse_attention
 
 CONFIGS = [  # (N, b, window_blocks, globals, random, causal)
     (64, 8, 3, (0,), 2, False),
@@ -54,10 +55,11 @@ def test_dense_mask_follows_the_rule_and_random_blocks_are_disjoint(N, b, w, glo
 @pytest.mark.parametrize("N,b,w,glob,r,causal", CONFIGS)
 def test_native_block_layout_equals_generic_lowering(N, b, w, glob, r, causal):
     m = M.bigbird(N, b, w, glob, r, causal=causal, seed=1)
-    native = m.block_layout(N, N, b)
+    sizes = [s for s in (b, 2 * b, 4 * b) if s <= N]
+    native = [m.block_layout(N, N, s) for s in sizes]  # memoised from the block table
     m._layouts.clear()
-    generic = M.block_layout(m, N, N, b)
-    assert torch.equal(native.kind, generic.kind)
+    for s, lay in zip(sizes, native):
+        assert torch.equal(lay.kind, M.block_layout(m, N, N, s).kind), s
     # other block sizes go through the generic lowering and stay consistent with dense
     lay = M.block_layout(m, N, N, 4, 8)
     dense = m.to_dense(N, N)
@@ -95,15 +97,18 @@ def test_attention_with_bigbird_mask_is_exact_against_reference(N, b, w, glob, r
         p = torch.softmax(q[:, :, i:i + 1] @ kk.transpose(-1, -2) / 4.0, -1)
         explicit.append(p @ vv)
     torch.testing.assert_close(ref, torch.cat(explicit, 2), atol=1e-5, rtol=1e-4)
-    for backend in ("sdpa",) + (("block_sparse",) if "block_sparse" in _backends() else ()):
+    for backend in ("sdpa", "block_sparse"):
         out = attention(q, k, v, mask=m, backend=backend)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
-
-
-def _backends():
-    from attnlab.ops.softmax import BACKENDS
-
-    return BACKENDS
+    for blk, impl in ((b, "tiled"), (2 * b, "tiled"), (b, "auto")):  # native block sizes
+        out, lse2 = block_sparse_attention(q, k, v, mask=m, q_block=blk, kv_block=blk,
+                                           impl=impl, return_lse=True)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(lse2, lse, atol=1e-5, rtol=1e-4)
+    v16 = torch.randn(2, 2, N, 16)  # the fused path needs Dv == D
+    torch.testing.assert_close(
+        block_sparse_attention(q, k, v16, mask=m, q_block=b, kv_block=b, impl="fused"),
+        attention_reference(q, k, v16, mask=dense), atol=1e-5, rtol=1e-4)
 
 
 def test_bad_input():

@@ -131,8 +131,11 @@ def bigbird(seq_len: int, block_size: int = 64, window_blocks: int = 3,
             f"{'causal' if causal else 'bidirectional'}, seed={seed})")
     mask = Mask(fn, name)
     mask.bigbird = (cfg, tables)  # type: ignore[attr-defined]
-    lay = native_layout(cfg, table)
-    mask._layouts[(seq_len, seq_len, b, b, None, None, None)] = lay
+    base = native_layout(cfg, table)
+    for f in (1, 2, 4):  # executors tile at b or a small multiple of it (e.g. 128 for b = 64)
+        if f == 1 or b * f <= seq_len:
+            lay = base if f == 1 else pool_layout(base, f)
+            mask._layouts[(seq_len, seq_len, b * f, b * f, None, None, None)] = lay
     return mask
 
 
@@ -153,3 +156,23 @@ def native_layout(cfg: BigBirdConfig, table: torch.Tensor) -> BlockLayout:
         partial = sizes > 1
         kind[diag[partial], diag[partial]] = PARTIAL
     return BlockLayout(n, n, b, b, kind.view(1, 1, nb, nb), torch.arange(n), torch.arange(n))
+
+
+def pool_layout(lay: BlockLayout, factor: int) -> BlockLayout:
+    """The layout at block size `factor`·b from the one at b: a big block is EMPTY if all
+    its sub-blocks are, FULL if all are FULL, else PARTIAL (exact; ragged edges allowed)."""
+    kind = lay.kind[0, 0]  # (nb, nb)
+    nb = kind.shape[0]
+    n_big = -(-nb // factor)
+    pad = n_big * factor - nb
+
+    def pooled(fill: int) -> torch.Tensor:  # (n_big, factor, n_big, factor)
+        k = torch.nn.functional.pad(kind, (0, pad, 0, pad), value=fill)
+        return k.view(n_big, factor, n_big, factor)
+
+    any_vis = (pooled(EMPTY) != EMPTY).any(3).any(1)
+    all_full = (pooled(FULL) == FULL).all(3).all(1)
+    big = torch.where(all_full, FULL, torch.where(any_vis, PARTIAL, EMPTY)).to(torch.int8)
+    bs = lay.q_block * factor
+    return BlockLayout(lay.nq, lay.nk, bs, bs, big.view(1, 1, n_big, n_big), lay.q_pos,
+                       lay.kv_pos)

@@ -1,0 +1,29 @@
+"""Grill questions 14–20, 39, 40, 46, 49 (sliding window, globals, BigBird, Reformer)."""
+import pytest
+
+from attnlab.grill.registry import EvidenceContext, all_questions
+from attnlab.grill.runner import run_one
+
+IDS = (14, 15, 16, 17, 18, 19, 20, 39, 40, 46, 49)
+BY_ID = {q.id: q for q in all_questions()}
+
+
+@pytest.mark.parametrize("qid", IDS)
+def test_evidence_passes_with_formulas_and_measurements(qid):
+    q = BY_ID[qid]
+    assert q.answered and q.formulas and q.seed_note
+    r = run_one(q, EvidenceContext())
+    assert r.status == "pass", (r.error, r.failed_checks)
+    assert r.evidence.key_figure and len(r.evidence.measurements) >= 2
+    assert len(r.evidence.checks) >= 2
+
+
+def test_headline_numbers():
+    ev15 = run_one(BY_ID[15], EvidenceContext()).evidence
+    assert ev15.measurements["Mistral 7B exact span L·(W−1)+1"] == 131_041
+    assert ev15.measurements["seed's L·W"] == 131_072
+    ev46 = run_one(BY_ID[46], EvidenceContext()).evidence
+    assert ev46.measurements["window W"] == 4096
+    assert ev46.measurements["per sequence, 32 layers"] == 512 * 2 ** 20
+    ev39 = run_one(BY_ID[39], EvidenceContext()).evidence
+    assert ev39.measurements["growth per layer"] == [4, 4, 4, 4]
