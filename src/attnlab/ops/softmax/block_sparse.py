@@ -146,7 +146,7 @@ def _fused_backward(do, q, k, v, out, lse, scale, plan, tile_mask):
     G = Hq // Hkv
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     lse_safe = torch.where(torch.isfinite(lse), lse, float("inf"))  # P = 0 on empty rows
-    fold = lambda x: x.view(B, Hkv, G, Nq, -1)  # noqa: E731  (B, Hkv, G, Nq, ·)
+    fold = lambda x: x.view(B, Hkv, G, Nq, -1)
     qg, dog, og, dqg = fold(q), fold(do), fold(out), fold(dq)
     lg = lse_safe.view(B, Hkv, G, Nq)
     for q0, q1, ks in plan.rows:
@@ -200,7 +200,7 @@ def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None,
     statistics; the tiled path computes in float32. Rows with no visible key give 0 and
     lse = -inf. Raises ValueError if a NaN/inf input reaches the output.
     """
-    B, Hq, Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
+    B, Hq, _Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
     check_positive_int("q_block", q_block)
     check_positive_int("kv_block", kv_block)
     if impl not in IMPLS:

@@ -36,7 +36,7 @@ def _chunk_partial(qg, kc, vc, scale, keep):
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     p = torch.exp(s - m)
     l = p.sum(-1, keepdim=True)
-    nonempty = l > 0
+    nonempty = l != 0  # NaN stays NaN (and is reported), never 'empty'
     l_safe = torch.where(nonempty, l, torch.ones_like(l))
     o = torch.matmul(p, vc) / l_safe  # (B, Hkv, G·Nq, Dv); 0 on empty rows (p = 0)
     lse = torch.where(nonempty, m + torch.log(l_safe), float("-inf")).squeeze(-1)

@@ -47,7 +47,7 @@ def _reference(q, k, v, *, mask, scale, return_lse, q_pos, kv_pos):
 
 @register_backend("sdpa")
 def _sdpa(q, k, v, *, mask, scale, return_lse, q_pos, kv_pos):
-    B, Hq, Hkv, Nq, Nk, D, Dv = q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], \
+    B, Hq, Hkv, Nq, Nk, D, _Dv = q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], \
         q.shape[3], v.shape[3]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     default_pos = q_pos is None and kv_pos is None

@@ -22,8 +22,8 @@ float64) and the output is cast back to the input dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -46,7 +46,7 @@ class TilePlan:
     rows: tuple
 
     @staticmethod
-    def dense(nq: int, nk: int, q_block: int, kv_block: int, masked: bool) -> "TilePlan":
+    def dense(nq: int, nk: int, q_block: int, kv_block: int, masked: bool) -> TilePlan:
         rows = []
         for q0 in range(0, nq, q_block):
             ks = [(k0, min(k0 + kv_block, nk), masked) for k0 in range(0, nk, kv_block)]
@@ -132,7 +132,7 @@ def tiled_forward(q, k, v, scale: float, plan: TilePlan, tile_mask: TileMask | N
             l = alpha * l + p.sum(-1, keepdim=True)
             acc = alpha * acc + torch.matmul(p, v[:, :, k0:k1])
             m = m_new
-        nonempty = l > 0
+        nonempty = l != 0  # NaN stays NaN (and is reported), never 'empty'
         o = torch.where(nonempty, acc / torch.where(nonempty, l, torch.ones_like(l)), 0.0)
         ls = torch.where(nonempty, m + torch.log(torch.where(nonempty, l, torch.ones_like(l))),
                          float("-inf"))
@@ -235,7 +235,7 @@ def flash_attention(q, k, v, *, mask=None, scale: float | None = None, q_block: 
     with O(N) saved state. q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv).
     Returns `out` or `(out, lse)`; rows with no visible key give 0 and lse = -inf.
     Raises ValueError if a NaN/inf input reaches the output."""
-    B, Hq, Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
+    B, Hq, _Hkv, Nq, Nk, D, _Dv = check_qkv(q, k, v)
     check_positive_int("q_block", q_block)
     check_positive_int("kv_block", kv_block)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)

@@ -1,0 +1,128 @@
+"""Block-sparse executor (fused and tiled) vs the reference; skipping; memory; bad input."""
+import pytest
+import torch
+from softmax_cases import MASKS, SHAPES, TOL, check_against_reference, make_mask, rand_qkv
+
+from attnlab import masks as M
+from attnlab.analysis.allocations import measure_allocations
+from attnlab.ops.softmax import attention_reference
+from attnlab.ops.softmax import block_sparse as BS
+from attnlab.ops.softmax.block_sparse import block_kinds, block_sparse_attention, runs
+
+
+@pytest.mark.parametrize("impl", ["fused", "tiled"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mask", MASKS)
+def test_block_sparse_matches_reference(impl, shape, mask):
+    q, k, v = rand_qkv(*shape, grad=True)
+    check_against_reference(block_sparse_attention, q, k, v,
+                            make_mask(mask, shape[3], shape[4]),
+                            fast_kw={"q_block": 16, "kv_block": 8, "impl": impl})
+
+
+def test_block_sparse_batch_and_head_dependent_masks():
+    """Per-batch document ids and a per-head predicate: the union layout stays exact."""
+    docs = torch.tensor([[0] * 10 + [1] * 30, [0] * 25 + [1] * 15])
+    per_head = M.Mask(lambda b, h, q, k: (q - k).abs() <= h + 1, "band_by_head", uses_head=True)
+    for mask in (M.document(docs) & M.causal(), per_head):
+        for impl in ("fused", "tiled"):
+            q, k, v = rand_qkv(2, 4, 2, 40, 40, 8, grad=True)
+            check_against_reference(block_sparse_attention, q, k, v, mask,
+                                    fast_kw={"q_block": 8, "kv_block": 8, "impl": impl})
+
+
+def test_block_sparse_positions_from_a_cache():
+    q, k, v = rand_qkv(1, 4, 2, 3, 50, 8, grad=True)
+    check_against_reference(block_sparse_attention, q, k, v, M.sliding_window(11),
+                            q_pos=torch.arange(47, 50), kv_pos=torch.arange(50),
+                            fast_kw={"q_block": 2, "kv_block": 4})
+
+
+def test_block_sparse_dv_differs_uses_tiles():
+    q, k, v = rand_qkv(2, 2, 1, 33, 33, 16, Dv=8, grad=True)
+    check_against_reference(block_sparse_attention, q, k, v, M.sliding_window(6),
+                            fast_kw={"q_block": 8, "kv_block": 8})
+    with pytest.raises(ValueError, match="v head_dim"):
+        block_sparse_attention(q, k, v, mask=M.causal(), impl="fused")
+
+
+def test_window_rows_are_one_contiguous_run():
+    kinds = block_kinds(M.sliding_window(64), 1, 1, 256, 256, 32, 32)
+    plan = BS.tile_plan(kinds, 256, 256, 32, 32)
+    for _, _, ks in plan.rows:
+        assert len(runs(ks)) == 1
+    # W = 2 blocks: per query block the diagonal and the window's lower edge are PARTIAL,
+    # the block between them FULL (the first two query blocks have no lower edge)
+    assert int((kinds == M.PARTIAL).sum()) == 8 + 6
+    assert int((kinds == M.FULL).sum()) == 7
+    assert int((kinds == M.EMPTY).sum()) == 64 - 21
+
+
+def test_empty_blocks_are_never_read():
+    """NaN in keys/values of EMPTY blocks cannot reach the result: they are not read."""
+    q, k, v = rand_qkv(1, 2, 2, 64, 64, 8)
+    k2, v2 = k.clone(), v.clone()
+    k2[..., :16, :] = float("nan")  # every query of the last 32 rows has these keys masked
+    v2[..., :16, :] = float("nan")
+    mask = M.sliding_window(8)
+    for impl in ("fused", "tiled"):
+        out = block_sparse_attention(q[:, :, 32:], k2, v2, mask=mask, impl=impl, q_block=16,
+                                     kv_block=16, q_pos=torch.arange(32, 64))
+        want = attention_reference(q[:, :, 32:], k, v, mask=mask, q_pos=torch.arange(32, 64))
+        torch.testing.assert_close(out, want, **TOL)
+
+
+def test_mask_evaluated_only_on_partial_blocks():
+    calls = []
+    base = M.sliding_window(16)
+
+    def fn(b, h, q, k):
+        calls.append(q.numel() * k.numel())
+        return base(b, h, q, k)
+
+    mask = M.Mask(fn, "counted_window", kv_bounds=base._kv_bounds)
+    q, k, v = rand_qkv(1, 1, 1, 256, 256, 8)
+    layout = M.block_layout(mask, 256, 256, 32, 32)  # lowering itself is memoised
+    calls.clear()
+    block_sparse_attention(q, k, v, mask=mask, q_block=32, kv_block=32)
+    n_partial = layout.counts()["partial"]
+    assert sum(calls) == n_partial * 32 * 32
+
+
+def test_block_sparse_memory_is_linear():
+    N = 512
+    q, k, v = rand_qkv(1, 2, 2, N, N, 16, grad=True)
+    for impl in ("fused", "tiled"):
+        rep = measure_allocations(lambda impl=impl: block_sparse_attention(
+            q, k, v, mask=M.causal(), q_block=64, kv_block=64, impl=impl).sum().backward())
+        assert rep.largest_numel < N * N // 4, rep
+
+
+def test_block_sparse_fp16_runs_fused():
+    q, k, v = rand_qkv(1, 2, 2, 40, 40, 16)
+    ref64 = attention_reference(q.double(), k.double(), v.double(), mask=M.sliding_window(9))
+    naive = attention_reference(q.half(), k.half(), v.half(), mask=M.sliding_window(9))
+    out = block_sparse_attention(q.half(), k.half(), v.half(), mask=M.sliding_window(9),
+                                 q_block=16, kv_block=16)
+    assert out.dtype == torch.float16
+    assert (out.double() - ref64).abs().max() <= 2 * (naive.double() - ref64).abs().max() + 1e-6
+
+
+def test_block_sparse_bad_input():
+    q, k, v = rand_qkv(1, 2, 1, 8, 8, 8)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="q_block"):
+            block_sparse_attention(q, k, v, mask=M.causal(), q_block=bad)
+        with pytest.raises(ValueError, match="kv_block"):
+            block_sparse_attention(q, k, v, mask=M.causal(), kv_block=bad)
+    with pytest.raises(ValueError, match="impl"):
+        block_sparse_attention(q, k, v, mask=M.causal(), impl="cuda")
+    with pytest.raises(ValueError, match=r"\(Nq, Nk\) = \(8, 8\)"):
+        block_sparse_attention(q, k, v, mask=torch.ones(8, 9, dtype=torch.bool))
+    with pytest.raises(ValueError, match="q_pos"):
+        block_sparse_attention(q, k, v, mask=M.causal(), q_pos=torch.arange(5))
+    for impl in ("fused", "tiled"):
+        bad = q.clone()
+        bad[0, 1, 3, 0] = float("nan")
+        with pytest.raises(ValueError, match="NaN or inf"):
+            block_sparse_attention(bad, k, v, mask=M.causal(), impl=impl)
