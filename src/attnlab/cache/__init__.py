@@ -2,6 +2,7 @@
 from .base import CacheOverflowError, CacheStack, KVCache
 from .contiguous import ContiguousKVCache
 from .latent import LatentKVCache
+from .rolling import EvictedPositionError, RollingKVCache
 from .static import StaticCrossCache
 
 __all__ = [
@@ -10,5 +11,7 @@ __all__ = [
     "ContiguousKVCache",
     "KVCache",
     "LatentKVCache",
+    "RollingKVCache",
+    "EvictedPositionError",
     "StaticCrossCache",
 ]
