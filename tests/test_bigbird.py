@@ -135,3 +135,39 @@ def test_tables_are_boolean_and_square():
     t = bigbird_block_table(BigBirdConfig(100, 10, 3, (0,), 2))
     assert all(x.shape == (10, 10) and x.dtype == torch.bool for x in t.values())
     assert torch.equal(t["all"], t["window"] | t["global"] | t["random"])
+
+
+@pytest.mark.parametrize("N", [7, 63, 129])
+@pytest.mark.parametrize("causal", [False, True])
+def test_window_plus_global_tokens_on_the_block_sparse_executor(N, causal):
+    """Longformer: window | globals, exact against the reference, with gradients."""
+    torch.manual_seed(1)
+    m = M.sliding_window(5) | M.global_tokens([0, N // 2])
+    if causal:
+        m = m & M.causal()
+    q, k, v = (torch.randn(2, 4, N, 16, requires_grad=True),
+               torch.randn(2, 2, N, 16, requires_grad=True),
+               torch.randn(2, 2, N, 16, requires_grad=True))
+    w = torch.randn(2, 4, N, 16)
+    out, lse = attention(q, k, v, mask=m, backend="block_sparse", return_lse=True)
+    (out * w).sum().backward()
+    grads = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    ref, ref_lse = attention_reference(q, k, v, mask=m, return_lse=True)
+    (ref * w).sum().backward()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-4)
+    for g, x in zip(grads, (q, k, v)):
+        torch.testing.assert_close(g, x.grad, atol=1e-5, rtol=1e-4)
+    dense = m.to_dense(N, N)
+    assert dense[:, 0].all() and (dense[0].all() or causal)  # global row and column
+
+
+def test_global_token_bad_input():
+    with pytest.raises(ValueError, match=r"indices must be < seq_len \(8\), got 9"):
+        M.global_tokens([0, 9], seq_len=8)
+    with pytest.raises(ValueError, match=r"indices must not repeat"):
+        M.global_tokens([3, 3])
+    with pytest.raises(ValueError, match=r"window \(0\) must be >= 1"):
+        M.sliding_window(0)
