@@ -148,3 +148,108 @@ def test_bad_inputs_name_the_argument():
         attnlab.attention(q, k, v, backend="cuda-magic")
     with pytest.raises(ValueError, match="sink"):
         attention_reference(q, k, v, sink=torch.zeros(3))
+
+
+def _naive_softmax(q, k, v, mask=None):
+    """Textbook softmax(q kᵀ / sqrt(D)) v in q's dtype (MHA only)."""
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return torch.softmax(s, -1) @ v
+
+
+def test_float64_inputs_are_computed_in_float64():
+    q, k, v = [t.double() for t in rand(2, 2, 2, 7, 9, 16)]
+    out, lse = attention_reference(q, k, v, mask=M.causal(), return_lse=True)
+    want = _naive_softmax(q, k, v, M.causal().to_dense(7, 9))
+    assert out.dtype == torch.float64 and lse.dtype == torch.float32
+    torch.testing.assert_close(out, want, atol=1e-12, rtol=1e-12)  # float32 math misses this
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_computes_in_float32_and_returns_input_dtype(dtype):
+    q, k, v = rand(2, 4, 2, 7, 63, 16)
+    ql, kl, vl = q.to(dtype), k.to(dtype), v.to(dtype)
+    out, lse = attention_reference(ql, kl, vl, mask=M.sliding_window(5), return_lse=True)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    # computed in float32 from the rounded inputs: equals the float32 run on those inputs,
+    # rounded once at the end
+    want, want_lse = attention_reference(ql.float(), kl.float(), vl.float(),
+                                         mask=M.sliding_window(5), return_lse=True)
+    torch.testing.assert_close(out, want.to(dtype), atol=0, rtol=0)
+    torch.testing.assert_close(lse, want_lse, atol=0, rtol=0)
+
+
+def test_integer_inputs_raise_naming_dtype():
+    q, k, v = [t.long() for t in rand(1, 1, 1, 3, 3, 4)]
+    with pytest.raises(TypeError, match=r"q dtype \(torch.int64\)"):
+        attention_reference(q, k, v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("extra", ["none", "sink", "alibi", "softcap", "sink_off"])
+def test_empty_rows_are_zero_never_nan(dtype, extra):
+    B, H, N = 2, 4, 7
+    q, k, v = [t.to(dtype) for t in rand(B, H, 2, N, N, 8)]
+    mask = M.causal() & ~M.Mask(lambda b, h, qi, ki: qi < 3, "q<3")  # rows 0-2 see nothing
+    kw = {"none": {}, "sink": {"sink": torch.linspace(-1, 1, H)},
+          "alibi": {"score_mod": alibi(alibi_slopes(H))}, "softcap": {"score_mod": softcap(2.0)},
+          "sink_off": {"sink": torch.full((H,), float("-inf"))}}[extra]
+    out, lse = attention_reference(q, k, v, mask=mask, return_lse=True, **kw)
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any()
+    assert (out[:, :, :3] == 0).all() and torch.isfinite(out[:, :, 3:].float()).all()
+    if extra == "sink":  # only the sink logit is left: lse = s_h
+        torch.testing.assert_close(lse[:, :, :3], torch.linspace(-1, 1, H).view(1, H, 1)
+                                   .expand(B, H, 3))
+    else:
+        assert torch.isneginf(lse[:, :, :3]).all()
+
+
+def test_nonfinite_inputs_propagate_exactly_pair_by_pair():
+    q, k, v = rand(1, 2, 2, 6, 6, 8)
+    mask = M.causal()
+    base = attention_reference(q, k, v, mask=mask)
+    # NaN / inf values at key 4: rows 0-3 do not see it and are unchanged (no 0·inf)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        v2 = v.clone()
+        v2[0, 1, 4, 2] = bad
+        out = attention_reference(q, k, v2, mask=mask)
+        torch.testing.assert_close(out[:, :, :4], base[:, :, :4], atol=0, rtol=0)
+        torch.testing.assert_close(out[:, 0], base[:, 0], atol=0, rtol=0)  # other head
+        torch.testing.assert_close(out[0, 1, 4:, [0, 1, 3]], base[0, 1, 4:, [0, 1, 3]])
+        assert out[0, 1, 4:, 2].isnan().all() if bad != bad else \
+            (out[0, 1, 4:, 2] == bad).all()
+    # a NaN key at position 5 poisons only the last row (the only one that sees it)
+    k2 = k.clone()
+    k2[0, 0, 5, 0] = float("nan")
+    out, lse = attention_reference(q, k2, v, mask=mask, return_lse=True)
+    assert out[0, 0, 5].isnan().all() and lse[0, 0, 5].isnan()
+    torch.testing.assert_close(out[0, 0, :5], base[0, 0, :5], atol=0, rtol=0)
+    # an infinite key: score -inf acts as masked, +inf leaves the row undefined (NaN)
+    k3 = k.clone()
+    k3[0, 0, 2, 0] = float("inf")
+    q3 = q.clone()
+    q3[0, 0, :, 0] = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, 1.0])
+    out, lse = attention_reference(q3, k3, v, mask=mask, return_lse=True)
+    clean = attention_reference(q3, k, v, mask=mask & ~M.Mask(lambda b, h, qi, ki: ki == 2, "k2"))
+    torch.testing.assert_close(out[0, 0, 3:5], clean[0, 0, 3:5])
+    assert out[0, 0, [2, 5]].isnan().all() and (lse[0, 0, [2, 5]] == float("inf")).all()
+    torch.testing.assert_close(out[0, 0, :2], attention_reference(q3, k, v, mask=mask)[0, 0, :2],
+                               atol=0, rtol=0)  # rows 0-1 do not see key 2
+    # NaN in a masked key or value changes nothing at all
+    k4, v4 = k.clone(), v.clone()
+    k4[..., 5, :] = float("nan")
+    v4[..., 5, :] = float("nan")
+    torch.testing.assert_close(attention_reference(q[:, :, :5], k4, v4, mask=mask,
+                                                   q_pos=torch.arange(5)),
+                               base[:, :, :5], atol=0, rtol=0)
+
+
+def test_positions_are_validated():
+    q, k, v = rand(1, 2, 2, 3, 5, 8)
+    with pytest.raises(ValueError, match=r"q_pos must have shape \(3,\)"):
+        attention_reference(q, k, v, mask=M.causal(), q_pos=torch.arange(4))
+    with pytest.raises(ValueError, match=r"kv_pos must have shape \(5,\)"):
+        attention_reference(q, k, v, score_mod=alibi(alibi_slopes(2)), kv_pos=torch.arange(3))
+    with pytest.raises(TypeError, match="q_pos must hold integer positions"):
+        attention_reference(q, k, v, mask=M.causal(), q_pos=torch.arange(3.0))
