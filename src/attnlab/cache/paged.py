@@ -1,0 +1,304 @@
+"""Paged KV cache (vLLM PagedAttention, Kwon et al. SOSP 2023).
+
+One pool of `num_blocks` physical blocks of `block_size` tokens per layer,
+K `(n_layers, Hkv, num_blocks, block_size, D)` and V likewise. Each sequence owns a block
+table (logical block i -> physical block) and a length; blocks are allocated on demand,
+so a sequence wastes at most `block_size − 1` slots (its last block).
+
+- `fork(parent, child)` shares every block (ref counts + 1); the first write into a
+  shared, partially filled last block copies that one block (copy-on-write).
+- Prefix caching: a full block is indexed by hash(parent hash, its tokens);
+  `add_sequence(seq, tokens)` reuses matching blocks, even ones already freed but not yet
+  evicted (LRU eviction in `BlockAllocator`).
+- `reserve` refuses (PoolExhaustedError) before changing anything; the serving engine
+  answers by preempting a sequence (`swap_out` to host memory, or free and recompute).
+- `batch_view(seq_ids)` exposes a group of equal-length sequences through the KVCache
+  interface (SPEC §4) so a TinyLM forward can run on the pool.
+
+Costs: reserve/fork/free O(blocks touched); a write is O(T·Hkv·D); reading goes through
+`ops.paged.paged_attention` (no history copy).
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import check_positive_int, check_tensor
+from .block_allocator import BlockAllocator, PoolExhaustedError, block_hash
+from .contiguous import _check_dtype_device
+
+__all__ = ["PagedKVCache", "PoolExhaustedError", "SwappedSequence"]
+
+
+@dataclass
+class SwappedSequence:
+    """A preempted sequence's blocks copied to host memory (`swap_out`)."""
+
+    k: torch.Tensor  # (n_layers, Hkv, n_blocks, block_size, D) on the host
+    v: torch.Tensor  # (n_layers, Hkv, n_blocks, block_size, Dv)
+    length: int
+    tokens: list[int]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+
+class PagedKVCache:
+    """A pool of KV blocks shared by many sequences, addressed through block tables."""
+
+    def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, num_blocks: int,
+                 block_size: int = 16, v_head_dim: int | None = None, *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 prefix_caching: bool = True):
+        self.n_layers = check_positive_int("n_layers", n_layers)
+        self.n_kv_heads = check_positive_int("n_kv_heads", n_kv_heads)
+        self.head_dim = check_positive_int("head_dim", head_dim)
+        self.v_head_dim = head_dim if v_head_dim is None else \
+            check_positive_int("v_head_dim", v_head_dim)
+        self.block_size = check_positive_int("block_size", block_size)  # vLLM default 16
+        self.num_blocks = check_positive_int("num_blocks", num_blocks)
+        self.dtype, self.device = _check_dtype_device(dtype, device)
+        self.prefix_caching = bool(prefix_caching)
+        shape = (n_layers, n_kv_heads, num_blocks, block_size)
+        self.k_pool = torch.zeros((*shape, head_dim), dtype=dtype, device=self.device)
+        self.v_pool = torch.zeros((*shape, self.v_head_dim), dtype=dtype, device=self.device)
+        self.allocator = BlockAllocator(num_blocks)
+        self.tables: dict[Hashable, list[int]] = {}
+        self.lens: dict[Hashable, int] = {}
+        self.tokens: dict[Hashable, list[int]] = {}  # token ids, for prefix hashes
+        self._hashed: dict[Hashable, list[int]] = {}  # chain hashes of registered blocks
+
+    # --- sequences -------------------------------------------------------------------
+    def _seq(self, seq_id) -> list[int]:
+        if seq_id not in self.tables:
+            raise ValueError(f"seq_id ({seq_id!r}) is not a live sequence of this cache "
+                             "(never added, or already freed)")
+        return self.tables[seq_id]
+
+    def has_sequence(self, seq_id) -> bool:
+        return seq_id in self.tables
+
+    @property
+    def sequences(self) -> list:
+        return list(self.tables)
+
+    def add_sequence(self, seq_id: Hashable, tokens: list[int] | None = None) -> int:
+        """Start an empty sequence; with `tokens` (its prompt) and prefix caching on, share
+        the longest run of cached full blocks of that prompt. Returns the number of prompt
+        tokens already in the cache (always < len(tokens), so one token is left to run)."""
+        if seq_id in self.tables:
+            raise ValueError(f"seq_id ({seq_id!r}) already exists; expected a new id")
+        table: list[int] = []
+        hashes: list[int] = []
+        if tokens is not None and self.prefix_caching:
+            bs = self.block_size
+            for i in range((len(tokens) - 1) // bs):
+                h = block_hash(hashes[-1] if hashes else None, tuple(tokens[i * bs:(i + 1) * bs]))
+                b = self.allocator.lookup(h)
+                if b is None:
+                    break
+                self.allocator.incref(b)
+                table.append(b)
+                hashes.append(h)
+        self.tables[seq_id] = table
+        self.lens[seq_id] = len(table) * self.block_size
+        self.tokens[seq_id] = list(tokens[: self.lens[seq_id]]) if tokens is not None else []
+        self._hashed[seq_id] = hashes
+        return self.lens[seq_id]
+
+    def seq_len(self, seq_id) -> int:
+        self._seq(seq_id)
+        return self.lens[seq_id]
+
+    def block_table(self, seq_id) -> list[int]:
+        return list(self._seq(seq_id))
+
+    def fork(self, parent, child) -> None:
+        """`child` shares all of `parent`'s blocks (copy-on-write on the first divergent write)."""
+        table = self._seq(parent)
+        if child in self.tables:
+            raise ValueError(f"child seq_id ({child!r}) already exists; expected a new id")
+        for b in table:
+            self.allocator.incref(b)
+        self.tables[child] = list(table)
+        self.lens[child] = self.lens[parent]
+        self.tokens[child] = list(self.tokens[parent])
+        self._hashed[child] = list(self._hashed[parent])
+
+    def free(self, seq_id) -> None:
+        """Release a sequence; its blocks return to the pool when no one else shares them."""
+        table = self._seq(seq_id)
+        for b in reversed(table):  # tail first: LRU evicts a chain's end before its head
+            self.allocator.decref(b)
+        for d in (self.tables, self.lens, self.tokens, self._hashed):
+            del d[seq_id]
+
+    # --- appending -------------------------------------------------------------------
+    def blocks_needed(self, seq_id, n: int) -> int:
+        """Fresh blocks `reserve(seq_id, n)` would take (new blocks + a copy-on-write)."""
+        table = self._seq(seq_id)
+        L, bs = self.lens[seq_id], self.block_size
+        new = -(-(L + n) // bs) - len(table)
+        cow = n > 0 and L % bs != 0 and self.allocator.ref[table[-1]] > 1
+        return new + int(cow)
+
+    def reserve(self, seq_id, n: int, tokens: list[int] | None = None) -> torch.Tensor:
+        """Make room for n more tokens; return their flat slots (n,) = block·bs + offset.
+
+        Allocates blocks on demand and copies a shared last block before it is written
+        (copy-on-write). Raises PoolExhaustedError before changing anything if the pool
+        is short; the caller then writes K/V with `write` for every layer.
+        """
+        table = self._seq(seq_id)
+        check_positive_int("n", n, minimum=0)
+        if tokens is not None and len(tokens) != n:
+            raise ValueError(f"tokens has {len(tokens)} entries; expected n ({n})")
+        need = self.blocks_needed(seq_id, n)
+        if need > self.allocator.n_free:
+            raise PoolExhaustedError(
+                f"pool exhausted: sequence {seq_id!r} needs {need} blocks for {n} tokens, "
+                f"{self.allocator.n_free} of {self.num_blocks} free")
+        L, bs = self.lens[seq_id], self.block_size
+        if n and L % bs and self.allocator.ref[table[-1]] > 1:  # copy-on-write
+            old = table[-1]
+            (new,) = self.allocator.allocate(1)
+            self.k_pool[:, :, new].copy_(self.k_pool[:, :, old])  # one block, all layers
+            self.v_pool[:, :, new].copy_(self.v_pool[:, :, old])
+            self.allocator.decref(old)
+            table[-1] = new
+        extra = -(-(L + n) // bs) - len(table)
+        if extra > 0:
+            table.extend(self.allocator.allocate(extra))
+        pos = torch.arange(L, L + n)
+        blocks = torch.tensor(table, dtype=torch.long)[pos // bs]  # (n,)
+        self.lens[seq_id] = L + n
+        if tokens is not None:
+            self.tokens[seq_id].extend(int(t) for t in tokens)
+        return blocks * bs + pos % bs  # (n,) flat slots
+
+    def write(self, layer_idx: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Store k (Hkv, T, D), v (Hkv, T, Dv) of one layer at `slots` (T,) from `reserve`."""
+        if isinstance(layer_idx, bool) or not isinstance(layer_idx, int) or \
+                not 0 <= layer_idx < self.n_layers:
+            raise ValueError(f"layer_idx ({layer_idx!r}) must be an int in [0, {self.n_layers})")
+        check_tensor("slots", slots, 1)
+        check_tensor("k", k, 3)
+        check_tensor("v", v, 3)
+        T = slots.shape[0]
+        if k.shape != (self.n_kv_heads, T, self.head_dim) or \
+                v.shape != (self.n_kv_heads, T, self.v_head_dim):
+            raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} must be "
+                             f"({self.n_kv_heads}, {T}, {self.head_dim}) / "
+                             f"({self.n_kv_heads}, {T}, {self.v_head_dim})")
+        if k.dtype != self.dtype or v.dtype != self.dtype:
+            raise TypeError(f"k/v dtype ({k.dtype}, {v.dtype}) must be {self.dtype}")
+        for b in (slots // self.block_size).unique().tolist():
+            if not 0 <= b < self.num_blocks or self.allocator.ref[b] < 1:
+                raise ValueError(f"slots point into block {b}, which is not owned by any "
+                                 "sequence (freed or never reserved); expected reserved slots")
+        nb, bs = self.num_blocks, self.block_size
+        self.k_pool[layer_idx].view(self.n_kv_heads, nb * bs, self.head_dim) \
+            .index_copy_(1, slots, k)
+        self.v_pool[layer_idx].view(self.n_kv_heads, nb * bs, self.v_head_dim) \
+            .index_copy_(1, slots, v)
+
+    def register_full_blocks(self, seq_id) -> None:
+        """Index the sequence's newly completed blocks for prefix caching (after writing)."""
+        if not self.prefix_caching:
+            return
+        table, hashes, toks = self._seq(seq_id), self._hashed[seq_id], self.tokens[seq_id]
+        bs = self.block_size
+        full = min(self.lens[seq_id], len(toks)) // bs
+        for i in range(len(hashes), full):
+            h = block_hash(hashes[-1] if hashes else None, tuple(toks[i * bs:(i + 1) * bs]))
+            self.allocator.register(table[i], h)
+            hashes.append(h)
+
+    # --- reading ---------------------------------------------------------------------
+    def tables_tensor(self, seq_ids: list) -> torch.Tensor:
+        """(B, max_blocks) long block tables, padded with each row's first block."""
+        rows = [self._seq(s) for s in seq_ids]
+        width = max(1, max(len(r) for r in rows))
+        return torch.tensor([r + [r[0] if r else 0] * (width - len(r)) for r in rows],
+                            dtype=torch.long)
+
+    def gather(self, seq_id, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A contiguous copy (Hkv, L, D) / (Hkv, L, Dv) of one sequence's K/V (for tests)."""
+        from ..ops.paged import gather_sequence
+
+        table = torch.tensor(self._seq(seq_id), dtype=torch.long)
+        L = self.lens[seq_id]
+        return (gather_sequence(self.k_pool[layer_idx], table, L),
+                gather_sequence(self.v_pool[layer_idx], table, L))
+
+    # --- preemption ------------------------------------------------------------------
+    def swap_out(self, seq_id) -> SwappedSequence:
+        """Copy the sequence's blocks to host memory and free them in the pool."""
+        idx = torch.tensor(self._seq(seq_id), dtype=torch.long, device=self.device)
+        saved = SwappedSequence(k=self.k_pool.index_select(2, idx).to("cpu"),
+                                v=self.v_pool.index_select(2, idx).to("cpu"),
+                                length=self.lens[seq_id], tokens=list(self.tokens[seq_id]))
+        self.free(seq_id)
+        return saved
+
+    def swap_in(self, seq_id, saved: SwappedSequence) -> None:
+        """Restore a swapped-out sequence into fresh blocks (refuses when the pool is short)."""
+        if seq_id in self.tables:
+            raise ValueError(f"seq_id ({seq_id!r}) already exists; cannot swap it in")
+        n = saved.k.shape[2]
+        blocks = self.allocator.allocate(n)  # raises before any write
+        idx = torch.tensor(blocks, dtype=torch.long, device=self.device)
+        self.k_pool.index_copy_(2, idx, saved.k.to(self.device))
+        self.v_pool.index_copy_(2, idx, saved.v.to(self.device))
+        self.tables[seq_id] = blocks
+        self.lens[seq_id] = saved.length
+        self.tokens[seq_id] = list(saved.tokens)
+        self._hashed[seq_id] = []
+        self.register_full_blocks(seq_id)
+
+    # --- memory & invariants ---------------------------------------------------------
+    @property
+    def bytes_per_block(self) -> int:
+        return (self.k_pool[:, :, 0].numel() + self.v_pool[:, :, 0].numel()) * \
+            self.k_pool.element_size()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole pool (allocated up front)."""
+        return self.bytes_per_block * self.num_blocks
+
+    @property
+    def reserved_nbytes(self) -> int:
+        """Bytes of blocks owned by sequences."""
+        return self.bytes_per_block * self.allocator.n_owned
+
+    @property
+    def used_nbytes(self) -> int:
+        """Bytes holding live tokens; a block shared by k sequences counts once."""
+        per_token = self.bytes_per_block // self.block_size
+        filled: dict[int, int] = {}
+        for s, table in self.tables.items():
+            L = self.lens[s]
+            for i, b in enumerate(table):
+                filled[b] = max(filled.get(b, 0), min(self.block_size, L - i * self.block_size))
+        return per_token * sum(filled.values())
+
+    def check_invariants(self) -> None:
+        """Every block free xor owned; ref count = table references; tables fit lengths."""
+        owners: dict[int, int] = {}
+        for s, table in self.tables.items():
+            if len(table) != -(-self.lens[s] // self.block_size):
+                raise AssertionError(f"sequence {s!r}: {len(table)} blocks for length "
+                                     f"{self.lens[s]}")
+            for b in table:
+                owners[b] = owners.get(b, 0) + 1
+        self.allocator.check_invariants(owners)
+
+    def __repr__(self) -> str:
+        return (f"PagedKVCache(n_layers={self.n_layers}, n_kv_heads={self.n_kv_heads}, "
+                f"head_dim={self.head_dim}, num_blocks={self.num_blocks}, "
+                f"block_size={self.block_size}, sequences={len(self.tables)}, "
+                f"free_blocks={self.allocator.n_free})")

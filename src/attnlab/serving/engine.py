@@ -1,0 +1,265 @@
+"""Continuous-batching generation over a paged KV cache (Orca-style iteration-level
+scheduling, Yu et al. OSDI 2022; vLLM's block manager and preemption, Kwon et al. 2023).
+
+Every `step()` builds one ragged batch under a token budget:
+1. running sequences first, oldest first: one decode token each, or their next prefill
+   chunk. When the pool cannot hold a sequence's new tokens, the youngest running
+   sequence is preempted (possibly the one asking) until it fits:
+   - "swap": its blocks are copied to a host-side store and freed; it resumes by copying
+     them back into fresh blocks;
+   - "recompute": its blocks are freed; it resumes by prefilling prompt + generated
+     tokens again (prefix caching may find some of its old blocks still intact).
+   Either way, no other sequence's blocks are touched, and with greedy decoding the
+   continuation is token-for-token the uninterrupted one.
+2. if nothing was preempted: swapped sequences come back, then waiting requests are
+   admitted with a first prefill chunk, while blocks and budget remain.
+The model runs once on the packed batch (`runner.packed_forward`); a sequence whose chunk
+reaches its last token gets its next token (greedy), and stops on EOS or max tokens.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .._checks import check_positive_int
+from ..cache.paged import SwappedSequence
+from ..models.lm import TinyLM
+from .runner import StepEntry, new_paged_cache, packed_forward
+
+PREEMPTION_MODES = ("swap", "recompute")
+
+
+@dataclass
+class EngineConfig:
+    """num_blocks: pool size; max_batch_tokens: tokens per step (prefill + decode);
+    prefill_chunk: most prompt tokens one sequence prefills per step."""
+
+    num_blocks: int
+    block_size: int = 16  # vLLM default (FACTS.md, PagedAttention)
+    max_batch_tokens: int = 256
+    max_running: int = 64
+    prefill_chunk: int = 128
+    preemption: str = "swap"
+    prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("num_blocks", "block_size", "max_batch_tokens", "max_running",
+                     "prefill_chunk"):
+            check_positive_int(name, getattr(self, name))
+        if self.preemption not in PREEMPTION_MODES:
+            raise ValueError(f"preemption ({self.preemption!r}) must be one of "
+                             f"{list(PREEMPTION_MODES)}")
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    max_new_tokens: int
+    eos_id: int | None = None
+    arrival_step: int = 0  # the step at which the request becomes visible
+
+
+@dataclass
+class Result:
+    request_id: int
+    prompt: list[int]
+    tokens: list[int]  # generated tokens (EOS included when it stopped the request)
+    finish_reason: str  # "eos" or "length"
+    preemptions: int
+
+
+@dataclass
+class _Seq:
+    rid: int
+    req: Request
+    generated: list[int] = field(default_factory=list)
+    computed: int = 0  # tokens whose K/V are in the pool
+    swapped: SwappedSequence | None = None
+    preemptions: int = 0
+
+    @property
+    def all_tokens(self) -> list[int]:
+        return self.req.prompt + self.generated
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    preemptions: int = 0
+    swapped_bytes: int = 0
+    recomputed_tokens: int = 0
+    peak_blocks: int = 0
+    prefix_hit_tokens: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class Engine:
+    """`Engine(model, EngineConfig(num_blocks=...))`; `add_request`, `step`, `run`."""
+
+    def __init__(self, model: TinyLM, cfg: EngineConfig):
+        if not isinstance(cfg, EngineConfig):
+            raise TypeError(f"cfg must be an EngineConfig, got {type(cfg).__name__}")
+        self.model, self.cfg = model.eval(), cfg
+        self.cache = new_paged_cache(model, cfg.num_blocks, cfg.block_size,
+                                     prefix_caching=cfg.prefix_caching)
+        self.waiting: list[_Seq] = []  # arrived or future requests, FCFS
+        self.running: list[_Seq] = []  # resident in the pool, oldest first
+        self.swapped: list[_Seq] = []  # preempted, oldest first
+        self.results: dict[int, Result] = {}
+        self.stats = EngineStats()
+        self._next_id = 0
+
+    # --- requests --------------------------------------------------------------------
+    def add_request(self, req: Request) -> int:
+        if not isinstance(req, Request):
+            raise TypeError(f"req must be a Request, got {type(req).__name__}")
+        if not req.prompt:
+            raise ValueError("req.prompt must hold at least one token")
+        check_positive_int("max_new_tokens", req.max_new_tokens)
+        vocab = self.model.cfg.vocab_size
+        if min(req.prompt) < 0 or max(req.prompt) >= vocab:
+            raise ValueError(f"req.prompt tokens must lie in [0, {vocab})")
+        total = len(req.prompt) + req.max_new_tokens
+        if total > self.model.cfg.max_seq_len:
+            raise ValueError(f"prompt + max_new_tokens ({total}) exceeds the model's "
+                             f"max_seq_len ({self.model.cfg.max_seq_len})")
+        if -(-total // self.cfg.block_size) > self.cfg.num_blocks:
+            raise ValueError(f"request needs up to {-(-total // self.cfg.block_size)} blocks but "
+                             f"the pool has num_blocks ({self.cfg.num_blocks})")
+        rid = self._next_id
+        self._next_id += 1
+        self.waiting.append(_Seq(rid, req))
+        return rid
+
+    @property
+    def done(self) -> bool:
+        return not (self.waiting or self.running or self.swapped)
+
+    # --- preemption ------------------------------------------------------------------
+    def _preempt(self, s: _Seq) -> None:
+        self.running.remove(s)
+        s.preemptions += 1
+        self.stats.preemptions += 1
+        if self.cfg.preemption == "swap":
+            s.swapped = self.cache.swap_out(s.rid)
+            self.stats.swapped_bytes += s.swapped.nbytes
+            self.swapped.append(s)
+        else:
+            self.cache.free(s.rid)
+            self.stats.recomputed_tokens += s.computed
+            s.computed = 0
+            self.waiting.insert(0, s)  # first in line to come back
+
+    def _fit(self, s: _Seq, n: int) -> bool:
+        """Preempt the youngest running sequences until `s` can take n tokens; False if
+        `s` itself had to go."""
+        while self.cache.blocks_needed(s.rid, n) > self.cache.allocator.n_free:
+            victim = self.running[-1]
+            self._preempt(victim)
+            if victim is s:
+                return False
+        return True
+
+    # --- scheduling ------------------------------------------------------------------
+    def _schedule(self) -> list[tuple[_Seq, int, StepEntry]]:
+        budget, plan = self.cfg.max_batch_tokens, []
+        preempted = False
+        for s in list(self.running):
+            if s not in self.running or budget == 0:
+                continue
+            n = min(len(s.all_tokens) - s.computed, self.cfg.prefill_chunk, budget)
+            before = self.stats.preemptions
+            if self._fit(s, n):
+                plan.append(self._reserve(s, n))
+                budget -= n
+            preempted |= self.stats.preemptions != before
+        if preempted:
+            return plan
+        while self.swapped and len(self.running) < self.cfg.max_running and budget > 0:
+            s = self.swapped[0]
+            n = min(len(s.all_tokens) - s.computed, self.cfg.prefill_chunk, budget)
+            need = -(-(s.computed + n) // self.cfg.block_size)  # its blocks + room for n
+            if need > self.cache.allocator.n_free:
+                break
+            self.swapped.pop(0)
+            self.cache.swap_in(s.rid, s.swapped)
+            s.swapped = None
+            self.running.append(s)
+            plan.append(self._reserve(s, n))
+            budget -= n
+        step = self.stats.steps
+        for s in list(self.waiting):
+            if s.req.arrival_step > step or budget == 0 or len(self.running) >= self.cfg.max_running:
+                continue
+            if not self.cache.has_sequence(s.rid):
+                hit = self.cache.add_sequence(s.rid, s.all_tokens)
+                s.computed = hit
+                self.stats.prefix_hit_tokens += hit
+            n = min(len(s.all_tokens) - s.computed, self.cfg.prefill_chunk, budget)
+            if self.cache.blocks_needed(s.rid, n) > self.cache.allocator.n_free:
+                self.cache.free(s.rid)  # give shared prefix blocks back; retry later
+                s.computed = 0
+                break
+            self.waiting.remove(s)
+            self.running.append(s)
+            plan.append(self._reserve(s, n))
+            budget -= n
+        return plan
+
+    def _reserve(self, s: _Seq, n: int) -> tuple[_Seq, int, StepEntry]:
+        """Claim pool slots for s's next n tokens now, so later decisions see them taken."""
+        toks = s.all_tokens[s.computed:s.computed + n]
+        slots = self.cache.reserve(s.rid, n, tokens=toks)
+        return s, n, StepEntry(s.rid, toks, s.computed, slots)
+
+    def step(self) -> list[Result]:
+        """One iteration: schedule, run the packed batch, sample, retire finished requests."""
+        plan = self._schedule()
+        self.stats.steps += 1
+        if not plan:
+            return []
+        entries = [e for _, _, e in plan]
+        logits = packed_forward(self.model, self.cache, entries)  # (E, vocab)
+        self.stats.batch_sizes.append(len(entries))
+        self.stats.peak_blocks = max(self.stats.peak_blocks, self.cache.allocator.n_owned)
+        finished = []
+        for (s, n, _), row in zip(plan, logits):
+            s.computed += n
+            self.cache.register_full_blocks(s.rid)
+            if s.computed < len(s.all_tokens):
+                continue  # mid-prefill: no token yet
+            tok = int(row.argmax())  # greedy
+            s.generated.append(tok)
+            eos = s.req.eos_id is not None and tok == s.req.eos_id
+            if eos or len(s.generated) >= s.req.max_new_tokens:
+                self.running.remove(s)
+                self.cache.free(s.rid)
+                res = Result(s.rid, list(s.req.prompt), list(s.generated),
+                             "eos" if eos else "length", s.preemptions)
+                self.results[s.rid] = res
+                finished.append(res)
+        return finished
+
+    def run(self, requests: Sequence[Request] = (), max_steps: int = 1_000_000) -> list[Result]:
+        """Add `requests`, step until every request finished; results in request order."""
+        ids = [self.add_request(r) for r in requests]
+        for _ in range(max_steps):
+            if self.done:
+                break
+            self.step()
+        else:
+            raise RuntimeError(f"engine did not finish within max_steps ({max_steps})")
+        return [self.results[i] for i in ids]
+
+
+def generate_one(model: TinyLM, prompt: list[int], max_new_tokens: int,
+                 eos_id: int | None = None) -> list[int]:
+    """Greedy tokens of one request with the model's contiguous cache (the reference)."""
+    from ..models.generate import generate
+
+    out = generate(model, torch.tensor([prompt]), max_new_tokens)[0, len(prompt):].tolist()
+    if eos_id is not None and eos_id in out:
+        out = out[: out.index(eos_id) + 1]
+    return out
