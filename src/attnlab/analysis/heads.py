@@ -147,7 +147,7 @@ def head_table(patterns: torch.Tensor, period: int, rule: str = "mass",
     """All four scores per (layer, head) for patterns (L, B, H, N, N) of a repeated sequence
     with no BOS (batch-averaged): {"previous", "duplicate", "induction", "sink"} -> (L, H)."""
     check_tensor("patterns", patterns, 5)
-    kw = dict(causal=causal)
+    kw = {"causal": causal}
     return {
         "previous": previous_token_score(patterns, rule, **kw).mean(1),
         "duplicate": duplicate_token_score(patterns, period, rule, **kw).mean(1),
