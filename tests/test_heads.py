@@ -2,9 +2,15 @@
 import pytest
 import torch
 
-from attnlab.analysis.heads import (copying_score, duplicate_token_score, head_table,
-                                    induction_score, previous_token_score,
-                                    repeated_random_tokens, sink_score)
+from attnlab.analysis.heads import (
+    copying_score,
+    duplicate_token_score,
+    head_table,
+    induction_score,
+    previous_token_score,
+    repeated_random_tokens,
+    sink_score,
+)
 from attnlab.analysis.hooks import hf_patterns
 from attnlab.layers.attention import AttentionSpec
 from attnlab.models import ModelConfig, TinyLM

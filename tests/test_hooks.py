@@ -2,8 +2,13 @@
 import pytest
 import torch
 
-from attnlab.analysis.hooks import (hf_patterns, linear_pattern, repeat_kv, run_with_cache,
-                                    ssd_pattern)
+from attnlab.analysis.hooks import (
+    hf_patterns,
+    linear_pattern,
+    repeat_kv,
+    run_with_cache,
+    ssd_pattern,
+)
 from attnlab.layers.attention import AttentionSpec
 from attnlab.layers.linear_attention import LinearAttentionSpec, PerformerSpec
 from attnlab.layers.mla import MLASpec
