@@ -9,12 +9,13 @@ change the intra-op thread count; default 1, see below).
 from __future__ import annotations
 
 import argparse
-import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from attnlab.analysis.lsh_quality import clustered_qk, quality_curve
+from attnlab.analysis.scaling import default_mechanisms, geometric, measure_scaling, plot_scaling
 from attnlab.masks import EMPTY, bigbird, global_tokens, sliding_window
 from attnlab.ops.lsh import lsh_attention
 from attnlab.ops.softmax import attention
@@ -24,7 +25,7 @@ from .common import header, matmul_peak_flops, time_fn, write_results
 
 B, H, D = 1, 2, 64
 WINDOW, N_GLOBAL = 512, 64  # window keys (self included); global positions 0..63
-BB = dict(block_size=64, window_blocks=3, global_blocks=(0, 1), random_blocks=3)  # ITC base
+BB = {"block_size": 64, "window_blocks": 3, "global_blocks": (0, 1), "random_blocks": 3}  # ITC base
 BUCKET, HASHES = 64, 4  # LSH chunk (= reformer-pytorch bucket_size) and rounds
 
 
@@ -61,32 +62,32 @@ def structured(ns: list[int], peak: float, reps: int, flex_max: int, sdpa_max: i
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     flex = torch.compile(flex_attention)
-    rows = ["| mask | N | attnlab block-sparse (s) | GFLOP/s (% peak) | SDPA dense mask (s) | "
+    rows = [("| mask | N | attnlab block-sparse (s) | GFLOP/s (% peak) | SDPA dense mask (s) | "
             "flex compiled (s) | flex, block = mask block (s) | vs SDPA | vs flex | "
-            "max abs diff vs flex |", "|" + "---|" * 10]
+            "max abs diff vs flex |"), "|" + "---|" * 10]
     g = torch.Generator().manual_seed(0)
     for n in ns:
         q, k, v = (torch.randn(B, H, n, D, generator=g) for _ in range(3))
         for name, (m, blk, mod) in masks(n).items():
-            ours = lambda: block_sparse_attention(q, k, v, mask=m, q_block=blk, kv_block=blk)  # noqa: E731
+            ours = partial(block_sparse_attention, q, k, v, mask=m, q_block=blk, kv_block=blk)
             out = ours()
             t = time_fn(ours, reps)
             flops = 4 * D * B * H * visible_block_area(m, n, blk)
             cells = {"sdpa": "–", "flex": "–", "flex_b": "–", "r_sdpa": "–", "r_flex": "–",
                      "diff": "–"}
             if n <= sdpa_max:
-                ts = time_fn(lambda: attention(q, k, v, mask=m, backend="sdpa"), 1, warmup=0)
+                ts = time_fn(partial(attention, q, k, v, mask=m, backend="sdpa"), 1, warmup=0)
                 cells["sdpa"], cells["r_sdpa"] = f"{ts.median:.4f}", f"{ts.median / t.median:.2f}x"
             if n <= flex_max:
                 bm = create_block_mask(mod, None, None, n, n, device="cpu")
                 fo = flex(q, k, v, block_mask=bm)
-                tf = time_fn(lambda: flex(q, k, v, block_mask=bm), reps)
+                tf = time_fn(partial(flex, q, k, v, block_mask=bm), reps)
                 cells["flex"], cells["r_flex"] = f"{tf.median:.4f}", f"{tf.median / t.median:.2f}x"
                 cells["diff"] = f"{float((fo - out).abs().max()):.1e}"
                 if blk != 128:  # flex at the mask's own block size (no 128-tile waste)
                     bm2 = create_block_mask(mod, None, None, n, n, device="cpu", BLOCK_SIZE=blk)
                     flex(q, k, v, block_mask=bm2)
-                    tf2 = time_fn(lambda: flex(q, k, v, block_mask=bm2), reps)
+                    tf2 = time_fn(partial(flex, q, k, v, block_mask=bm2), reps)
                     cells["flex_b"] = f"{tf2.median:.4f}"
             row = (f"| {name} | {n} | {t.median:.4f} | {flops / t.median / 1e9:.1f} "
                    f"({100 * flops / t.median / peak:.0f}%) | {cells['sdpa']} | {cells['flex']} | "
@@ -99,20 +100,21 @@ def structured(ns: list[int], peak: float, reps: int, flex_max: int, sdpa_max: i
 def lsh_speed(ns: list[int], peak: float, reps: int) -> list[str]:
     from reformer_pytorch.reformer_pytorch import LSHAttention
 
-    rows = ["| N | attnlab LSH dedup (s) | attnlab LSH no dedup (s) | GFLOP/s (% peak) | "
+    rows = [("| N | attnlab LSH dedup (s) | attnlab LSH no dedup (s) | GFLOP/s (% peak) | "
             "reformer-pytorch (s) | exact fused SDPA (s) | vs reformer-pytorch (no dedup) | "
-            "vs exact |", "|" + "---|" * 8]
+            "vs exact |"), "|" + "---|" * 8]
     g = torch.Generator().manual_seed(1)
     peer = LSHAttention(bucket_size=BUCKET, n_hashes=HASHES, causal=False).eval()
     for n in ns:
         qk, v = (torch.randn(B, H, n, D, generator=g) for _ in range(2))
-        t1 = time_fn(lambda: lsh_attention(qk, v, n_hashes=HASHES, chunk_size=BUCKET), reps)
-        t2 = time_fn(lambda: lsh_attention(qk, v, n_hashes=HASHES, chunk_size=BUCKET,
-                                           dedup=False), reps)
+        t1 = time_fn(partial(lsh_attention, qk, v, n_hashes=HASHES, chunk_size=BUCKET), reps)
+        t2 = time_fn(partial(lsh_attention, qk, v, n_hashes=HASHES, chunk_size=BUCKET,
+                             dedup=False), reps)
         flat_qk, flat_v = qk.reshape(B * H, n, D), v.reshape(B * H, n, D)  # (B·H, N, D)
         with torch.no_grad():
-            tp = time_fn(lambda: peer(flat_qk, flat_v), reps)
-        te = time_fn(lambda: F.scaled_dot_product_attention(qk, qk, v), 1 if n > 16384 else reps)
+            tp = time_fn(partial(peer, flat_qk, flat_v), reps)
+        te = time_fn(partial(F.scaled_dot_product_attention, qk, qk, v),
+                     1 if n > 16384 else reps)
         flops = 4 * D * B * H * HASHES * n * 2 * BUCKET
         row = (f"| {n} | {t1.median:.4f} | {t2.median:.4f} | {flops / t2.median / 1e9:.1f} "
                f"({100 * flops / t2.median / peak:.0f}%) | {tp.median:.4f} | {te.median:.4f} | "
@@ -131,6 +133,25 @@ def lsh_quality(n: int) -> list[str]:
         for r, c in curve.items():
             rows.append(f"| {label} | {r} | {c['relative_error']:.3f} | {c['topk_recall']:.3f} |")
             print(rows[-1], flush=True)
+    return rows
+
+
+def scaling(quick: bool, threads: int) -> list[str]:
+    ns = geometric(1024, 4096 if quick else 16384)
+    res = measure_scaling(default_mechanisms(head_dim=D, window=WINDOW, block=64, chunk=BUCKET,
+                                             n_hashes=2), ns, repeats=3, estimator="min",
+                          threads=threads)
+    rows = ["| mechanism | " + " | ".join(f"N={n} (s)" for n in ns) + " | fitted slope | "
+            "max log residual |", "|" + "---|" * (len(ns) + 3)]
+    for r in res:
+        rows.append(f"| {r.name} | " + " | ".join(f"{t:.4f}" for t in r.seconds)
+                    + f" | {r.slope:.2f} | {r.max_residual:.2f} |")
+        print(rows[-1], flush=True)
+    if not quick:
+        from .common import RESULTS_DIR
+
+        path = plot_scaling(res, str(RESULTS_DIR / "sparse_scaling.png"))
+        rows.append("" if path is None else "\n![time vs N, log-log](sparse_scaling.png)")
     return rows
 
 
@@ -166,6 +187,13 @@ def run(quick: bool, threads: int) -> str:
                "correction, so it is compared with attnlab's dedup=False; dedup=True is the "
                "exact union (more work). Exact = fused SDPA, non-causal, shared QK.\n")
     out += lsh_speed(ns, peak, reps)
+    out.append("\n## Measured complexity: log-log slope of time vs N "
+               "(`attnlab.analysis.scaling`)\n")
+    out.append(f"One head, d = {D}, causal everywhere: full = fused SDPA; window W={WINDOW} and "
+               "BigBird (block 64) on the block-sparse executor; LSH 2 rounds, chunk "
+               f"{BUCKET}. Fastest of 3 runs per point. Expected slopes: 2 (full), 1 (window, "
+               "BigBird), 1–1.2 (LSH).\n")
+    out += scaling(quick, threads)
     nq = 1024 if quick else 2048
     out.append(f"\n## LSH quality vs n_hashes (N = {nq}, chunk {BUCKET}, dedup on)\n")
     out.append("Relative error = ‖o_lsh − o_exact‖/‖o_exact‖ against exact shared-QK "

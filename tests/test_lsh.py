@@ -1,9 +1,17 @@
 """Reformer LSH attention: chunked fast path vs dense references, error vs n_hashes."""
+import itertools
+
 import pytest
 import torch
 
-from attnlab.ops.lsh import (hash_buckets, lsh_attention, lsh_attention_reference, lsh_visible,
-                             random_rotations, shared_qk_attention)
+from attnlab.ops.lsh import (
+    hash_buckets,
+    lsh_attention,
+    lsh_attention_reference,
+    lsh_visible,
+    random_rotations,
+    shared_qk_attention,
+)
 from attnlab.ops.softmax import merge_many
 
 CASES = [  # (N, chunk, n_hashes, n_buckets, causal)
@@ -81,7 +89,7 @@ def test_error_falls_as_hash_rounds_grow():
     for R in (1, 2, 4, 8):
         out = lsh_attention(qk, v, n_hashes=R, chunk_size=32, n_buckets=16, seed=0)
         errs.append(float((out - exact).norm() / exact.norm()))
-    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert all(a > b for a, b in itertools.pairwise(errs)), errs
     assert errs[-1] < 0.2 * errs[0] and errs[-1] < 0.25, errs
     # nested visibility: rounds drawn in order, so 4 rounds see a superset of 2 rounds
     v2 = lsh_visible(qk, random_rotations(32, 2, 16), 32, False)

@@ -2,9 +2,15 @@
 import pytest
 import torch
 
-from attnlab.analysis.receptive_field import (RandomAttentionStack, field_size, graph_reach,
-                                              measured_reach, measured_receptive_field,
-                                              perturbation_effect, theoretical_receptive_field)
+from attnlab.analysis.receptive_field import (
+    RandomAttentionStack,
+    field_size,
+    graph_reach,
+    measured_reach,
+    measured_receptive_field,
+    perturbation_effect,
+    theoretical_receptive_field,
+)
 from attnlab.layers.attention import Attention
 from attnlab.masks import bigbird, causal, global_tokens, sliding_window
 

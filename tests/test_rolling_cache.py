@@ -58,15 +58,15 @@ def test_decode_equals_band_masked_forward_over_4w_tokens(schedule, H, Hkv):
 def test_update_returns_window_keys_and_positions():
     cache = RollingKVCache(1, 1, 1, 2, window=3)
     ks = torch.arange(10.0).view(1, 1, 10, 1).expand(1, 1, 10, 2).contiguous()  # key = pos
-    k, v = cache.update(0, ks[:, :, :5], ks[:, :, :5])  # chunk longer than W
+    k, _ = cache.update(0, ks[:, :, :5], ks[:, :, :5])  # chunk longer than W
     assert k.shape[2] == 5 and cache.kv_positions(0).tolist() == [0, 1, 2, 3, 4]
     assert sorted(cache.stored_positions(0).tolist()) == [2, 3, 4]
     for p in range(5, 10):  # decode: the buffer itself, slot p mod W holds position p
-        k, v = cache.update(0, ks[:, :, p:p + 1], ks[:, :, p:p + 1])
+        k, _ = cache.update(0, ks[:, :, p:p + 1], ks[:, :, p:p + 1])
         pos = cache.kv_positions(0)
         assert k.shape[2] == 3 and torch.equal(k[0, 0, :, 0], pos.float())
         assert sorted(pos.tolist()) == [p - 2, p - 1, p] and int(pos[p % 3]) == p
-    k, v = cache.update(0, ks[:, :, :2] + 10, ks[:, :, :2] + 10)  # chunk of 2: stored + new
+    k, _v = cache.update(0, ks[:, :, :2] + 10, ks[:, :, :2] + 10)  # chunk of 2: stored + new
     assert cache.kv_positions(0).tolist()[-2:] == [10, 11] and k.shape[2] == 5
 
 
@@ -79,7 +79,7 @@ def test_memory_is_capped_and_evicted_positions_raise():
         cache.update(0, k, k)
     assert cache.nbytes == 2 * 3 * 2 * 16 * 5 * 4  # unchanged after 12 tokens
     assert cache.used_nbytes == 3 * 2 * 16 * 5 * 4  # layer 0 holds W tokens, layer 1 none
-    k, v = cache.get(0, [7, 11, 9])
+    k, _v = cache.get(0, [7, 11, 9])
     assert k[0, 0, :, 0].tolist() == [7.0, 11.0, 9.0]
     with pytest.raises(EvictedPositionError, match=r"position 6 is not held by layer 0: "
                                                     r"the rolling window of 5 holds positions "

@@ -3,8 +3,14 @@ import math
 
 import pytest
 
-from attnlab.analysis.scaling import (ScalingResult, default_mechanisms, fit_loglog, geometric,
-                                      measure_scaling, plot_scaling)
+from attnlab.analysis.scaling import (
+    ScalingResult,
+    default_mechanisms,
+    fit_loglog,
+    geometric,
+    measure_scaling,
+    plot_scaling,
+)
 
 
 def test_fit_recovers_exact_power_laws():

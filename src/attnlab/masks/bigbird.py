@@ -18,8 +18,8 @@ O(N · b · (window + globals + r) · D) instead of O(N² · D).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 from ...analysis.configs import get_config
-from ...analysis.receptive_field import (RandomAttentionStack, field_size, graph_reach,
-                                         measured_reach, theoretical_receptive_field)
+from ...analysis.receptive_field import (
+    RandomAttentionStack,
+    field_size,
+    graph_reach,
+    measured_reach,
+    theoretical_receptive_field,
+)
 from ...masks import sliding_window
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from ...analysis.receptive_field import (RandomAttentionStack, graph_reach, measured_reach,
-                                         theoretical_receptive_field)
+from ...analysis.receptive_field import (
+    RandomAttentionStack,
+    graph_reach,
+    measured_reach,
+    theoretical_receptive_field,
+)
 from ...masks import causal, global_tokens, sliding_window
 from ...ops.softmax import attention, attention_reference
 from ..registry import Evidence, EvidenceContext, Question

@@ -1,8 +1,11 @@
 """Q17: what sliding windows give up — a needle beyond the receptive field cannot matter."""
 from __future__ import annotations
 
-from ...analysis.receptive_field import (RandomAttentionStack, perturbation_effect,
-                                         theoretical_receptive_field)
+from ...analysis.receptive_field import (
+    RandomAttentionStack,
+    perturbation_effect,
+    theoretical_receptive_field,
+)
 from ...masks import sliding_window
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES

@@ -1,6 +1,8 @@
 """Q20: Reformer's LSH attention — exact in the limit, error falling with hash rounds."""
 from __future__ import annotations
 
+import itertools
+
 from ...analysis.lsh_quality import clustered_qk, quality_curve
 from ...ops.lsh import lsh_attention, shared_qk_attention
 from ..registry import Evidence, EvidenceContext, Question
@@ -24,9 +26,9 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.measurements[f"N = {n}, chunk {c}: relative error at 1/2/4/8 rounds"] = errs
     ev.measurements["top-8 recall at 1/2/4/8 rounds"] = recall
     ev.check("error falls at every doubling of n_hashes",
-             all(a > b for a, b in zip(errs, errs[1:])), str(errs))
+             all(a > b for a, b in itertools.pairwise(errs)), str(errs))
     ev.check("top-8 recall rises and exceeds 0.9 at 8 rounds",
-             all(a <= b for a, b in zip(recall, recall[1:])) and recall[-1] > 0.9, str(recall))
+             all(a <= b for a, b in itertools.pairwise(recall)) and recall[-1] > 0.9, str(recall))
     ev.measurements["scores computed per round vs full"] = (n * 2 * c, n * n)
     ev.key_figure = (f"rel. error {errs[0]} → {errs[-1]}, top-8 recall {recall[0]} → "
                      f"{recall[-1]} from 1 to 8 rounds")

@@ -1,6 +1,8 @@
 """Q39: receptive field of layer ℓ in a sliding-window transformer, per layer, measured."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from ...analysis.receptive_field import field_size, theoretical_receptive_field
@@ -21,7 +23,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
         (g,) = torch.autograd.grad(h[0, -1].sum(), x, retain_graph=True)
         fields.append(field_size(g[0].abs().sum(-1) > 0))
     formula = [theoretical_receptive_field(ell, W) for ell in range(1, L + 1)]
-    growth = [b - a for a, b in zip(fields, fields[1:])]
+    growth = [b - a for a, b in itertools.pairwise(fields)]
     ev.measurements["W"] = W
     ev.measurements["field after layer ℓ = 1..5 (autograd through Attention layers)"] = fields
     ev.measurements["formula ℓ·(W−1)+1"] = formula

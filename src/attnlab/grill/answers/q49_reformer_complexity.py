@@ -1,6 +1,8 @@
 """Q49: sequence complexity of Reformer — fitted log-log slope of LSH vs full attention."""
 from __future__ import annotations
 
+import itertools
+
 from ...analysis.scaling import default_mechanisms, measure_scaling
 from ...ops.lsh.hashing import default_n_buckets
 from ..registry import Evidence, EvidenceContext, Question
@@ -26,7 +28,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.measurements["scores computed (2 rounds, chunk 64)"] = counts
     ev.measurements["buckets by N (≈ N / chunk)"] = {n: default_n_buckets(n, 64) for n in ns}
     ev.check("score count doubles exactly with N", all(
-        counts[b] == 2 * counts[a] for a, b in zip(ns, ns[1:])), str(counts))
+        counts[b] == 2 * counts[a] for a, b in itertools.pairwise(ns)), str(counts))
     ev.key_figure = f"fitted slope: LSH {lsh:.2f}, full attention {full:.2f} (N = {ns[0]}…{ns[-1]})"
     return ev
 

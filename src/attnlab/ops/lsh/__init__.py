@@ -3,5 +3,5 @@ from .attention import lsh_attention
 from .hashing import default_n_buckets, hash_buckets, random_rotations
 from .reference import lsh_attention_reference, lsh_visible, shared_qk_attention
 
-__all__ = ["lsh_attention", "lsh_attention_reference", "lsh_visible", "shared_qk_attention",
-           "hash_buckets", "random_rotations", "default_n_buckets"]
+__all__ = ["default_n_buckets", "hash_buckets", "lsh_attention", "lsh_attention_reference",
+           "lsh_visible", "random_rotations", "shared_qk_attention"]

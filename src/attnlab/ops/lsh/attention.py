@@ -25,8 +25,13 @@ import torch.nn.functional as F
 
 from ..._checks import check_positive_int, check_tensor
 from ..softmax.merge import merge_many
-from .hashing import (check_n_buckets, check_rotations, default_n_buckets, hash_buckets,
-                      random_rotations)
+from .hashing import (
+    check_n_buckets,
+    check_rotations,
+    default_n_buckets,
+    hash_buckets,
+    random_rotations,
+)
 from .reference import normalized_keys
 
 
