@@ -71,6 +71,22 @@ class PagedKVCache:
         self.tokens: dict[Hashable, list[int]] = {}  # token ids, for prefix hashes
         self._hashed: dict[Hashable, list[int]] = {}  # chain hashes of registered blocks
 
+    @classmethod
+    def from_memory(cls, n_layers: int, n_kv_heads: int, head_dim: int, budget_bytes: int,
+                    block_size: int = 16, v_head_dim: int | None = None, *,
+                    dtype: torch.dtype = torch.float32, **kw) -> PagedKVCache:
+        """As many blocks as `budget_bytes` holds; refuses a budget below one block."""
+        check_positive_int("budget_bytes", budget_bytes)
+        check_positive_int("block_size", block_size)
+        per_block = n_layers * n_kv_heads * block_size * (
+            head_dim + (head_dim if v_head_dim is None else v_head_dim)) * \
+            torch.empty((), dtype=dtype).element_size()
+        if budget_bytes < per_block:
+            raise ValueError(f"budget_bytes ({budget_bytes}) is smaller than one block "
+                             f"({per_block} bytes); expected room for at least one block")
+        return cls(n_layers, n_kv_heads, head_dim, budget_bytes // per_block, block_size,
+                   v_head_dim, dtype=dtype, **kw)
+
     # --- sequences -------------------------------------------------------------------
     def _seq(self, seq_id) -> list[int]:
         if seq_id not in self.tables:
