@@ -116,3 +116,13 @@ def test_bad_input():
         mha_to_gqa(torch.nn.Linear(2, 2), 1)
     with pytest.raises(TypeError, match=r"layer must be an Attention, got Linear"):
         gqa_to_mha(torch.nn.Linear(2, 2))
+
+
+def test_conversion_keeps_every_setting_including_the_rolling_cache():
+    from attnlab.cache.rolling import RollingKVCache
+
+    torch.manual_seed(0)
+    layer = Attention(D_MODEL, H, window=3, kv_cache="rolling", rope_base=500.0, layer_idx=2)
+    for new in (mha_to_gqa(layer, 2), gqa_to_mha(mha_to_gqa(layer, 3))):
+        assert new.kv_cache == "rolling" and isinstance(new.new_cache(1, 16), RollingKVCache)
+        assert (new.window, new.rope_base, new.layer_idx) == (3, 500.0, 2)

@@ -38,16 +38,40 @@ def check_backend(backend) -> str:
     return backend
 
 
-def check_hidden(name: str, x, d_model: int, dtype: torch.dtype) -> torch.Tensor:
+def check_hidden(name: str, x, d_model: int, dtype: torch.dtype,
+                 device: torch.device | None = None) -> torch.Tensor:
     """Hidden states must be a (B, N, d_model) tensor of the layer's dtype (any dtype
-    under torch.autocast, which casts per op)."""
+    under torch.autocast, which casts per op) and, when `device` is given, on the
+    layer's device."""
     check_tensor(name, x, 3)
     if x.shape[-1] != d_model:
         raise ValueError(f"{name} last dimension ({x.shape[-1]}) must equal d_model ({d_model})")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on {x.device} but the layer's weights are on {device}; "
+                         f"expected {device}")
     if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's weights are {dtype}; "
                         f"expected {dtype}")
     return x
+
+
+def resolve_heads(d_model: int, n_heads: int, n_kv_heads: int | None,
+                  head_dim: int | None) -> tuple[int, int]:
+    """Validate a layer's head geometry; returns (n_kv_heads, head_dim).
+
+    `n_kv_heads=None` means MHA (= n_heads); `head_dim=None` means d_model // n_heads,
+    which then must divide. `n_heads` must be divisible by `n_kv_heads` (SPEC §1).
+    """
+    check_positive_int("d_model", d_model)
+    check_positive_int("n_heads", n_heads)
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    check_positive_int("n_kv_heads", n_kv_heads)
+    check_divisible("n_heads", n_heads, "n_kv_heads", n_kv_heads)
+    if head_dim is None:
+        check_divisible("d_model", d_model, "n_heads", n_heads)
+        head_dim = d_model // n_heads
+    check_positive_int("head_dim", head_dim)
+    return n_kv_heads, head_dim
 
 
 KV_CACHES = ("contiguous", "rolling")
@@ -137,15 +161,7 @@ class Attention(Mixer):
                  scale: float | None = None, backend: str = "auto", layer_idx: int = 0,
                  kv_cache: str = "contiguous"):
         super().__init__()
-        check_positive_int("d_model", d_model)
-        check_positive_int("n_heads", n_heads)
-        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        check_positive_int("n_kv_heads", n_kv_heads)
-        check_divisible("n_heads", n_heads, "n_kv_heads", n_kv_heads)
-        if head_dim is None:
-            check_divisible("d_model", d_model, "n_heads", n_heads)
-            head_dim = d_model // n_heads
-        check_positive_int("head_dim", head_dim)
+        n_kv_heads, head_dim = resolve_heads(d_model, n_heads, n_kv_heads, head_dim)
         if rope and head_dim % 2:
             raise ValueError(f"head_dim ({head_dim}) must be even when rope=True")
         if window is not None:
@@ -185,7 +201,7 @@ class Attention(Mixer):
                 f"causal={self.causal}, backend={self.backend!r}, layer_idx={self.layer_idx}")
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        check_hidden("x", x, self.d_model, self.q_proj.weight.dtype)
+        check_hidden("x", x, self.d_model, self.q_proj.weight.dtype, self.q_proj.weight.device)
         check_cache(cache)
         B, N, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim

@@ -29,7 +29,8 @@ def _like(layer: Attention, n_kv_heads: int) -> Attention:
     new = Attention(layer.d_model, layer.n_heads, n_kv_heads, layer.head_dim, rope=layer.rope,
                     rope_base=layer.rope_base, rope_interleaved=layer.rope_interleaved,
                     window=layer.window, causal=layer.causal, bias=layer.bias,
-                    scale=layer.scale, backend=layer.backend, layer_idx=layer.layer_idx)
+                    scale=layer.scale, backend=layer.backend, layer_idx=layer.layer_idx,
+                    kv_cache=layer.kv_cache)
     new = new.to(device=layer.q_proj.weight.device, dtype=layer.q_proj.weight.dtype)
     new.q_proj.load_state_dict(layer.q_proj.state_dict())
     new.o_proj.load_state_dict(layer.o_proj.state_dict())

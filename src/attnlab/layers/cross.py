@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_divisible, check_positive_int, check_tensor
+from .._checks import check_positive_int, check_tensor
 from ..cache.static import StaticCrossCache
 from ..ops.softmax import attention
-from .attention import check_backend, check_hidden
+from .attention import check_backend, check_hidden, resolve_heads
 from .hooks import HookPoint
 
 
@@ -35,15 +35,7 @@ class CrossAttention(nn.Module):
                  bias: bool = False, scale: float | None = None, backend: str = "auto",
                  layer_idx: int = 0):
         super().__init__()
-        check_positive_int("d_model", d_model)
-        check_positive_int("n_heads", n_heads)
-        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        check_positive_int("n_kv_heads", n_kv_heads)
-        check_divisible("n_heads", n_heads, "n_kv_heads", n_kv_heads)
-        if head_dim is None:
-            check_divisible("d_model", d_model, "n_heads", n_heads)
-            head_dim = d_model // n_heads
-        check_positive_int("head_dim", head_dim)
+        n_kv_heads, head_dim = resolve_heads(d_model, n_heads, n_kv_heads, head_dim)
         d_encoder = d_model if d_encoder is None else d_encoder
         check_positive_int("d_encoder", d_encoder)
         check_positive_int("layer_idx", layer_idx, minimum=0)
@@ -66,7 +58,8 @@ class CrossAttention(nn.Module):
 
     def project_kv(self, encoder_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder K and V, each (B, Hkv, S, D): the once-per-request work."""
-        check_hidden("encoder_out", encoder_out, self.d_encoder, self.k_proj.weight.dtype)
+        check_hidden("encoder_out", encoder_out, self.d_encoder, self.k_proj.weight.dtype,
+                     self.k_proj.weight.device)
         B, S, _ = encoder_out.shape
         k = self.k_proj(encoder_out).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(encoder_out).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -75,7 +68,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, encoder_out: torch.Tensor | None = None,
                 cache: StaticCrossCache | None = None,
                 encoder_mask: torch.Tensor | None = None) -> torch.Tensor:
-        check_hidden("x", x, self.d_model, self.q_proj.weight.dtype)
+        check_hidden("x", x, self.d_model, self.q_proj.weight.dtype, self.q_proj.weight.device)
         if cache is not None and not isinstance(cache, StaticCrossCache):
             raise TypeError(f"cache must be a StaticCrossCache or None, got "
                             f"{type(cache).__name__}")

@@ -170,7 +170,7 @@ class MultiLatentAttention(Mixer):
         return w[:, : s.qk_nope_head_dim], w[:, s.qk_nope_head_dim:]
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        check_hidden("x", x, self.d_model, self.o_proj.weight.dtype)
+        check_hidden("x", x, self.d_model, self.o_proj.weight.dtype, self.o_proj.weight.device)
         check_cache(cache)
         s = self.spec
         B, N, _ = x.shape

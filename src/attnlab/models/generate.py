@@ -28,6 +28,12 @@ def generate(model: TinyLM, prompt: torch.Tensor, max_new_tokens: int,
     if top_k is not None:
         check_positive_int("top_k", top_k)
     B, N0 = prompt.shape
+    # the last sampled token is never fed back: the model sees N0 + max_new_tokens - 1
+    # positions. Checked here, before any forward pass, not mid-generation.
+    if N0 + max_new_tokens - 1 > model.cfg.max_seq_len:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) with a prompt of {N0} tokens needs "
+                         f"{N0 + max_new_tokens - 1} positions; expected at most max_seq_len "
+                         f"({model.cfg.max_seq_len})")
     if max_new_tokens == 0:
         return prompt.clone()
     gen = torch.Generator(device=prompt.device)
