@@ -31,11 +31,10 @@ def toks(B=3, N=11, seed=1):
 
 def test_zero_ablation_zeroes_head_and_restores():
     model, t = lm(), toks()
-    with ablate(model, [(1, 2)]):
-        a = run_with_cache(model, t).layers[1]
-        # the recorded head_out is the hook point's input; the ablated logits differ
+    with ablate(model, [(1, 2)]), torch.no_grad():
         abl = model(t)
-    assert not torch.allclose(abl, model(t))
+    assert not torch.allclose(abl, model(t))  # ablation changed the output ...
+    torch.testing.assert_close(run_with_cache(model, t).logits, model(t))  # ... and is gone
     with ablate(model, [(1, 2)]), torch.no_grad():
         seen = {}
         h = model.blocks[1].mixer.o_proj.register_forward_pre_hook(
@@ -44,7 +43,6 @@ def test_zero_ablation_zeroes_head_and_restores():
         h.remove()
     x = seen["x"].view(3, 11, 4, 8)  # (B, N, H, D) before o_proj
     assert float(x[:, :, 2].abs().max()) == 0.0 and float(x[:, :, 1].abs().max()) > 0
-    assert a.pattern.shape == (3, 4, 11, 11)
 
 
 def test_mean_ablation_uses_mean():
@@ -120,9 +118,8 @@ def test_bad_heads():
     model = lm()
     with pytest.raises(ValueError, match=r"head \(4\) out of range"), ablate(model, [(0, 4)]):
         pass
-    with pytest.raises(ValueError, match=r"layer \(2\) does not exist"):
-        with ablate(model, [(2, 0)]):
-            pass
+    with pytest.raises(ValueError, match=r"layer \(2\) does not exist"), ablate(model, [(2, 0)]):
+        pass
     with pytest.raises(TypeError, match="tuples"), ablate(model, [3]):
         pass
     with pytest.raises(ValueError, match="mode"), ablate(model, [(0, 0)], "resample"):
@@ -131,6 +128,6 @@ def test_bad_heads():
         pass
     with pytest.raises(ValueError, match="empty"):
         head_importance(model, [])
-    with pytest.raises(TypeError, match="hook_head_out"):
-        with ablate(lm(spec=LinearAttentionSpec(4)), [(0, 0)]):
-            pass
+    linear = lm(spec=LinearAttentionSpec(4))
+    with pytest.raises(TypeError, match="hook_head_out"), ablate(linear, [(0, 0)]):
+        pass
