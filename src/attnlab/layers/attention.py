@@ -211,7 +211,10 @@ class Attention(Mixer):
         q = self.q_proj(x).view(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
         k = self.k_proj(x).view(B, N, Hkv, D).transpose(1, 2)  # (B, Hkv, N, D)
         v = self.v_proj(x).view(B, N, Hkv, D).transpose(1, 2)  # (B, Hkv, N, D)
-        if self.rope:
+        # caches with `rope_in_cache` (StreamingLLM sink cache) store keys before RoPE and
+        # define positions themselves: rotate after `update`, with the cache's positions
+        rope_in_cache = getattr(cache, "rope_in_cache", False)
+        if self.rope and not rope_in_cache:
             q = apply_rope(q, positions, base=self.rope_base, interleaved=self.rope_interleaved)
             k = apply_rope(k, positions, base=self.rope_base, interleaved=self.rope_interleaved)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
@@ -221,6 +224,11 @@ class Attention(Mixer):
         else:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, L, D) views
             q_pos, kv_pos = positions, cache.kv_positions(self.layer_idx)
+            if rope_in_cache:  # queries sit at the last N in-cache positions
+                q_pos = kv_pos[-N:]
+                if self.rope:
+                    rot = dict(base=self.rope_base, interleaved=self.rope_interleaved)
+                    q, k = apply_rope(q, q_pos, **rot), apply_rope(k, kv_pos, **rot)
             if self.window is not None and positions_are_slots(cache, self.layer_idx):
                 # keys before the first query's window are masked for every query: skip
                 # them, so a decode step reads W keys, not the whole history (exact)
