@@ -21,6 +21,10 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive_int, check_tensor
+from ..models.data import repeated_random_tokens
+
+__all__ = ["copying_score", "duplicate_token_score", "head_table", "induction_score",
+           "previous_token_score", "repeated_random_tokens", "score", "sink_score"]
 
 RULES = ("mass", "mul", "abs")
 CAUSAL_TOL = 1e-6
@@ -127,19 +131,6 @@ def sink_score(pattern: torch.Tensor, rule: str = "mass", **kw) -> torch.Tensor:
     D[:, 0] = 1.0
     rows = torch.arange(n) >= 1
     return score(pattern, D, rows, rule, **kw)
-
-
-def repeated_random_tokens(batch: int, period: int, repeats: int, vocab: int, *,
-                           seed: int = 0, bos: int | None = None) -> torch.Tensor:
-    """(batch, repeats·period [+1]) tokens: a uniform random block repeated; optional BOS first."""
-    for name, v in (("batch", batch), ("period", period), ("repeats", repeats), ("vocab", vocab)):
-        check_positive_int(name, v)
-    g = torch.Generator().manual_seed(seed)
-    block = torch.randint(0, vocab, (batch, period), generator=g)  # (B, T)
-    toks = block.repeat(1, repeats)  # (B, repeats·T)
-    if bos is not None:
-        toks = torch.cat([torch.full((batch, 1), bos, dtype=toks.dtype), toks], dim=1)
-    return toks
 
 
 def head_table(patterns: torch.Tensor, period: int, rule: str = "mass",
