@@ -124,8 +124,12 @@ def block_layout(mask: Mask, nq: int, nk: int, q_block: int, kv_block: int | Non
                  batch: int | None = None, heads: int | None = None) -> BlockLayout:
     """Classify every (query block, key block) of `mask` as EMPTY / PARTIAL / FULL.
 
-    Exact: each block is decided from the predicate on all of its valid entries, but only
+    Exact: a block is decided from the predicate on all of its valid entries, but only
     inside the mask's key bounds, so banded masks cost O(N·W) evaluations, not O(N²).
+    Masks with `classify_blocks` (global tokens) are classified in O(Nq + Nk); an OR is
+    classified from its parts (FULL if a part is FULL, EMPTY if every part is EMPTY) and
+    the predicate is evaluated only on the remaining blocks, so `sliding_window(W) |
+    global_tokens(g)` costs O(N·(W + |g|·block)), not the O(N²) of its key-bound hull.
     Layouts with default positions are memoised on the mask object.
     """
     if not isinstance(mask, Mask):
@@ -140,8 +144,46 @@ def block_layout(mask: Mask, nq: int, nk: int, q_block: int, kv_block: int | Non
             return mask._layouts[key]
     q_pos, kv_pos = _positions(nq, nk, q_offset, q_pos, kv_pos)
     nb, nh = _bh(mask, batch, heads)
-    n_qb = -(-nq // q_block)
-    n_kb = -(-nk // kv_block)
+    if mask.classify_blocks is not None:
+        full, empty = mask.classify_blocks(q_pos, kv_pos, q_block, kv_block)
+        kind = _kinds(full, empty).expand(nb, nh, -1, -1).clone()
+    elif mask.op == "|":
+        kind = _or_kinds(mask, nb, nh, q_pos, kv_pos, q_block, kv_block, batch, heads)
+    else:
+        kind = _scan_kinds(mask, nb, nh, q_pos, kv_pos, q_block, kv_block)
+    layout = BlockLayout(nq, nk, q_block, kv_block, kind, q_pos, kv_pos)
+    if key is not None:
+        mask._layouts[key] = layout
+    return layout
+
+
+def _kinds(full: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+    return torch.where(full, FULL, torch.where(empty, EMPTY, PARTIAL)).to(torch.int8)
+
+
+def _classify_row(mask: Mask, nb: int, nh: int, qp: torch.Tensor, kv_pos: torch.Tensor,
+                  kbs: torch.Tensor, kv_block: int) -> torch.Tensor:
+    """Kinds (nb, nh, len(kbs)) of key blocks `kbs` for the queries `qp` of one query
+    block, from the predicate on every valid entry (a ragged last block counts only its
+    valid keys)."""
+    nk = kv_pos.shape[0]
+    cols = kbs.view(-1, 1) * kv_block + torch.arange(kv_block)  # (n, kv_block) key slots
+    valid = cols < nk
+    tile = _evaluate(mask, nb, nh, qp, kv_pos[cols.clamp(max=nk - 1).flatten()])
+    tile = tile.reshape(nb, nh, qp.shape[0], kbs.numel(), kv_block)  # (nb, nh, q, n, kv_block)
+    if int(cols[-1, -1]) >= nk:  # a ragged last block: padding never decides a block
+        anyb = (tile & valid).any(-1).any(2)  # (nb, nh, n)
+        allb = (tile | ~valid).all(-1).all(2)
+    else:
+        anyb, allb = tile.any(-1).any(2), tile.all(-1).all(2)
+    return _kinds(allb, ~anyb)
+
+
+def _scan_kinds(mask: Mask, nb: int, nh: int, q_pos, kv_pos, q_block: int,
+                kv_block: int) -> torch.Tensor:
+    """Evaluate the predicate per query block, inside the mask's key bounds."""
+    nq, nk = q_pos.shape[0], kv_pos.shape[0]
+    n_qb, n_kb = -(-nq // q_block), -(-nk // kv_block)
     kind = torch.zeros(nb, nh, n_qb, n_kb, dtype=torch.int8)
     kv_sorted = bool((kv_pos[1:] >= kv_pos[:-1]).all()) if nk > 1 else True
     for qb in range(n_qb):
@@ -159,24 +201,27 @@ def block_layout(mask: Mask, nq: int, nk: int, q_block: int, kv_block: int | Non
             kb_lo, kb_hi = s_lo // kv_block, -(-s_hi // kv_block)
         if kb_hi <= kb_lo:
             continue
-        k_lo, k_hi = kb_lo * kv_block, min(kb_hi * kv_block, nk)
-        tile = _evaluate(mask, nb, nh, qp, kv_pos[k_lo:k_hi])  # (nb, nh, q, k_hi-k_lo)
-        width = (kb_hi - kb_lo) * kv_block
-        pad = width - (k_hi - k_lo)
-        if pad:
-            any_t = torch.nn.functional.pad(tile, (0, pad), value=False)
-            all_t = torch.nn.functional.pad(tile, (0, pad), value=True)
-        else:
-            any_t = all_t = tile
-        nq_b = qp.shape[0]
-        anyb = any_t.reshape(nb, nh, nq_b, kb_hi - kb_lo, kv_block).any(-1).any(2)
-        allb = all_t.reshape(nb, nh, nq_b, kb_hi - kb_lo, kv_block).all(-1).all(2)
-        row = torch.where(allb, FULL, torch.where(anyb, PARTIAL, EMPTY)).to(torch.int8)
-        kind[:, :, qb, kb_lo:kb_hi] = row
-    layout = BlockLayout(nq, nk, q_block, kv_block, kind, q_pos, kv_pos)
-    if key is not None:
-        mask._layouts[key] = layout
-    return layout
+        kind[:, :, qb, kb_lo:kb_hi] = _classify_row(mask, nb, nh, qp, kv_pos,
+                                                    torch.arange(kb_lo, kb_hi), kv_block)
+    return kind
+
+
+def _or_kinds(mask: Mask, nb: int, nh: int, q_pos, kv_pos, q_block: int, kv_block: int,
+              batch, heads) -> torch.Tensor:
+    """An OR from its parts' layouts; the predicate runs only on undecided blocks."""
+    nq, nk = q_pos.shape[0], kv_pos.shape[0]
+    parts = torch.stack([
+        block_layout(p, nq, nk, q_block, kv_block, q_pos=q_pos, kv_pos=kv_pos,
+                     batch=batch, heads=heads).kind.expand(nb, nh, -1, -1)
+        for p in mask.parts])  # (n_parts, nb, nh, n_qb, n_kb)
+    full, empty = (parts == FULL).any(0), (parts == EMPTY).all(0)
+    kind = _kinds(full, empty)
+    undecided = (~full & ~empty).any(1).any(0)  # (n_qb, n_kb): mixed parts, no FULL one
+    for qb in undecided.any(1).nonzero().flatten().tolist():
+        kbs = undecided[qb].nonzero().flatten()
+        qp = q_pos[qb * q_block:(qb + 1) * q_block]
+        kind[:, :, qb, kbs] = _classify_row(mask, nb, nh, qp, kv_pos, kbs, kv_block)
+    return kind
 
 
 def describe(mask: Mask, nq: int, nk: int | None = None, *, q_offset: int | None = None,

@@ -7,10 +7,14 @@ one object lowers to a dense mask and to a block layout (`masks.layout`). attnla
 instead; to port a FlexAttention mask_mod with `Nq != Nk`, subtract the offset.
 
 A predicate may carry `kv_bounds(q_pos) -> (lo, hi)`: keys outside `[lo, hi)` are known to
-be masked. Lowering uses it to skip work; it never changes the answer.
+be masked, and `classify_blocks(q_pos, kv_pos, q_block, kv_block) -> (full, empty)`: an exact
+per-block classification computed without evaluating the predicate on every entry (used by
+`global_tokens`, whose rows and columns are what make a mask dense). Lowering uses both to
+skip work; they never change the answer. `|` and `&` keep their operands in `parts`.
 """
 from __future__ import annotations
 
+import operator
 from typing import Callable, Sequence
 
 import torch
@@ -20,6 +24,7 @@ from .._checks import check_positive_int
 Tensor = torch.Tensor
 MaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 BoundsFn = Callable[[Tensor, int], tuple[Tensor, Tensor]]
+ClassifyFn = Callable[[Tensor, Tensor, int, int], tuple[Tensor, Tensor]]
 
 
 class Mask:
@@ -31,7 +36,8 @@ class Mask:
     """
 
     def __init__(self, fn: MaskFn, name: str, *, uses_batch: bool = False,
-                 uses_head: bool = False, kv_bounds: BoundsFn | None = None):
+                 uses_head: bool = False, kv_bounds: BoundsFn | None = None,
+                 classify_blocks: ClassifyFn | None = None):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         self.fn = fn
@@ -39,6 +45,9 @@ class Mask:
         self.uses_batch = uses_batch
         self.uses_head = uses_head
         self._kv_bounds = kv_bounds
+        self.classify_blocks = classify_blocks
+        self.parts: tuple[Mask, ...] = ()  # operands of `|` / `&` (empty for a leaf)
+        self.op: str | None = None  # "|" or "&" when parts are set
         self._layouts: dict = {}
 
     def __call__(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
@@ -90,42 +99,47 @@ def _check_masks(masks: Sequence[Mask]) -> None:
             raise TypeError(f"masks[{i}] must be a Mask, got {type(m).__name__}")
 
 
-def and_masks(*masks: Mask) -> Mask:
-    """Attend where every mask attends; key bounds intersect."""
+def _combine(masks: Sequence[Mask], op: str) -> Mask:
+    """`op` "&" (attend where every mask attends; key bounds intersect) or "|" (attend
+    where any mask attends; key bounds take the hull)."""
     _check_masks(masks)
+    join = operator.and_ if op == "&" else operator.or_
+    lo_of, hi_of = (torch.amax, torch.amin) if op == "&" else (torch.amin, torch.amax)
 
     def fn(b, h, q, k):
         out = masks[0].fn(b, h, q, k)
         for m in masks[1:]:
-            out = out & m.fn(b, h, q, k)
+            out = join(out, m.fn(b, h, q, k))
         return out
 
     def bounds(q_pos, nk):
         los, his = zip(*(m.kv_bounds(q_pos, nk) for m in masks))
-        return torch.stack(los).amax(0), torch.stack(his).amin(0)
+        return lo_of(torch.stack(los), 0), hi_of(torch.stack(his), 0)
 
-    return Mask(fn, "(" + " & ".join(m.name for m in masks) + ")",
+    mask = Mask(fn, "(" + f" {op} ".join(m.name for m in masks) + ")",
                 uses_batch=any(m.uses_batch for m in masks),
                 uses_head=any(m.uses_head for m in masks), kv_bounds=bounds)
+    mask.parts, mask.op = tuple(masks), op
+    return mask
+
+
+def and_masks(*masks: Mask) -> Mask:
+    """Attend where every mask attends; key bounds intersect."""
+    return _combine(masks, "&")
 
 
 def or_masks(*masks: Mask) -> Mask:
     """Attend where any mask attends; key bounds take the hull."""
-    _check_masks(masks)
+    return _combine(masks, "|")
 
-    def fn(b, h, q, k):
-        out = masks[0].fn(b, h, q, k)
-        for m in masks[1:]:
-            out = out | m.fn(b, h, q, k)
-        return out
 
-    def bounds(q_pos, nk):
-        los, his = zip(*(m.kv_bounds(q_pos, nk) for m in masks))
-        return torch.stack(los).amin(0), torch.stack(his).amax(0)
-
-    return Mask(fn, "(" + " | ".join(m.name for m in masks) + ")",
-                uses_batch=any(m.uses_batch for m in masks),
-                uses_head=any(m.uses_head for m in masks), kv_bounds=bounds)
+def _block_any_all(flags: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """Per block of `flags` (N,) bool: (any, all) over its valid entries (ragged last)."""
+    n_blocks = -(-flags.numel() // block)
+    pad = n_blocks * block - flags.numel()
+    any_b = torch.nn.functional.pad(flags, (0, pad), value=False).view(n_blocks, block).any(1)
+    all_b = torch.nn.functional.pad(flags, (0, pad), value=True).view(n_blocks, block).all(1)
+    return any_b, all_b
 
 
 # ---- factories --------------------------------------------------------------------
@@ -175,7 +189,16 @@ def global_tokens(indices: Sequence[int] | Tensor, seq_len: int | None = None) -
         is_g_k = torch.isin(k, idx)
         return is_g_q | is_g_k
 
-    return Mask(fn, f"global_tokens({idx.tolist()})")
+    def classify(q_pos, kv_pos, q_block, kv_block):
+        # a block is FULL when all its queries or all its keys are global, EMPTY when none
+        # of either is; O(Nq + Nk) instead of O(Nq·Nk) predicate evaluations
+        any_q, all_q = _block_any_all(torch.isin(q_pos, idx), q_block)
+        any_k, all_k = _block_any_all(torch.isin(kv_pos, idx), kv_block)
+        full = all_q[:, None] | all_k[None, :]  # (n_q_blocks, n_kv_blocks)
+        empty = ~any_q[:, None] & ~any_k[None, :]
+        return full, empty
+
+    return Mask(fn, f"global_tokens({idx.tolist()})", classify_blocks=classify)
 
 
 def prefix_lm(prefix_len: int) -> Mask:
