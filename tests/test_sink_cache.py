@@ -100,3 +100,23 @@ def test_bad_input():
         c.update(0, torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4))
     with pytest.raises(ValueError, match="layer_idx"):
         c.update(3, torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4))
+
+
+def test_streaming_experiment_caches_agree_until_eviction():
+    """The StreamingLLM experiment: all three caches give the same per-position loss until
+    the budget is full, then the evicting ones diverge from dense."""
+    from attnlab.analysis.streaming import StreamingConfig, run
+
+    cfg = StreamingConfig(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, train_len=32,
+                          train_steps=5, batch_size=4, n_sink=2, window=10, eval_len=40,
+                          eval_sequences=2)
+    r = run(cfg)
+    budget = cfg.n_sink + cfg.window
+    for kind in ("window", "sinks+window"):
+        torch.testing.assert_close(torch.tensor(r.per_position[kind][:budget]),
+                                   torch.tensor(r.per_position["dense"][:budget]), **TOL)
+        assert r.per_position[kind][budget:] != r.per_position["dense"][budget:]
+    assert r.positions_scored == 39 - budget
+    assert 0 < r.sink_mass < 1 and all(v > 0 for v in r.loss.values())
+    with pytest.raises(ValueError, match="eval_len"):
+        StreamingConfig(n_sink=4, window=28, eval_len=32)
