@@ -239,3 +239,12 @@ def test_cache_stack_mixed_kinds_sums_bytes():
     stack.update(1, torch.randn(1, 2, 8), torch.randn(1, 2, 2))
     assert stack.seq_len(0) == stack.seq_len(1) == 2 and stack.seq_len(2) == 0
     assert stack.used_nbytes == (2 * 2 * 4 * 2 + 10 * 2) * 4
+
+
+def test_slab_cache_reprs_show_geometry_and_bytes():
+    assert repr(ContiguousKVCache(2, 1, 2, 8, 4, v_head_dim=6)) == (
+        "ContiguousKVCache(n_layers=2, batch=1, n_kv_heads=2, head_dim=8, v_head_dim=6, "
+        "capacity=4, dtype=torch.float32, device=cpu, nbytes=896)")  # 2·1·2·(8+6)·4·4 bytes
+    assert repr(LatentKVCache(1, 1, 16, 4, 3)) == (
+        "LatentKVCache(n_layers=1, batch=1, kv_lora_rank=16, qk_rope_head_dim=4, capacity=3, "
+        "dtype=torch.float32, device=cpu, nbytes=240)")  # 1·1·(16+4)·3·4 bytes

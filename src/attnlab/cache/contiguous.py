@@ -41,6 +41,7 @@ class _SlabCache(KVCache):
     """
 
     _names: tuple[str, str] = ("k", "v")
+    _geometry: tuple[str, ...] = ()  # subclass attributes shown by repr
 
     def __init__(self, n_layers: int, batch: int, capacity: int,
                  shape_a: tuple[int, ...], shape_b: tuple[int, ...], time_dim: int,
@@ -136,6 +137,11 @@ class _SlabCache(KVCache):
         return (self._layer_view(self._buf_a, layer_idx, stop),
                 self._layer_view(self._buf_b, layer_idx, stop))
 
+    def __repr__(self) -> str:
+        fields = ("n_layers", "batch", *self._geometry, "capacity", "dtype", "device", "nbytes")
+        return f"{type(self).__name__}(" + ", ".join(
+            f"{f}={getattr(self, f)}" for f in fields) + ")"
+
     def get(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of what is stored for a layer, without appending."""
         n = self.seq_len(layer_idx)
@@ -152,6 +158,7 @@ class ContiguousKVCache(_SlabCache):
     """
 
     _names = ("k", "v")
+    _geometry = ("n_kv_heads", "head_dim", "v_head_dim")
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int,
                  capacity: int, v_head_dim: int | None = None, *,
@@ -165,9 +172,3 @@ class ContiguousKVCache(_SlabCache):
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
         return self._append(layer_idx, k, v)
-
-    def __repr__(self) -> str:
-        return (f"ContiguousKVCache(n_layers={self.n_layers}, batch={self.batch}, "
-                f"n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, "
-                f"v_head_dim={self.v_head_dim}, capacity={self.capacity}, dtype={self.dtype}, "
-                f"device={self.device}, nbytes={self.nbytes})")

@@ -26,6 +26,7 @@ class LatentKVCache(_SlabCache):
     """
 
     _names = ("c_kv", "k_rope")
+    _geometry = ("kv_lora_rank", "qk_rope_head_dim")
 
     def __init__(self, n_layers: int, batch: int, kv_lora_rank: int, qk_rope_head_dim: int,
                  capacity: int, *, dtype: torch.dtype = torch.float32,
@@ -42,9 +43,3 @@ class LatentKVCache(_SlabCache):
 
     def update(self, layer_idx: int, c_kv: torch.Tensor, k_rope: torch.Tensor):
         return self._append(layer_idx, c_kv, k_rope)
-
-    def __repr__(self) -> str:
-        return (f"LatentKVCache(n_layers={self.n_layers}, batch={self.batch}, "
-                f"kv_lora_rank={self.kv_lora_rank}, qk_rope_head_dim={self.qk_rope_head_dim}, "
-                f"capacity={self.capacity}, dtype={self.dtype}, device={self.device}, "
-                f"nbytes={self.nbytes})")

@@ -74,6 +74,21 @@ def resolve_heads(d_model: int, n_heads: int, n_kv_heads: int | None,
     return n_kv_heads, head_dim
 
 
+def add_projections(module: nn.Module, d_model: int, d_kv_in: int, n_heads: int,
+                    n_kv_heads: int, head_dim: int, bias: bool) -> None:
+    """Give `module` the q/k/v/o projections of multi-head attention and its hook points
+    `hook_q`, `hook_k`, `hook_v`, `hook_head_out` (identity unless hooked). Keys and
+    values are projected from width `d_kv_in` (d_model, or the encoder's for cross)."""
+    module.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+    module.k_proj = nn.Linear(d_kv_in, n_kv_heads * head_dim, bias=bias)
+    module.v_proj = nn.Linear(d_kv_in, n_kv_heads * head_dim, bias=bias)
+    module.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+    module.hook_q = HookPoint("q")
+    module.hook_k = HookPoint("k")
+    module.hook_v = HookPoint("v")
+    module.hook_head_out = HookPoint("head_out")
+
+
 KV_CACHES = ("contiguous", "rolling")
 
 
@@ -181,14 +196,7 @@ class Attention(Mixer):
         self.kv_cache = check_kv_cache(kv_cache, window)
         self.mask = self_attention_mask(window, causal)
 
-        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
-        self.hook_q = HookPoint("q")
-        self.hook_k = HookPoint("k")
-        self.hook_v = HookPoint("v")
-        self.hook_head_out = HookPoint("head_out")
+        add_projections(self, d_model, d_model, n_heads, n_kv_heads, head_dim, bias)
 
     @property
     def n_groups(self) -> int:

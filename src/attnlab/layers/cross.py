@@ -15,8 +15,7 @@ from torch import nn
 from .._checks import check_positive_int, check_tensor
 from ..cache.static import StaticCrossCache
 from ..ops.softmax import attention
-from .attention import check_backend, check_hidden, resolve_heads
-from .hooks import HookPoint
+from .attention import add_projections, check_backend, check_hidden, resolve_heads
 
 
 class CrossAttention(nn.Module):
@@ -42,14 +41,7 @@ class CrossAttention(nn.Module):
         self.d_model, self.d_encoder = d_model, d_encoder
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.scale, self.backend, self.layer_idx = scale, check_backend(backend), layer_idx
-        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_encoder, n_kv_heads * head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_encoder, n_kv_heads * head_dim, bias=bias)
-        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
-        self.hook_q = HookPoint("q")
-        self.hook_k = HookPoint("k")
-        self.hook_v = HookPoint("v")
-        self.hook_head_out = HookPoint("head_out")
+        add_projections(self, d_model, d_encoder, n_heads, n_kv_heads, head_dim, bias)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_encoder={self.d_encoder}, n_heads={self.n_heads}, "
