@@ -1,0 +1,117 @@
+"""Q48: FlashAttention's complexity in N — fitted exponents and traffic vs block size."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from ...analysis.allocations import measure_allocations
+from ...ops.softmax import attention_reference, flash_attention
+from ..registry import Evidence, EvidenceContext, Question
+from ..titles import TITLES
+from ._kernels import single_thread
+
+
+class _MatmulTraffic(TorchDispatchMode):
+    """Bytes of the operands fed to matmuls: what a tile loop reads from slow memory."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.bmm, torch.ops.aten.mm):
+            self.bytes += sum(a.numel() * a.element_size() for a in args[:2])
+        return func(*args, **(kwargs or {}))
+
+
+def _slope(xs, ys) -> float:
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def _scaling_point(n: int, h: int, d: int, g: torch.Generator) -> tuple[int, int, int]:
+    """(tiled FLOPs, tiled peak bytes, dense peak bytes) of one forward at length n."""
+    q, k, v = (torch.randn(1, h, n, d, generator=g) for _ in range(3))
+    with FlopCounterMode(display=False) as fc:
+        flash_attention(q, k, v, q_block=128, kv_block=128)
+    tiled = measure_allocations(lambda: flash_attention(q, k, v, q_block=128, kv_block=128))
+    dense = measure_allocations(lambda: attention_reference(q, k, v))
+    return fc.get_total_flops(), tiled.peak_bytes, dense.peak_bytes
+
+
+def evidence(ctx: EvidenceContext) -> Evidence:
+    with single_thread():
+        return _evidence(ctx)
+
+
+def _evidence(ctx: EvidenceContext) -> Evidence:
+    ev = Evidence()
+    h, d = 1, 32
+    ns = [256, 512, 1024, 2048] if ctx.full else [256, 512, 1024]
+    g = torch.Generator().manual_seed(ctx.seed)
+    flops, mem, mem_ref = [], [], []
+    for n in ns:
+        f, m, mr = _scaling_point(n, h, d, g)
+        flops.append(f)
+        mem.append(m)
+        mem_ref.append(mr)
+    s_flops, s_mem, s_ref = _slope(ns, flops), _slope(ns, mem), _slope(ns, mem_ref)
+    ev.measurements["N"] = ns
+    ev.measurements["FLOPs"] = flops
+    ev.measurements["peak allocated bytes"] = mem
+    ev.measurements["peak allocated bytes, dense reference"] = mem_ref
+    ev.measurements["fitted exponent: FLOPs, memory, dense memory"] = (
+        round(s_flops, 3), round(s_mem, 3), round(s_ref, 3))
+    # traffic: K and V are re-read once per query block, so bytes ∝ N²·d / B_q
+    n = 512
+    q, k, v = (torch.randn(1, h, n, d, generator=g) for _ in range(3))
+    traffic, bk = {}, 128
+    for bq in (64, 128, 256, 512):
+        with _MatmulTraffic() as t:
+            flash_attention(q, k, v, q_block=bq, kv_block=bk)
+        traffic[bq] = t.bytes
+    ev.measurements[f"matmul operand bytes at N={n} by query block"] = traffic
+    # per (B_q × B_k) tile the loop feeds: the q block and a K tile, then P and a V tile.
+    # Summed: Q re-read N/B_k times, K and V re-read N/B_q times, P (N²) once — in bytes
+    fixed = (n * n * d // bk + n * n) * 4
+    kv_meas = {bq: t - fixed for bq, t in traffic.items()}
+    kv_pred = {bq: 2 * (n // bq) * n * d * 4 for bq in traffic}
+    ev.measurements["K/V part measured (total − Q − P) by B_q"] = kv_meas
+    ev.measurements["K/V part predicted 2·(N/B_q)·N·d·4"] = kv_pred
+    ev.check("FLOPs grow as N² (fitted exponent 2 ± 0.02)", abs(s_flops - 2) < 0.02, f"{s_flops:.3f}")
+    ev.check("tiled memory is O(N) — output, lse and one constant-size tile (exponent ≤ 1.15)",
+             s_mem <= 1.15, f"{s_mem:.3f}")
+    ev.check("the dense reference's memory is O(N²) (exponent ≥ 1.8)", s_ref >= 1.8,
+             f"{s_ref:.3f}")
+    ev.check("K/V traffic = 2·(N/B_q)·N·d·4 bytes exactly: it halves as B_q doubles",
+             kv_meas == kv_pred, f"{kv_meas} vs {kv_pred}")
+    ev.key_figure = (f"FLOPs ∝ N^{s_flops:.2f}, memory ∝ N^{s_mem:.2f} (dense N^{s_ref:.2f}); "
+                     f"matmul traffic "
+                     f"{traffic[64] / 2**20:.1f} → {traffic[512] / 2**20:.1f} MiB as B_q 64 → 512")
+    return ev
+
+
+QUESTION = Question(
+    id=48,
+    title=TITLES[48],
+    answer=(
+        "Time O(N²·d) — quadratic in sequence length, exactly like standard attention — and "
+        "extra memory O(N) instead of O(N²). Its slow-memory traffic is Θ(N²·d²/M) for an "
+        "on-chip memory of M elements, because each query block of size ~M/d re-reads all "
+        "of K and V; bigger tiles mean fewer re-reads."
+    ),
+    formulas=[
+        "time: Θ(N²·d) (forward 4·N²·d FLOPs per head)",
+        "extra memory: Θ(N)   (standard: Θ(N²))",
+        "slow-memory traffic: Θ(N²·d²/M)   (standard: Θ(N·d + N²))",
+    ],
+    seed_note=(
+        "The seed answers a different question ('same FLOPs, lower memory access'); the "
+        "sequence complexity itself is O(N²) time and O(N) memory, stated and fitted here."
+    ),
+    evidence=evidence,
+)
