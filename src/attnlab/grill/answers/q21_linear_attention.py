@@ -23,7 +23,7 @@ def _best_time(fn, repeats: int = 3) -> float:
 def evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     g = torch.Generator().manual_seed(ctx.seed)
-    B, H, N, D = 1, 4, (4096 if ctx.full else 2048), 32
+    B, H, N, D = 1, 4, (4096 if ctx.full else 1024), 32
     q, k, v = (torch.randn(B, H, N, D, generator=g) * 0.5 for _ in range(3))
     with torch.no_grad():
         # bidirectional: (φ(Q)φ(K)ᵀ)V (the N×N way) vs φ(Q)(φ(K)ᵀV) (the d×d way)
