@@ -253,3 +253,18 @@ def test_positions_are_validated():
         attention_reference(q, k, v, score_mod=alibi(alibi_slopes(2)), kv_pos=torch.arange(3))
     with pytest.raises(TypeError, match="q_pos must hold integer positions"):
         attention_reference(q, k, v, mask=M.causal(), q_pos=torch.arange(3.0))
+
+
+def test_merge_propagates_poisoned_partials_instead_of_zeroing_them():
+    o, lse = torch.randn(3, 4), torch.randn(3)
+    for bad in (float("nan"), float("inf")):
+        lse_bad = lse.clone()
+        lse_bad[1] = bad
+        m, _ = merge(o, lse, o, lse_bad)
+        assert m[1].isnan().all() and torch.isfinite(m[[0, 2]]).all()
+        m, _ = merge_many([o, o, o], [lse, lse_bad, lse])
+        assert m[1].isnan().all() and torch.isfinite(m[[0, 2]]).all()
+    # an empty side is still exact, and a half-precision o keeps its dtype
+    m, l = merge(o.half(), lse, torch.zeros(3, 4).half(), torch.full((3,), float("-inf")))
+    assert m.dtype == torch.float16 and l.dtype == torch.float32
+    torch.testing.assert_close(m, o.half())

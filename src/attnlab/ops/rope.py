@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_tensor
+
 
 def rope_angles(positions: torch.Tensor, dim: int, base: float = 10000.0):
     """cos, sin of shape (N, dim/2) for integer positions (N,)."""
@@ -20,7 +22,15 @@ def rope_angles(positions: torch.Tensor, dim: int, base: float = 10000.0):
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, *, base: float = 10000.0,
                interleaved: bool = False) -> torch.Tensor:
-    """Rotate x (..., N, D) by the angles of `positions` (N,). Returns x's dtype."""
+    """Rotate x (..., N, D) by the angles of `positions` (N,) integer positions.
+
+    x may be float16/bfloat16/float32/float64: the rotation is computed in float32 (angles
+    in float64 first, so large positions keep their precision) and returned in x's dtype.
+    """
+    check_tensor("x", x)
+    if not x.dtype.is_floating_point or x.ndim < 2:
+        raise TypeError(f"x must be a floating tensor (..., N, D), got dtype {x.dtype} and "
+                        f"shape {tuple(x.shape)}")
     D = x.shape[-1]
     positions = torch.as_tensor(positions, device=x.device)
     if positions.ndim != 1 or positions.shape[0] != x.shape[-2]:

@@ -3,6 +3,10 @@
 lse = logaddexp(lse1, lse2); o = exp(lse1 − lse)·o1 + exp(lse2 − lse)·o2, with -inf
 meaning "no keys". Associative and commutative; split-KV decoding, LSH hash rounds, the
 block-sparse executor and ring attention all use this one function.
+
+Dtypes: `o` may be float16/bfloat16/float32/float64; weights are computed in float32 and
+`o` is returned in o1's dtype, `lse` in float32. Non-finite partials propagate: a NaN or
++inf `lse` (a poisoned partial) gives NaN, never a silent 0. O(N·Dv) per merge.
 """
 from __future__ import annotations
 
@@ -19,10 +23,10 @@ def merge(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Te
     lse1 = lse1.float()
     lse2 = lse2.float()
     lse = torch.logaddexp(lse1, lse2)  # -inf only when both are -inf
-    finite = torch.isfinite(lse)
-    ref = torch.where(finite, lse, torch.zeros_like(lse))
-    w1 = torch.where(finite, torch.exp(lse1 - ref), torch.zeros_like(lse)).unsqueeze(-1)
-    w2 = torch.where(finite, torch.exp(lse2 - ref), torch.zeros_like(lse)).unsqueeze(-1)
+    empty = torch.isneginf(lse)  # no keys on either side: weights 0, o = 0
+    ref = torch.where(empty, torch.zeros_like(lse), lse)
+    w1 = torch.where(empty, torch.zeros_like(lse), torch.exp(lse1 - ref)).unsqueeze(-1)
+    w2 = torch.where(empty, torch.zeros_like(lse), torch.exp(lse2 - ref)).unsqueeze(-1)
     o = (w1 * o1.float() + w2 * o2.float()).to(o1.dtype)
     return o, lse
 
@@ -36,8 +40,8 @@ def merge_many(outs: list[torch.Tensor], lses: list[torch.Tensor]):
     L = torch.stack([x.float() for x in lses])  # (S, ..., N)
     O = torch.stack([x.float() for x in outs])  # (S, ..., N, Dv)
     lse = torch.logsumexp(L, dim=0)
-    finite = torch.isfinite(lse)
-    ref = torch.where(finite, lse, torch.zeros_like(lse))
-    w = torch.where(finite, torch.exp(L - ref), torch.zeros_like(L))
+    empty = torch.isneginf(lse)
+    ref = torch.where(empty, torch.zeros_like(lse), lse)
+    w = torch.where(empty, torch.zeros_like(L), torch.exp(L - ref))
     o = (w.unsqueeze(-1) * O).sum(0).to(outs[0].dtype)
     return o, lse
