@@ -76,3 +76,22 @@ def write_results(name: str, text: str) -> Path:
     path = RESULTS_DIR / f"{name}.md"
     path.write_text(text)
     return path
+
+
+def read_bandwidth(n_bytes: int = 512 * 2 ** 20, repeats: int = 5) -> float:
+    """Streaming READ bytes/s: a sum over a large fp32 tensor (reads n_bytes, writes
+    nothing) — the ceiling for memory-bound kernels that only read, like decoding."""
+    src = torch.randn(n_bytes // 4)
+    t = time_fn(lambda: src.sum(), repeats=repeats, warmup=1)
+    return n_bytes / t.best
+
+
+def fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def md_table(header_row: list[str], rows: list[list]) -> str:
+    """A Markdown table from a header and rows of cells (str() of each)."""
+    lines = ["| " + " | ".join(header_row) + " |", "|" + "---|" * len(header_row)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)

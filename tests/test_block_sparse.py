@@ -126,3 +126,24 @@ def test_block_sparse_bad_input():
         bad[0, 1, 3, 0] = float("nan")
         with pytest.raises(ValueError, match="NaN or inf"):
             block_sparse_attention(bad, k, v, mask=M.causal(), impl=impl)
+
+
+def test_window_blocks_are_batched_into_few_calls_and_stay_exact():
+    """Interior blocks of a window share run length, offset and mask: one batched call."""
+    mask = M.sliding_window(20)
+    kinds = block_kinds(mask, 2, 4, 200, 200, 8, 8)
+    plan = BS.tile_plan(kinds, 200, 200, 8, 8)
+    tm = BS.make_tile_mask(mask, 2, 4, 200, 200)
+    items = BS._schedule(plan, tm, 2, 2, 2, 16, torch.float32)
+    assert max(len(it.q0s) for it in items) > 10 and len(items) < 25 // 2
+    q, k, v = rand_qkv(2, 4, 2, 200, 200, 16, grad=True)
+    check_against_reference(block_sparse_attention, q, k, v, mask,
+                            fast_kw={"q_block": 8, "kv_block": 8})
+    old = BS.BATCH_COPY_BYTES
+    try:  # a small copy budget splits the batches; same answer
+        BS.BATCH_COPY_BYTES = 2 * 2 * 2 * 32 * 16 * 4 * 3  # K+V, B, Hkv, run, D, fp32, 3 blocks
+        assert max(len(it.q0s) for it in BS._schedule(plan, tm, 2, 2, 2, 16, torch.float32)) == 3
+        check_against_reference(block_sparse_attention, q, k, v, mask,
+                                fast_kw={"q_block": 8, "kv_block": 8})
+    finally:
+        BS.BATCH_COPY_BYTES = old

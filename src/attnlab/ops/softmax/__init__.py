@@ -4,12 +4,25 @@ from .merge import merge, merge_many
 from .reference import attention_reference, repeat_kv
 from .score_mods import alibi, alibi_slopes, softcap
 
-__all__ = ["attention_reference", "repeat_kv", "merge", "merge_many", "alibi",
-           "alibi_slopes", "softcap"]
-from .block_sparse import block_sparse_attention  # noqa: E402
-from .decode import decode_attention  # noqa: E402
-from .dispatch import BACKENDS, attention, register_backend  # noqa: E402
-from .flash import flash_attention  # noqa: E402
+__all__ = [
+           "alibi",
+           "alibi_slopes",
+           "attention_reference",
+           "merge",
+           "merge_many",
+           "repeat_kv",
+           "softcap",
+]
+from .block_sparse import block_sparse_attention
+from .decode import decode_attention
+from .dispatch import BACKENDS, attention, register_backend
+from .flash import flash_attention
 
-__all__ += ["attention", "register_backend", "BACKENDS", "flash_attention",
-            "block_sparse_attention", "decode_attention"]
+__all__ += [
+           "BACKENDS",
+           "attention",
+           "block_sparse_attention",
+           "decode_attention",
+           "flash_attention",
+           "register_backend",
+]

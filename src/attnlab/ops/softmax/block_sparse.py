@@ -28,6 +28,7 @@ set in cache and were the fastest on this CPU.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -111,33 +112,108 @@ def _run_mask(tile_mask, q0, q1, r0, r1, partial, Hkv, G, dtype):
     return add, ~keep.any(-1)  # (…, G·n) rows with no key in this run
 
 
+# bytes of K and V copied for one batched call (unfolded overlapping key ranges)
+BATCH_COPY_BYTES = 32 * 2 ** 20
+
+
+@dataclass
+class _Item:
+    """Work for one kernel call: `q0s` query blocks of `n` rows each. One block: its runs
+    `(r0, r1, add, empty)` (merged if several). Several blocks (a batch): one run each, of
+    the same length, at the same offset from the block, with an identical mask — e.g. every
+    interior block of a sliding window — so they go in ONE call, the key ranges unfolded as
+    a batch (few large calls instead of many small ones)."""
+
+    q0s: list[int]
+    n: int
+    runs: list[tuple]
+
+
+def _same_mask(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.shape[0] == 1 and bool(torch.equal(a, b))
+
+
+def _schedule(plan, tile_mask, B, Hkv, G, D, dtype) -> list[_Item]:
+    items: list[_Item] = []
+    for q0, q1, ks in plan.rows:
+        if not ks:
+            continue
+        rs = [(r0, r1, *_run_mask(tile_mask, q0, q1, r0, r1, partial, Hkv, G, dtype))
+              for r0, r1, partial in runs(ks)]
+        prev = items[-1] if items else None
+        if prev is not None and len(rs) == 1 and len(prev.runs) == 1:
+            (r0, r1, add, _), (p0, p1, padd, _) = rs[0], prev.runs[0]
+            cap = max(1, BATCH_COPY_BYTES // (2 * B * Hkv * (r1 - r0) * D * 4))
+            if (q1 - q0 == prev.n and q0 == prev.q0s[-1] + prev.n and r1 - r0 == p1 - p0
+                    and r0 - q0 == p0 - prev.q0s[0] and len(prev.q0s) < cap
+                    and _same_mask(add, padd)):
+                prev.q0s.append(q0)
+                continue
+        items.append(_Item([q0], q1 - q0, rs))
+    return items
+
+
+def _batch_rows(x, a: int, nb: int, n: int, B: int, Hkv: int, G: int):
+    """Rows [a, a + nb·n) of x (B, Hkv, G, N, ·) -> (nb·B, Hkv, G·n, ·), block-major."""
+    c = x.shape[-1]
+    y = x[:, :, :, a:a + nb * n].reshape(B, Hkv, G, nb, n, c)
+    return y.permute(3, 0, 1, 2, 4, 5).reshape(nb * B, Hkv, G * n, c)
+
+
+def _unbatch_rows(y, nb: int, n: int, B: int, Hkv: int, G: int):
+    """Inverse of `_batch_rows`: (nb·B, Hkv, G·n, ·) -> (B, Hkv, G, nb·n, ·)."""
+    c = y.shape[-1]
+    return y.reshape(nb, B, Hkv, G, n, c).permute(1, 2, 3, 0, 4, 5).reshape(B, Hkv, G, nb * n, c)
+
+
+def _batch_keys(x, r0: int, length: int, nb: int, n: int):
+    """Key ranges [r0 + i·n, r0 + i·n + length) of x (B, Hkv, Nk, D) -> (nb·B, Hkv, length, D)."""
+    B, Hkv, _, D = x.shape
+    u = x[:, :, r0:r0 + (nb - 1) * n + length].unfold(2, length, n)  # (B, Hkv, nb, D, length)
+    return u.permute(2, 0, 1, 4, 3).reshape(nb * B, Hkv, length, D)
+
+
+def _fix_empty(o, l, empty):
+    """The kernel reports lse = 0 on rows whose keys are all masked: make them -inf / 0."""
+    if empty is not None and bool(empty.any()):
+        e = empty.expand_as(l)
+        l = l.masked_fill(e, float("-inf"))
+        o = o.masked_fill(e.unsqueeze(-1), 0.0)
+    return o, l
+
+
 def _fused_forward(q, k, v, scale, plan, tile_mask):
     B, Hq, Nq, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
     out = q.new_zeros(B, Hq, Nq, D)
-    lse = torch.full((B, Hq, Nq), float("-inf"), dtype=torch.float32)
-    og, lg = out.view(B, Hkv, G, Nq, D), lse.view(B, Hkv, G, Nq)
+    lse = torch.full((B, Hq, Nq, 1), float("-inf"), dtype=torch.float32)
+    og, lg = out.view(B, Hkv, G, Nq, D), lse.view(B, Hkv, G, Nq, 1)
     qg = q.view(B, Hkv, G, Nq, D)
-    for q0, q1, ks in plan.rows:
-        if not ks:
+    for it in _schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
+        nb, n, a = len(it.q0s), it.n, it.q0s[0]
+        if nb > 1:
+            r0, r1, add, empty = it.runs[0]
+            qb = _batch_rows(qg, a, nb, n, B, Hkv, G)  # (nb·B, Hkv, G·n, D)
+            kb, vb = _batch_keys(k, r0, r1 - r0, nb, n), _batch_keys(v, r0, r1 - r0, nb, n)
+            o, l = _FLASH(qb, kb, vb, attn_mask=add, scale=scale)
+            o, l = _fix_empty(o, l.float(), empty)
+            og[:, :, :, a:a + nb * n] = _unbatch_rows(o, nb, n, B, Hkv, G)
+            lg[:, :, :, a:a + nb * n] = _unbatch_rows(l.unsqueeze(-1), nb, n, B, Hkv, G)
             continue
-        n = q1 - q0
-        qb = qg[:, :, :, q0:q1].reshape(B, Hkv, G * n, D)  # (B, Hkv, G·bq, D)
+        qb = qg[:, :, :, a:a + n].reshape(B, Hkv, G * n, D)  # (B, Hkv, G·bq, D)
         outs, lses = [], []
-        for r0, r1, partial in runs(ks):
-            add, empty = _run_mask(tile_mask, q0, q1, r0, r1, partial, Hkv, G, q.dtype)
+        for r0, r1, add, empty in it.runs:
             o, l = _FLASH(qb, k[:, :, r0:r1], v[:, :, r0:r1], attn_mask=add, scale=scale)
-            l = l.float()
-            if empty is not None and bool(empty.any()):
-                l = l.masked_fill(empty.expand_as(l), float("-inf"))  # kernel reports 0
-                o = o.masked_fill(empty.expand_as(l).unsqueeze(-1), 0.0)
+            o, l = _fix_empty(o, l.float(), empty)
             outs.append(o)
             lses.append(l)
         o, l = merge_many(outs, lses)
-        og[:, :, :, q0:q1] = o.view(B, Hkv, G, n, D)
-        lg[:, :, :, q0:q1] = l.view(B, Hkv, G, n)
-    return out, lse
+        og[:, :, :, a:a + n] = o.view(B, Hkv, G, n, D)
+        lg[:, :, :, a:a + n] = l.view(B, Hkv, G, n, 1)
+    return out, lse.squeeze(-1)
 
 
 def _fused_backward(do, q, k, v, out, lse, scale, plan, tile_mask):
@@ -146,26 +222,41 @@ def _fused_backward(do, q, k, v, out, lse, scale, plan, tile_mask):
     G = Hq // Hkv
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     lse_safe = torch.where(torch.isfinite(lse), lse, float("inf"))  # P = 0 on empty rows
-    fold = lambda x: x.view(B, Hkv, G, Nq, -1)
+
+    def fold(x):  # (B, Hq, Nq, c) -> (B, Hkv, G, Nq, c)
+        return x.reshape(B, Hkv, G, Nq, x.shape[-1])
+
     qg, dog, og, dqg = fold(q), fold(do), fold(out), fold(dq)
-    lg = lse_safe.view(B, Hkv, G, Nq)
-    for q0, q1, ks in plan.rows:
-        if not ks:
+    lg = fold(lse_safe.unsqueeze(-1))
+    for it in _schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
+        nb, n, a = len(it.q0s), it.n, it.q0s[0]
+        if nb > 1:
+            r0, r1, add, _ = it.runs[0]
+            L = r1 - r0
+            gq, gk, gv = _FLASH_BWD(
+                _batch_rows(dog, a, nb, n, B, Hkv, G), _batch_rows(qg, a, nb, n, B, Hkv, G),
+                _batch_keys(k, r0, L, nb, n), _batch_keys(v, r0, L, nb, n),
+                _batch_rows(og, a, nb, n, B, Hkv, G),
+                _batch_rows(lg, a, nb, n, B, Hkv, G).squeeze(-1), 0.0, False,
+                attn_mask=add, scale=scale)
+            dqg[:, :, :, a:a + nb * n] = _unbatch_rows(gq, nb, n, B, Hkv, G)
+            gk, gv = gk.view(nb, B, Hkv, L, D), gv.view(nb, B, Hkv, L, D)
+            for i in range(nb):  # overlapping key ranges: gradients add up
+                dk[:, :, r0 + i * n:r0 + i * n + L] += gk[i]
+                dv[:, :, r0 + i * n:r0 + i * n + L] += gv[i]
             continue
-        n = q1 - q0
-        qb = qg[:, :, :, q0:q1].reshape(B, Hkv, G * n, D)
-        dob = dog[:, :, :, q0:q1].reshape(B, Hkv, G * n, D)
-        ob = og[:, :, :, q0:q1].reshape(B, Hkv, G * n, D)
-        lb = lg[:, :, :, q0:q1].reshape(B, Hkv, G * n)
+        qb = qg[:, :, :, a:a + n].reshape(B, Hkv, G * n, D)
+        dob = dog[:, :, :, a:a + n].reshape(B, Hkv, G * n, D)
+        ob = og[:, :, :, a:a + n].reshape(B, Hkv, G * n, D)
+        lb = lg[:, :, :, a:a + n].reshape(B, Hkv, G * n)
         dqb = torch.zeros_like(qb)
-        for r0, r1, partial in runs(ks):
-            add, _ = _run_mask(tile_mask, q0, q1, r0, r1, partial, Hkv, G, q.dtype)
+        for r0, r1, add, _ in it.runs:
             gq, gk, gv = _FLASH_BWD(dob, qb, k[:, :, r0:r1], v[:, :, r0:r1], ob, lb, 0.0, False,
                                     attn_mask=add, scale=scale)
             dqb += gq
             dk[:, :, r0:r1] += gk
             dv[:, :, r0:r1] += gv
-        dqg[:, :, :, q0:q1] = dqb.view(B, Hkv, G, n, D)
+        dqg[:, :, :, a:a + n] = dqb.view(B, Hkv, G, n, D)
     return dq, dk, dv
 
 
