@@ -19,7 +19,7 @@ from attnlab.ops.linear import draw_random_features, linear_attention_features, 
 from attnlab.ops.softmax import attention_reference
 from attnlab.ops.ssd import ssd
 
-from .common import header, matmul_peak_flops, time_fn, write_results
+from .common import Timing, header, matmul_peak_flops, time_fn, write_results
 
 DRAWS = 5  # feature draws per Performer error figure
 B, H, D = 1, 8, 64  # batch, heads, head_dim (= feature width F = value width = SSD P and S)
@@ -33,11 +33,14 @@ def lin_inputs(N: int, seed: int = 0):
     return q, k, v
 
 
-def ssd_inputs(N: int, seed: int = 0):
+def ssd_inputs(N: int, seed: int = 0, strong: bool = False):
+    """Mild decays (Δ ≈ 0.02, A ∈ [−4, −1]): chunk-local log decays stay above −60 and the
+    factorised path runs. Strong (Δ ≈ 0.3, A ∈ [−16, −1], Mamba-2's A init range): the exact
+    per-head mask path runs."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, H, N, D, generator=g)
-    dt = F.softplus(torch.randn(B, H, N, generator=g) - 3)  # Δ ≈ 0.05, Mamba-2-like
-    A = -torch.linspace(1.0, 4.0, H)
+    dt = F.softplus(torch.randn(B, H, N, generator=g) - (1.0 if strong else 4.0))
+    A = -torch.linspace(1.0, 16.0 if strong else 4.0, H)
     Bm = torch.randn(B, 1, N, D, generator=g) / math.sqrt(D)
     Cm = torch.randn(B, 1, N, D, generator=g) / math.sqrt(D)
     return x, dt, A, Bm, Cm
@@ -63,6 +66,14 @@ def ssd_flops(N: int, C: int) -> tuple[float, float]:
     return executed, useful
 
 
+REPS = 5  # timed runs per measurement (after one warm-up)
+
+
+def measure(fn, *args, reps: int = REPS, **kwargs) -> Timing:
+    """Median and best wall time of fn(*args, **kwargs)."""
+    return time_fn(lambda: fn(*args, **kwargs), repeats=reps, warmup=1 if reps > 1 else 0)
+
+
 def run(quick: bool, threads: int) -> str:
     torch.manual_seed(0)
     torch.set_num_threads(threads)
@@ -71,108 +82,116 @@ def run(quick: bool, threads: int) -> str:
     rec_max = 4096 if quick else 16384
     par_max = 4096
     ssd_quad_max = 2048  # the segsum table is (H, N, N) with several passes
-    reps = 5
+    sdpa_max = 16384
     C_lin, C_ssd = 256, 256
     out = [header("Linear family: linear attention, SSD, Performer", peak_flops=peak)]
     out.append(f"Config: B={B}, H={H}, head_dim=F=Dv={D} (SSD: P=S={D}, one B/C group), fp32, "
-               f"no grad; chunk {C_lin} (linear) / {C_ssd} (SSD); median of {reps} runs "
-               f"(recurrent: 1 run); {threads} torch thread(s), peak measured with the same "
+               f"no grad; chunk {C_lin} (linear) / {C_ssd} (SSD); median and best of {REPS} "
+               f"runs (recurrent: 1 run); {threads} torch thread(s), peak measured with the same "
                "count. The machine's 2 cores were shared with other jobs while this ran, so "
                "timings carry load noise; with 2 threads on busy cores an OpenMP region stalls "
                "whenever its partner thread is descheduled (we saw 10–100× jitter on single "
                "calls), hence the default of 1 thread.\n")
     print(out[-1])
 
-    times, best = {}, {}
+    times: dict[int, dict[str, Timing]] = {}
     with torch.no_grad():
         for N in Ns:
             q, k, v = lin_inputs(N)
             x, dt, A, Bm, Cm = ssd_inputs(N)
-            t = {}
-            tl_ = time_fn(lambda: linear_attention_features(q, k, v, chunk_size=C_lin),
-                          repeats=reps)
-            ts_ = time_fn(lambda: ssd(x, dt, A, Bm, Cm, chunk_size=C_ssd), repeats=reps)
-            t["lin chunked"], t["ssd chunked"] = tl_.median, ts_.median
-            best[N] = {"lin chunked": tl_.best, "ssd chunked": ts_.best}
+            t = {"lin chunked": measure(linear_attention_features, q, k, v, chunk_size=C_lin),
+                 "ssd chunked": measure(ssd, x, dt, A, Bm, Cm, chunk_size=C_ssd)}
             if N <= par_max:
-                t["lin parallel"] = time_fn(lambda: linear_attention_features(
-                    q, k, v, mode="parallel"), repeats=reps).median
-                if N <= ssd_quad_max:
-                    t["ssd quadratic"] = time_fn(lambda: ssd(x, dt, A, Bm, Cm, mode="quadratic"),
-                                                 repeats=reps).median
-            if N <= rec_max:
-                t["lin recurrent"] = time_fn(lambda: linear_attention_features(
-                    q, k, v, mode="recurrent"), repeats=1, warmup=0).median
-                t["ssd recurrent"] = time_fn(lambda: ssd(x, dt, A, Bm, Cm, mode="recurrent"),
-                                             repeats=1, warmup=0).median
-            if N <= 16384:
+                t["lin parallel"] = measure(linear_attention_features, q, k, v, mode="parallel")
+            if N <= ssd_quad_max:
+                t["ssd quadratic"] = measure(ssd, x, dt, A, Bm, Cm, mode="quadratic")
+            if N <= rec_max:  # one run each: the Python token loop is the slow one
+                t["lin recurrent"] = measure(linear_attention_features, q, k, v,
+                                             mode="recurrent", reps=1)
+                t["ssd recurrent"] = measure(ssd, x, dt, A, Bm, Cm, mode="recurrent", reps=1)
+            if N <= sdpa_max:
                 qs, ks, vs = (torch.randn(B, H, N, D) for _ in range(3))
-                t["SDPA causal"] = time_fn(lambda: F.scaled_dot_product_attention(
-                    qs, ks, vs, is_causal=True), repeats=reps).median
+                t["SDPA causal"] = measure(F.scaled_dot_product_attention, qs, ks, vs,
+                                           is_causal=True)
+            if N == 16384 or (quick and N == Ns[-1]):
+                xs_, dts_, As_, Bs_, Cs_ = ssd_inputs(N, strong=True)
+                t["ssd chunked (strong decay)"] = measure(ssd, xs_, dts_, As_, Bs_, Cs_,
+                                                          chunk_size=C_ssd)
+                t["ssd recurrent (strong decay)"] = measure(ssd, xs_, dts_, As_, Bs_, Cs_,
+                                                            mode="recurrent", reps=1)
             times[N] = t
-            print(N, {k_: round(v_ * 1e3, 2) for k_, v_ in t.items()})
+            print(N, {k_: round(v_.median * 1e3, 2) for k_, v_ in t.items()})
     cols = ["lin parallel", "lin chunked", "lin recurrent", "ssd quadratic", "ssd chunked",
             "ssd recurrent", "SDPA causal"]
-    out.append("## Time vs N (ms)\n")
+    out.append("## Time vs N (ms, median / best)\n")
     out.append("| N | " + " | ".join(cols) + " |")
     out.append("|---" * (len(cols) + 1) + "|")
     for N in Ns:
         out.append(f"| {N} | " + " | ".join(
-            f"{times[N][c] * 1e3:.1f}" if c in times[N] else "–" for c in cols) + " |")
+            (f"{times[N][c].median * 1e3:.1f} / {times[N][c].best * 1e3:.1f}"
+             if c in times[N] else "–") for c in cols) + " |")
     out.append("\n– = not run: the parallel/quadratic forms hold an N×N table per head "
                f"(linear skipped above N={par_max}, SSD above {ssd_quad_max}), the Python token "
-               f"loop above N={rec_max}, SDPA "
-               "above 16K (quadratic time).\n")
+               f"loop above N={rec_max}, SDPA above {sdpa_max} (quadratic time). SSD here uses "
+               "mild decays (see below for strong ones).\n")
 
-    # fit log-log slopes of the chunked forms and of SDPA
-    def slope(name):
-        pts = [(math.log(N), math.log(times[N][name])) for N in Ns if name in times[N] and N >= 4096]
+    def slope(name):  # log-log fit of the best times over N ≥ 4096
+        pts = [(math.log(N), math.log(times[N][name].best)) for N in Ns
+               if name in times[N] and N >= 4096]
         if len(pts) < 2:
             return float("nan")
         X = torch.tensor([[p[0], 1.0] for p in pts], dtype=torch.float64)
         y = torch.tensor([[p[1]] for p in pts], dtype=torch.float64)
         return float(torch.linalg.lstsq(X, y).solution[0, 0])
 
-    out.append("Log-log slope of time vs N (N ≥ 4096): " + ", ".join(
+    out.append("Log-log slope of best time vs N (N ≥ 4096): " + ", ".join(
         f"{c} {slope(c):.2f}" for c in ("lin chunked", "ssd chunked", "lin recurrent",
-                                         "SDPA causal")) + "\n")
+                                         "ssd recurrent", "SDPA causal")) + "\n")
 
-    # crossover vs SDPA causal
-    cross = [N for N in Ns if "SDPA causal" in times[N] and
-             times[N]["lin chunked"] < times[N]["SDPA causal"]]
-    slower = [N for N in Ns if "SDPA causal" in times[N] and N not in cross]
-    out.append("## Crossover against softmax attention (SDPA causal, same shapes)\n")
+    out.append("## Crossover against softmax attention (SDPA causal, same shapes, best times)\n")
+    cross = []
     for N in Ns:
         if "SDPA causal" in times[N]:
-            r = times[N]["SDPA causal"] / times[N]["lin chunked"]
-            out.append(f"- N={N}: SDPA / chunked linear = {r:.2f}×  "
-                       f"(SSD chunked: {times[N]['SDPA causal'] / times[N]['ssd chunked']:.2f}×)")
-    first = min(cross) if cross else None
-    out.append(f"\nChunked linear attention is faster than SDPA causal from N = {first} on "
-               f"among the lengths measured (slower at {slower or 'none'}).\n")
+            sd = times[N]["SDPA causal"].best
+            r_l, r_s = sd / times[N]["lin chunked"].best, sd / times[N]["ssd chunked"].best
+            if r_l > 1:
+                cross.append(N)
+            out.append(f"- N={N}: SDPA / chunked linear = {r_l:.2f}×, SDPA / chunked SSD = "
+                       f"{r_s:.2f}×")
+    slower = [N for N in Ns if "SDPA causal" in times[N] and N not in cross]
+    out.append(f"\nChunked linear attention is faster than SDPA causal at N = {cross or 'none'} "
+               f"and slower at {slower or 'none'} among the lengths measured, so the crossover "
+               f"lies {'below ' + str(min(cross)) if cross and not slower else 'between the two'}"
+               ".\n")
 
-    # FLOP/s and speedups at 16K
     N16 = 16384 if 16384 in times else Ns[-1]
-    ex_l, us_l = lin_flops(N16, C_lin)
-    ex_s, us_s = ssd_flops(N16, C_ssd)
-    tl, ts = times[N16]["lin chunked"], times[N16]["ssd chunked"]
+    t16 = times[N16]
     out.append(f"## Chunked forms at N = {N16} against the fp32 matmul peak "
-               f"({peak / 1e9:.1f} GFLOP/s)\n")
-    out.append("| form | median (ms) | executed GFLOP/s | % of peak | useful GFLOP/s | % of peak "
-               "| best run: % of peak (executed) | speed-up vs recurrent loop |")
-    out.append("|---|---|---|---|---|---|---|---|")
+               f"({peak / 1e9:.1f} GFLOP/s, {threads} thread(s))\n")
+    out.append("| form | median (ms) | best (ms) | executed GFLOP/s (best) | % of peak | useful "
+               "GFLOP/s (best) | % of peak | recurrent loop (ms) | speed-up (best) |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
     res = {}
-    for name, tt, ex, us, rec, tb in (
-            ("linear attention", tl, ex_l, us_l, "lin recurrent", best[N16]["lin chunked"]),
-            ("SSD", ts, ex_s, us_s, "ssd recurrent", best[N16]["ssd chunked"])):
-        sp = times[N16][rec] / tt if rec in times[N16] else float("nan")
-        res[name] = (ex / tt / peak, sp)
-        out.append(f"| {name} chunked | {tt * 1e3:.1f} | {ex / tt / 1e9:.1f} | "
-                   f"{100 * ex / tt / peak:.0f}% | {us / tt / 1e9:.1f} | {100 * us / tt / peak:.0f}% "
-                   f"| {100 * ex / tb / peak:.0f}% | {sp:.0f}× |")
+    for name, key, rec, flops in (
+            ("linear attention", "lin chunked", "lin recurrent", lin_flops(N16, C_lin)),
+            ("SSD, mild decays (factorised path)", "ssd chunked", "ssd recurrent",
+             ssd_flops(N16, C_ssd)),
+            ("SSD, strong decays (exact-mask path)", "ssd chunked (strong decay)",
+             "ssd recurrent (strong decay)", ssd_flops(N16, C_ssd))):
+        tm = t16[key]
+        ex, us = flops
+        sp = t16[rec].best / tm.best if rec in t16 else float("nan")
+        rec_ms = f"{t16[rec].best * 1e3:.0f}" if rec in t16 else "–"
+        res[name] = (ex / tm.best / peak, sp)
+        out.append(f"| {name} | {tm.median * 1e3:.1f} | {tm.best * 1e3:.1f} | "
+                   f"{ex / tm.best / 1e9:.1f} | {100 * ex / tm.best / peak:.0f}% | "
+                   f"{us / tm.best / 1e9:.1f} | {100 * us / tm.best / peak:.0f}% | {rec_ms} | "
+                   f"{sp:.0f}× |")
     out.append("\nExecuted FLOPs count every multiply-add the chunked algorithm performs "
                "(including the masked upper half of each chunk's C×C block); useful FLOPs "
-               "count the causal half only.\n")
+               "count the causal half only. Fractions use the best of the runs: on a shared "
+               "machine the minimum is the run least disturbed by other jobs (medians are in "
+               "the time table).\n")
     out.append("Targets (issue): chunked forms ≥ 40% of fp32 matmul peak at N = 16K and ≥ 20× "
                "faster than the recurrent loop: " + "; ".join(
                    f"{n}: {100 * f:.0f}% of peak ({'met' if f >= 0.4 else 'NOT met'}), "
@@ -249,9 +268,8 @@ def performer_section(quick: bool) -> str:
         with torch.no_grad():
             for causal in (False, True):
                 fa = FastAttention(dim_heads=D, nb_features=m, causal=causal)
-                ta = time_fn(lambda: performer_attention(qs, ks, vs, om, causal=causal),
-                             repeats=3).median
-                tp = time_fn(lambda: fa(qs, ks, vs), repeats=3).median
+                ta = measure(performer_attention, qs, ks, vs, om, causal=causal, reps=3).median
+                tp = measure(fa, qs, ks, vs, reps=3).median
                 lines.append(f"| {'causal' if causal else 'non-causal'} | {ta * 1e3:.1f} | "
                              f"{tp * 1e3:.1f} | {tp / ta:.2f}× |")
         lines.append("\nperformer-pytorch's causal path on CPU is its 'memory inefficient "

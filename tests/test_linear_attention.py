@@ -94,6 +94,7 @@ def test_custom_feature_map_hook():
     q, k, v = make(1, 2, 2, 11, 11, seed=5)
     out, st = linear_attention(q, k, v, feature_map=squared, output_final_state=True, chunk_size=4)
     ref, ref_st = linear_attention_reference(q, k, v, feature_map=squared)
+    assert_close(st.S, ref_st.S, **TOL)
     assert st.S.shape == (1, 2, 16, 6)
     assert_close(out, ref, **TOL)
 

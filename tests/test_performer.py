@@ -9,9 +9,13 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from attnlab.ops.linear import (LinearState, draw_random_features, favor_kernel_estimate,
-                                performer_attention)
 from attnlab.masks import causal as causal_mask
+from attnlab.ops.linear import (
+    LinearState,
+    draw_random_features,
+    favor_kernel_estimate,
+    performer_attention,
+)
 from attnlab.ops.softmax import attention_reference
 
 TOL = {"atol": 1e-5, "rtol": 1e-4}

@@ -2,7 +2,6 @@
 states), gradients of the chunked paths, overflow at the edge of fp32, bad input."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.testing import assert_close
 
 from attnlab.ops.rwkv import WKV4State, wkv4, wkv4_reference, wkv6, wkv6_reference

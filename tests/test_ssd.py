@@ -39,7 +39,7 @@ def test_all_modes_match_reference(N, G):
 
 @pytest.mark.parametrize("N,chunk", [(63, 16), (129, 32), (129, 7)])
 def test_chunked_equals_quadratic_and_recurrent_long(N, chunk):
-    x, dt, A, B, C, D, h0 = make(N=N, seed=1, h0=True)
+    x, dt, A, B, C, _, h0 = make(N=N, seed=1, h0=True)
     q, hq = ssd(x, dt, A, B, C, mode="quadratic", initial_state=h0, output_final_state=True)
     c, hc = ssd(x, dt, A, B, C, mode="chunked", chunk_size=chunk, initial_state=h0,
                 output_final_state=True)
@@ -60,7 +60,7 @@ def test_chunked_gradients_match_reference():
     rl = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D, h0)]
     ry, rh = ssd_reference(*rl[:5], D=rl[5], initial_state=rl[6])
     ((ry * w).sum() + rh.sum()).backward()
-    for name, a, b in zip("x dt A B C D h0".split(), leaves, rl):
+    for name, a, b in zip(["x", "dt", "A", "B", "C", "D", "h0"], leaves, rl):
         assert_close(a.grad, b.grad, **TOL, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
@@ -123,7 +123,7 @@ def test_extreme_inputs_stay_finite():
 
 
 def test_bad_input():
-    x, dt, A, B, C, D, _ = make(N=5)
+    x, dt, A, B, C, _, _ = make(N=5)
     with pytest.raises(ValueError, match="A must be <= 0"):
         ssd(x, dt, -A, B, C)
     with pytest.raises(ValueError, match="dt must be >= 0"):

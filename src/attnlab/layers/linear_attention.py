@@ -18,8 +18,13 @@ from torch import nn
 from .._checks import check_divisible, check_positive_int
 from ..cache.base import KVCache
 from ..cache.recurrent import RecurrentStateCache, state_cache_of
-from ..ops.linear import (LinearState, draw_random_features, favor_features,
-                          linear_attention_features, resolve_feature_map)
+from ..ops.linear import (
+    LinearState,
+    draw_random_features,
+    favor_features,
+    linear_attention_features,
+    resolve_feature_map,
+)
 from ..ops.linear.feature_maps import apply_feature_map
 from .attention import check_cache, check_hidden
 from .base import Mixer

@@ -20,8 +20,8 @@ import math
 import torch
 
 from ..._checks import check_positive_int, check_qkv, check_tensor
-from .checks import check_finite_fast as check_finite
 from .attention import linear_attention_features
+from .checks import check_finite_fast as check_finite
 from .forms import LinearState
 
 
@@ -75,7 +75,7 @@ def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega
     Causal uses the chunked linear-attention path (or "parallel"/"recurrent"); the state is
     a LinearState over the m features. Error vs exact softmax falls like 1/√m.
     """
-    B, Hq, Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
+    D = check_qkv(q, k, v)[5]
     check_tensor("omega", omega, 2)
     if omega.shape[1] != D:
         raise ValueError(f"omega has shape {tuple(omega.shape)}; expected (m, head_dim={D})")
