@@ -116,6 +116,12 @@ def test_hashing_is_angular():
     assert b.shape == (1, 1, 4, 20) and int(b.min()) >= 0 and int(b.max()) < 6
     assert torch.equal(hash_buckets(3.0 * x, rot), b)  # scale-invariant
     assert torch.equal((hash_buckets(-x, rot) - b) % 6, torch.full_like(b, 3))  # -x: opposite
+    # equals the definition argmax([xR; -xR]) written out, ties included, in row chunks
+    xi = torch.randint(-2, 3, (2, 1, 37, 4)).float()
+    ri = torch.randint(-1, 2, (3, 4, 5)).float()  # integer values: many exact ties
+    xr = torch.einsum("bhnd,rdk->bhrnk", xi, ri)
+    expect = torch.cat([xr, -xr], dim=-1).argmax(dim=-1)
+    assert torch.equal(hash_buckets(xi, ri, rows=8), expect)
 
 
 def test_bad_input():

@@ -42,10 +42,17 @@ QUESTION = Question(
         "chunked attention (each of N queries scores 2c keys in each round) plus "
         "O(n_hashes·N·log N) for the sorts, with chunk size c fixed — so in practice it "
         "behaves linearly, with constants (n_hashes, 2c, gathers and sorts) that full "
-        "attention's O(N²·d) only overtakes at long sequences. Memory is O(n_hashes·N·c)."
+        "attention's O(N²·d) only overtakes at long sequences. Memory is O(n_hashes·N·c). "
+        "One caveat the usual citation hides: hashing multiplies each vector by a d × "
+        "n_buckets/2 rotation, and Reformer grows n_buckets with N (about N/c buckets), so "
+        "that term is N²·d/(2c) per round — quadratic with a constant 2c times smaller than "
+        "full attention's; at N = 64K with c = 64 it already costs more than the chunked "
+        "attention itself. Factorising the buckets (trax hashes with a product of smaller "
+        "rotations) keeps it near-linear."
     ),
     formulas=[
-        "T(N) = O(n_hashes · N · c · d + n_hashes · N log N)",
+        "T(N) = O(n_hashes · N · c · d + n_hashes · N log N)  (bounded bucket count)",
+        "hashing: O(n_hashes · N · d · n_buckets/2) = O(N² · d / (2c)) when n_buckets = N/c",
         "full attention: O(N² · d)",
         "scores per round = N · 2c  (vs N² for full)",
     ],

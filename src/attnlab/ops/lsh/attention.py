@@ -14,7 +14,9 @@ exactly softmax over the *union* of visible keys, each counted once
 
 Any N: the sequence is padded internally to a multiple of `chunk_size` (padding tokens
 sort last and are never visible). Cost O(n_hashes · N · chunk · D + n_hashes · N log N)
-time (plus O(n_hashes² · N · chunk) for dedup) and O(n_hashes · N · chunk) memory.
+time for attention and sorting, plus O(n_hashes² · N · chunk) for dedup and
+O(n_hashes · N · D · n_buckets/2) for hashing (see `hashing`: with n_buckets ∝ N that term
+is N²·D/(2·chunk) per round); O(n_hashes · N · (chunk + D)) memory.
 """
 from __future__ import annotations
 

@@ -2,7 +2,10 @@
 
 A random rotation R (D × n_buckets/2) per hash round maps x to
 `bucket = argmax([xR ; −xR])`: vectors at a small angle land in the same bucket with high
-probability. Hashing costs O(n_hashes · N · D · n_buckets/2).
+probability. Hashing costs O(n_hashes · N · D · n_buckets/2). With Reformer's choice
+n_buckets ≈ N / chunk this term is N²·D/(2·chunk) per round — quadratic, but 1/(2·chunk) of
+full attention's N²·D; at N = 65536, chunk 64 it is about twice the chunked attention's
+work, so it is computed in row blocks without materialising [xR ; −xR].
 """
 from __future__ import annotations
 
@@ -49,7 +52,21 @@ def check_rotations(rotations, head_dim: int) -> torch.Tensor:
     return rotations
 
 
-def hash_buckets(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Bucket ids (B, H, n_hashes, N) in [0, n_buckets) of x (B, H, N, D)."""
-    rotated = torch.einsum("bhnd,rdk->bhrnk", x.float(), rotations.float())  # (B, H, R, N, nb/2)
-    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # (B, H, R, N)
+def hash_buckets(x: torch.Tensor, rotations: torch.Tensor, rows: int = 2048) -> torch.Tensor:
+    """Bucket ids (B, H, n_hashes, N) in [0, n_buckets) of x (B, H, N, D).
+
+    argmax([xR ; −xR]) without building the concatenation: with a = max(xR) and
+    b = max(−xR) = −min(xR), the bucket is argmax(xR) if a >= b, else n_buckets/2 +
+    argmin(xR) (identical ties: the first half wins, first index first). Computed `rows`
+    tokens at a time so the (rows, n_buckets/2) projections stay small.
+    """
+    B, H, N, _ = x.shape
+    R, _, half = rotations.shape
+    rot = rotations.float()
+    out = torch.empty(B, H, R, N, dtype=torch.long, device=x.device)
+    for n0 in range(0, N, rows):
+        xr = torch.einsum("bhnd,rdk->bhrnk", x[:, :, n0:n0 + rows].float(), rot)  # (B, H, R, n, half)
+        hi, arg_hi = xr.max(dim=-1)
+        lo, arg_lo = xr.min(dim=-1)
+        out[..., n0:n0 + rows] = torch.where(hi >= -lo, arg_hi, arg_lo + half)
+    return out
