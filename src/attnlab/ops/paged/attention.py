@@ -25,7 +25,11 @@ from ..softmax.decode import _chunk_partial
 from ..softmax.flash import check_result, compute_dtype
 from ..softmax.merge import merge_many
 
-DEFAULT_CHUNK_TOKENS = 2048  # a gathered chunk stays cache-sized; see benchmarks/serving.py
+# chunk sizes (tokens), measured in benchmarks/results/serving.md: a block range read in
+# place streams best in long chunks (as split-KV's 8192); a gathered chunk should stay
+# cache-sized (512–1024 tokens of 8 heads × 128 dims gathered fastest)
+VIEW_CHUNK_TOKENS = 8192
+GATHER_CHUNK_TOKENS = 1024
 
 
 def check_paged_inputs(q, k_pool, v_pool, block_tables, seq_lens):
@@ -42,6 +46,9 @@ def check_paged_inputs(q, k_pool, v_pool, block_tables, seq_lens):
                          f"{tuple(k_pool.shape)} in (Hkv, num_blocks, block_size)")
     if Dk != D:
         raise ValueError(f"k_pool head_dim ({Dk}) must equal q head_dim ({D})")
+    if not (k_pool.is_contiguous() and v_pool.is_contiguous()):
+        raise ValueError("k_pool and v_pool must be contiguous (one layer of a pool), got a "
+                         "strided view; expected e.g. cache.k_pool[layer]")
     if Hq % Hkv:
         raise ValueError(f"q heads ({Hq}) must be divisible by k/v heads ({Hkv})")
     if q.dtype != k_pool.dtype or q.dtype != v_pool.dtype:
@@ -64,16 +71,25 @@ def check_paged_inputs(q, k_pool, v_pool, block_tables, seq_lens):
     return B, Hq, Hkv, Nq, D, v_pool.shape[-1], bs, NB
 
 
-def _chunk_kv(pool: torch.Tensor, tables: torch.Tensor, j0: int, j1: int):
-    """Keys (or values) of logical blocks [j0, j1) of every sequence: (B, Hkv, c·bs, D)."""
-    Hkv, _, bs, D = pool.shape
+def _chunk_kv(pool: torch.Tensor, tables: torch.Tensor, j0: int, j1: int,
+              buf: list[torch.Tensor | None]):
+    """Keys (or values) of logical blocks [j0, j1) of every sequence: (B, Hkv, c·bs, D).
+
+    Consecutive physical blocks of a single sequence are returned as a view; otherwise the
+    blocks are gathered into `buf[0]`, a chunk-sized buffer reused across chunks (a fresh
+    allocation per chunk costs page faults: ~5× slower gathers, measured)."""
+    Hkv, NB, bs, D = pool.shape
     B, c = tables.shape[0], j1 - j0
     ids = tables[:, j0:j1]  # (B, c)
     if B == 1 and (c == 1 or bool((ids[0, 1:] - ids[0, :-1] == 1).all())):
         first = int(ids[0, 0])
         return pool[:, first:first + c].reshape(1, Hkv, c * bs, D)  # view, no copy
-    got = pool.index_select(1, ids.reshape(-1))  # (Hkv, B·c, bs, D): one chunk, gathered
-    return got.view(Hkv, B, c * bs, D).transpose(0, 1)  # (B, Hkv, c·bs, D)
+    rows = (torch.arange(Hkv)[:, None] * NB + ids.reshape(1, -1)).reshape(-1)  # (Hkv·B·c,)
+    if buf[0] is None or buf[0].shape[0] < rows.numel():
+        buf[0] = torch.empty(rows.numel(), bs * D, dtype=pool.dtype, device=pool.device)
+    out = buf[0][: rows.numel()]
+    torch.index_select(pool.reshape(Hkv * NB, bs * D), 0, rows, out=out)  # one chunk
+    return out.view(Hkv, B, c * bs, D).transpose(0, 1)  # (B, Hkv, c·bs, D)
 
 
 def paged_attention(q, k_pool, v_pool, block_tables, seq_lens, *, scale: float | None = None,
@@ -88,22 +104,28 @@ def paged_attention(q, k_pool, v_pool, block_tables, seq_lens, *, scale: float |
     (out, lse) with lse float32 (B, Hq, Nq).
     """
     B, Hq, Hkv, Nq, D, Dv, bs, _ = check_paged_inputs(q, k_pool, v_pool, block_tables, seq_lens)
-    c = max(1, DEFAULT_CHUNK_TOKENS // bs) if blocks_per_chunk is None else \
-        check_positive_int("blocks_per_chunk", blocks_per_chunk)
+    lens = seq_lens.long()
+    n_blocks = -(-int(lens.max()) // bs)
+    tables = block_tables.long()
+    if blocks_per_chunk is None:
+        used = tables[0, :n_blocks]
+        in_place = B == 1 and bool((used[1:] - used[:-1] == 1).all())
+        c = max(1, (VIEW_CHUNK_TOKENS if in_place else GATHER_CHUNK_TOKENS) // bs)
+    else:
+        c = check_positive_int("blocks_per_chunk", blocks_per_chunk)
     cd = compute_dtype(q)
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     qg = q.to(cd).reshape(B, Hkv, G * Nq, D)  # (B, Hkv, G·Nq, D): group rows share a read
-    lens = seq_lens.long()
     q_pos = lens[:, None] - Nq + torch.arange(Nq)  # (B, Nq) absolute query positions
     min_q = int(q_pos[:, 0].min())  # every key below this is visible to every query
-    n_blocks = -(-int(lens.max()) // bs)
-    tables = block_tables.long()
     outs, lses = [], []
+    kbuf: list[torch.Tensor | None] = [None]
+    vbuf: list[torch.Tensor | None] = [None]
     for j0 in range(0, n_blocks, c):
         j1 = min(j0 + c, n_blocks)
-        kc = _chunk_kv(k_pool, tables, j0, j1).to(cd)
-        vc = _chunk_kv(v_pool, tables, j0, j1).to(cd)
+        kc = _chunk_kv(k_pool, tables, j0, j1, kbuf).to(cd)
+        vc = _chunk_kv(v_pool, tables, j0, j1, vbuf).to(cd)
         keep = None
         if j1 * bs - 1 > min_q:  # some key of this range is hidden from some query
             kp = torch.arange(j0 * bs, j1 * bs)  # (c·bs,) key positions
