@@ -122,3 +122,23 @@ def test_bad_input(model):
                                   mixers=AttentionSpec(n_heads=2, window=4)))
     with pytest.raises(ValueError, match="not servable"):
         Engine(windowed, EngineConfig(num_blocks=4))
+
+
+def test_cli_generate_matches_alone_under_preemption():
+    import json
+
+    from typer.testing import CliRunner
+
+    from attnlab.cli import _load_commands, app
+
+    _load_commands()
+    r = CliRunner().invoke(app, ["generate", "--random", "4", "-n", "12", "--num-blocks", "24",
+                                 "--block-size", "4", "--preemption", "swap", "--check",
+                                 "--json", "-p", "1,2,3"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert len(out["requests"]) == 5
+    assert all(q["same_as_alone"] for q in out["requests"])
+    assert out["stats"]["preemptions"] > 0
+    bad = CliRunner().invoke(app, ["generate", "-p", "1,x"])
+    assert bad.exit_code != 0 and "comma-separated" in bad.output

@@ -194,9 +194,7 @@ class Engine:
             if s.req.arrival_step > step or budget == 0 or len(self.running) >= self.cfg.max_running:
                 continue
             if not self.cache.has_sequence(s.rid):
-                hit = self.cache.add_sequence(s.rid, s.all_tokens)
-                s.computed = hit
-                self.stats.prefix_hit_tokens += hit
+                s.computed = self.cache.add_sequence(s.rid, s.all_tokens)  # prefix hit
             n = min(len(s.all_tokens) - s.computed, self.cfg.prefill_chunk, budget)
             if self.cache.blocks_needed(s.rid, n) > self.cache.allocator.n_free:
                 self.cache.free(s.rid)  # give shared prefix blocks back; retry later
@@ -204,6 +202,7 @@ class Engine:
                 break
             self.waiting.remove(s)
             self.running.append(s)
+            self.stats.prefix_hit_tokens += s.computed
             plan.append(self._reserve(s, n))
             budget -= n
         return plan
