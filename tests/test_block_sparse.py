@@ -134,7 +134,7 @@ def test_window_blocks_are_batched_into_few_calls_and_stay_exact():
     kinds = block_kinds(mask, 2, 4, 200, 200, 8, 8)
     plan = BS.tile_plan(kinds, 200, 200, 8, 8)
     tm = BS.make_tile_mask(mask, 2, 4, 200, 200)
-    items = BS._schedule(plan, tm, 2, 2, 2, 16, torch.float32)
+    items = list(BS._schedule(plan, tm, 2, 2, 2, 16, torch.float32))
     assert max(len(it.q0s) for it in items) > 10 and len(items) < 25 // 2
     q, k, v = rand_qkv(2, 4, 2, 200, 200, 16, grad=True)
     check_against_reference(block_sparse_attention, q, k, v, mask,
@@ -147,3 +147,16 @@ def test_window_blocks_are_batched_into_few_calls_and_stay_exact():
                                 fast_kw={"q_block": 8, "kv_block": 8})
     finally:
         BS.BATCH_COPY_BYTES = old
+
+
+@pytest.mark.parametrize("mask", ["causal", "window", "window_global", "document_causal",
+                                  "prefix_lm"])
+def test_full_stretches_split_into_unmasked_calls(mask, monkeypatch):
+    """Long FULL stretches become unmasked runs merged with the masked ones: same answer."""
+    monkeypatch.setattr(BS, "SPLIT_FULL_MIN", 8)
+    m = make_mask(mask, 129, 129)
+    ks = BS.tile_plan(block_kinds(M.causal(), 1, 1, 129, 129, 8, 8), 129, 129, 8, 8).rows[-2][2]
+    assert runs(ks) == [(0, 120, []), (120, 128, [(120, 128)])]  # unmasked + diagonal
+    q, k, v = rand_qkv(2, 4, 2, 129, 129, 16, grad=True)
+    check_against_reference(block_sparse_attention, q, k, v, m,
+                            fast_kw={"q_block": 8, "kv_block": 8, "impl": "fused"})

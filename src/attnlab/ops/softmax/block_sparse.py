@@ -16,7 +16,11 @@ Two implementations, the same answer:
   call, so each key/value block is read once per KV head. The backward calls the fused
   flash backward per run with the merged `out`/`lse` (P = exp(S − lse) and
   Δ = rowsum(dO ∘ O) are global quantities, so per-run gradients simply add up).
-  Requires Dv == D (the kernel's constraint); otherwise "tiled" is used.
+  Requires Dv == D (the kernel's constraint); otherwise "tiled" is used. Consecutive
+  query blocks whose run has the same length, the same offset and an identical mask
+  (every interior block of a sliding window) are stacked into ONE batched call, the
+  overlapping key ranges unfolded (bounded by BATCH_COPY_BYTES): under load on 2 cores,
+  a few large calls were 1.7–2.5× faster than one call per block (kernels.md).
 - "tiled": the readable pure-torch FlashAttention-2 tiles of `flash.py`, visiting only
   the non-empty blocks.
 
@@ -28,6 +32,7 @@ set in cache and were the fastest on this CPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -79,17 +84,33 @@ def tile_plan(kinds: torch.Tensor, nq: int, nk: int, q_block: int, kv_block: int
     return TilePlan(nq, nk, tuple(rows))
 
 
+# a stretch of FULL key blocks at least this long becomes its own unmasked call: the fused
+# kernel reads an additive mask for every score it computes, so a mask over a long, fully
+# visible range costs bandwidth for nothing (measured: kernels_notes.md)
+SPLIT_FULL_MIN = 256
+
+
 def runs(ks: list) -> list[tuple[int, int, list]]:
-    """Group a query block's key tiles into contiguous runs: (k0, k1, partial tiles)."""
-    out: list[tuple[int, int, list]] = []
+    """A query block's key tiles as contiguous runs `(k0, k1, partial tiles)`: maximal
+    contiguous ranges, except that stretches of FULL tiles of at least SPLIT_FULL_MIN keys
+    are runs of their own (no mask)."""
+    segs: list[list] = []  # [k0, k1, partial tiles, all_full]
     for k0, k1, partial in ks:
-        if out and out[-1][1] == k0:
-            out[-1] = (out[-1][0], k1, out[-1][2])
+        last = segs[-1] if segs else None
+        if last is not None and last[1] == k0 and last[3] == (not partial):
+            last[1] = k1
         else:
-            out.append((k0, k1, []))
+            segs.append([k0, k1, [], not partial])
         if partial:
-            out[-1][2].append((k0, k1))
-    return out
+            segs[-1][2].append((k0, k1))
+    out: list[tuple[int, int, list]] = []
+    for k0, k1, partial, all_full in segs:
+        joinable = out and out[-1][1] == k0 and not (all_full and k1 - k0 >= SPLIT_FULL_MIN)
+        if joinable and not out[-1][3]:
+            out[-1] = (out[-1][0], k1, out[-1][2] + partial, False)
+        else:
+            out.append((k0, k1, partial, all_full and k1 - k0 >= SPLIT_FULL_MIN))
+    return [(k0, k1, partial) for k0, k1, partial, _ in out]
 
 
 def _run_mask(tile_mask, q0, q1, r0, r1, partial, Hkv, G, dtype):
@@ -118,11 +139,11 @@ BATCH_COPY_BYTES = 32 * 2 ** 20
 
 @dataclass
 class _Item:
-    """Work for one kernel call: `q0s` query blocks of `n` rows each. One block: its runs
-    `(r0, r1, add, empty)` (merged if several). Several blocks (a batch): one run each, of
-    the same length, at the same offset from the block, with an identical mask — e.g. every
-    interior block of a sliding window — so they go in ONE call, the key ranges unfolded as
-    a batch (few large calls instead of many small ones)."""
+    """Work for one group of calls: `q0s` consecutive query blocks of `n` rows, and the key
+    runs `(r0, r1, add, empty)` of the FIRST block. Blocks join a group when their runs have
+    the same lengths, the same offsets from the block and identical masks — e.g. every
+    interior block of a sliding window — so each run is ONE batched call over all of them
+    (key ranges unfolded); the runs of a group are merged with `merge_many`."""
 
     q0s: list[int]
     n: int
@@ -135,24 +156,32 @@ def _same_mask(a, b) -> bool:
     return a.shape == b.shape and a.shape[0] == 1 and bool(torch.equal(a, b))
 
 
-def _schedule(plan, tile_mask, B, Hkv, G, D, dtype) -> list[_Item]:
-    items: list[_Item] = []
+def _joins(prev: _Item, q0: int, q1: int, rs: list) -> bool:
+    if q1 - q0 != prev.n or q0 != prev.q0s[-1] + prev.n or len(rs) != len(prev.runs):
+        return False
+    p0 = prev.q0s[0]
+    return all(r1 - r0 == s1 - s0 and r0 - q0 == s0 - p0 and _same_mask(a, b)
+               for (r0, r1, a, _), (s0, s1, b, _) in zip(rs, prev.runs))
+
+
+def _schedule(plan, tile_mask, B, Hkv, G, D, dtype) -> Iterator[_Item]:
+    """Yield groups lazily: only the current group's masks are alive at any time."""
+    prev: _Item | None = None
     for q0, q1, ks in plan.rows:
         if not ks:
             continue
         rs = [(r0, r1, *_run_mask(tile_mask, q0, q1, r0, r1, partial, Hkv, G, dtype))
               for r0, r1, partial in runs(ks)]
-        prev = items[-1] if items else None
-        if prev is not None and len(rs) == 1 and len(prev.runs) == 1:
-            (r0, r1, add, _), (p0, p1, padd, _) = rs[0], prev.runs[0]
-            cap = max(1, BATCH_COPY_BYTES // (2 * B * Hkv * (r1 - r0) * D * 4))
-            if (q1 - q0 == prev.n and q0 == prev.q0s[-1] + prev.n and r1 - r0 == p1 - p0
-                    and r0 - q0 == p0 - prev.q0s[0] and len(prev.q0s) < cap
-                    and _same_mask(add, padd)):
+        if prev is not None and _joins(prev, q0, q1, rs):
+            keys = sum(r1 - r0 for r0, r1, _, _ in rs)
+            if len(prev.q0s) < max(1, BATCH_COPY_BYTES // (2 * B * Hkv * keys * D * 4)):
                 prev.q0s.append(q0)
                 continue
-        items.append(_Item([q0], q1 - q0, rs))
-    return items
+        if prev is not None:
+            yield prev
+        prev = _Item([q0], q1 - q0, rs)
+    if prev is not None:
+        yield prev
 
 
 def _batch_rows(x, a: int, nb: int, n: int, B: int, Hkv: int, G: int):
@@ -169,7 +198,10 @@ def _unbatch_rows(y, nb: int, n: int, B: int, Hkv: int, G: int):
 
 
 def _batch_keys(x, r0: int, length: int, nb: int, n: int):
-    """Key ranges [r0 + i·n, r0 + i·n + length) of x (B, Hkv, Nk, D) -> (nb·B, Hkv, length, D)."""
+    """Key ranges [r0 + i·n, r0 + i·n + length) of x (B, Hkv, Nk, D) -> (nb·B, Hkv, length, D)
+    (a view when nb == 1, else a copy of the overlapping ranges)."""
+    if nb == 1:
+        return x[:, :, r0:r0 + length]
     B, Hkv, _, D = x.shape
     u = x[:, :, r0:r0 + (nb - 1) * n + length].unfold(2, length, n)  # (B, Hkv, nb, D, length)
     return u.permute(2, 0, 1, 4, 3).reshape(nb * B, Hkv, length, D)
@@ -194,25 +226,17 @@ def _fused_forward(q, k, v, scale, plan, tile_mask):
     qg = q.view(B, Hkv, G, Nq, D)
     for it in _schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
         nb, n, a = len(it.q0s), it.n, it.q0s[0]
-        if nb > 1:
-            r0, r1, add, empty = it.runs[0]
-            qb = _batch_rows(qg, a, nb, n, B, Hkv, G)  # (nb·B, Hkv, G·n, D)
-            kb, vb = _batch_keys(k, r0, r1 - r0, nb, n), _batch_keys(v, r0, r1 - r0, nb, n)
-            o, l = _FLASH(qb, kb, vb, attn_mask=add, scale=scale)
-            o, l = _fix_empty(o, l.float(), empty)
-            og[:, :, :, a:a + nb * n] = _unbatch_rows(o, nb, n, B, Hkv, G)
-            lg[:, :, :, a:a + nb * n] = _unbatch_rows(l.unsqueeze(-1), nb, n, B, Hkv, G)
-            continue
-        qb = qg[:, :, :, a:a + n].reshape(B, Hkv, G * n, D)  # (B, Hkv, G·bq, D)
+        qb = _batch_rows(qg, a, nb, n, B, Hkv, G)  # (nb·B, Hkv, G·n, D)
         outs, lses = [], []
         for r0, r1, add, empty in it.runs:
-            o, l = _FLASH(qb, k[:, :, r0:r1], v[:, :, r0:r1], attn_mask=add, scale=scale)
+            kb, vb = _batch_keys(k, r0, r1 - r0, nb, n), _batch_keys(v, r0, r1 - r0, nb, n)
+            o, l = _FLASH(qb, kb, vb, attn_mask=add, scale=scale)
             o, l = _fix_empty(o, l.float(), empty)
             outs.append(o)
             lses.append(l)
         o, l = merge_many(outs, lses)
-        og[:, :, :, a:a + n] = o.view(B, Hkv, G, n, D)
-        lg[:, :, :, a:a + n] = l.view(B, Hkv, G, n, 1)
+        og[:, :, :, a:a + nb * n] = _unbatch_rows(o, nb, n, B, Hkv, G)
+        lg[:, :, :, a:a + nb * n] = _unbatch_rows(l.unsqueeze(-1), nb, n, B, Hkv, G)
     return out, lse.squeeze(-1)
 
 
@@ -230,33 +254,22 @@ def _fused_backward(do, q, k, v, out, lse, scale, plan, tile_mask):
     lg = fold(lse_safe.unsqueeze(-1))
     for it in _schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
         nb, n, a = len(it.q0s), it.n, it.q0s[0]
-        if nb > 1:
-            r0, r1, add, _ = it.runs[0]
+        qb, dob, ob = (_batch_rows(x, a, nb, n, B, Hkv, G) for x in (qg, dog, og))
+        lb = _batch_rows(lg, a, nb, n, B, Hkv, G).squeeze(-1)
+        dqb = torch.zeros_like(qb)
+        for r0, r1, add, _ in it.runs:
             L = r1 - r0
-            gq, gk, gv = _FLASH_BWD(
-                _batch_rows(dog, a, nb, n, B, Hkv, G), _batch_rows(qg, a, nb, n, B, Hkv, G),
-                _batch_keys(k, r0, L, nb, n), _batch_keys(v, r0, L, nb, n),
-                _batch_rows(og, a, nb, n, B, Hkv, G),
-                _batch_rows(lg, a, nb, n, B, Hkv, G).squeeze(-1), 0.0, False,
-                attn_mask=add, scale=scale)
-            dqg[:, :, :, a:a + nb * n] = _unbatch_rows(gq, nb, n, B, Hkv, G)
+            # P = exp(S − lse) and Δ = rowsum(dO ∘ O) use the merged out/lse: per-run
+            # gradients are exact parts of the whole and simply add up
+            gq, gk, gv = _FLASH_BWD(dob, qb, _batch_keys(k, r0, L, nb, n),
+                                    _batch_keys(v, r0, L, nb, n), ob, lb, 0.0, False,
+                                    attn_mask=add, scale=scale)
+            dqb += gq
             gk, gv = gk.view(nb, B, Hkv, L, D), gv.view(nb, B, Hkv, L, D)
             for i in range(nb):  # overlapping key ranges: gradients add up
                 dk[:, :, r0 + i * n:r0 + i * n + L] += gk[i]
                 dv[:, :, r0 + i * n:r0 + i * n + L] += gv[i]
-            continue
-        qb = qg[:, :, :, a:a + n].reshape(B, Hkv, G * n, D)
-        dob = dog[:, :, :, a:a + n].reshape(B, Hkv, G * n, D)
-        ob = og[:, :, :, a:a + n].reshape(B, Hkv, G * n, D)
-        lb = lg[:, :, :, a:a + n].reshape(B, Hkv, G * n)
-        dqb = torch.zeros_like(qb)
-        for r0, r1, add, _ in it.runs:
-            gq, gk, gv = _FLASH_BWD(dob, qb, k[:, :, r0:r1], v[:, :, r0:r1], ob, lb, 0.0, False,
-                                    attn_mask=add, scale=scale)
-            dqb += gq
-            dk[:, :, r0:r1] += gk
-            dv[:, :, r0:r1] += gv
-        dqg[:, :, :, a:a + n] = dqb.view(B, Hkv, G, n, D)
+        dqg[:, :, :, a:a + nb * n] = _unbatch_rows(dqb, nb, n, B, Hkv, G)
     return dq, dk, dv
 
 

@@ -16,6 +16,11 @@ plus one (q_block × kv_block) tile per step: the (Nq, Nk) score matrix never ex
 
 This module holds the readable pure-torch tiles. `block_sparse.py` reuses the same tile
 loop over a block layout's non-empty blocks (its "tiled" implementation).
+Non-finite inputs: rather than scan q, k, v (a full extra read of a long cache), every
+fast path checks its OUTPUT (O(N·Dv)) and raises ValueError when a NaN/inf input reached
+it; a NaN row is never mistaken for an empty one. Keys a mask hides in EMPTY blocks are
+never read, so NaN there cannot poison anything (the dense reference would propagate it).
+
 Accepts float16/bfloat16/float32/float64: tiles are computed in float32 (float64 stays
 float64) and the output is cast back to the input dtype.
 """
