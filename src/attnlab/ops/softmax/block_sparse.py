@@ -86,8 +86,9 @@ def tile_plan(kinds: torch.Tensor, nq: int, nk: int, q_block: int, kv_block: int
 
 # a stretch of FULL key blocks at least this long becomes its own unmasked call: the fused
 # kernel reads an additive mask for every score it computes, so a mask over a long, fully
-# visible range costs bandwidth for nothing (measured: kernels_notes.md)
-SPLIT_FULL_MIN = 256
+# visible range costs bandwidth for nothing. Measured under load (kernels_notes.md): a split
+# saved 12–13% at W = 4096 and causal N = 8192, and cost 13% at W = 512 (a 384-key stretch)
+SPLIT_FULL_MIN = 1024
 
 
 def runs(ks: list) -> list[tuple[int, int, list]]:
