@@ -198,6 +198,32 @@ def run(quick: bool, threads: int) -> str:
                    f"{s:.0f}× ({'met' if s >= 20 else 'NOT met'})" for n, (f, s) in res.items())
                + ".\n")
 
+    # chunk-size sweep at N16: FLOP/s favours large chunks, wall time may not
+    out.append(f"### Chunk size sweep at N = {N16} (best of {REPS})\n")
+    out.append("| form | C | best (ms) | executed GFLOP/s | % of peak | speed-up vs recurrent |")
+    out.append("|---|---|---|---|---|---|")
+    q, k, v = lin_inputs(N16)
+    x, dt, A, Bm, Cm = ssd_inputs(N16)
+    with torch.no_grad():
+        for C in (64, 128, 256):
+            for name, fn, args, rec, fl in (
+                    ("linear attention", linear_attention_features, (q, k, v), "lin recurrent",
+                     lin_flops(N16, C)[0]),
+                    ("SSD (mild)", ssd, (x, dt, A, Bm, Cm), "ssd recurrent",
+                     ssd_flops(N16, C)[0])):
+                tb = measure(fn, *args, chunk_size=C).best
+                sp = t16[rec].best / tb if rec in t16 else float("nan")
+                out.append(f"| {name} | {C} | {tb * 1e3:.1f} | {fl / tb / 1e9:.1f} | "
+                           f"{100 * fl / tb / peak:.0f}% | {sp:.1f}× |")
+    out.append(
+        "\nWhy the 20× target is out of reach here: the recurrent form does *less* arithmetic "
+        "than the chunked one — 4·F·Dv FLOPs per token and head (state update + read-out) "
+        "against 2·C·F + 2·C·(Dv+1) + 4·F·(Dv+1) for chunk C (≈ 5× more at C = 256) — and at "
+        "B = 1, H = 8 its state (H·F·Dv·4 B ≈ 130 KB) stays in cache, so each Python step "
+        "costs ~60 µs of mostly fixed overhead. On one CPU core the chunked form wins by "
+        "turning that overhead into GEMMs, not by doing less work; the large speed-ups "
+        "quoted for GPUs come from the recurrent loop being latency-bound there.\n")
+
     out.append(performer_section(quick))
     return "\n".join(out)
 
