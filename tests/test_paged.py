@@ -187,3 +187,18 @@ def test_bad_input():
     with pytest.raises(ValueError, match="block_tables entries"):
         paged_attention(torch.randn(1, 2, 1, 8), c2.k_pool[0], c2.v_pool[0],
                         torch.tensor([[1000]]), torch.tensor([4]))
+
+
+@pytest.mark.parametrize("L", [1, 7, 63, 129])
+@pytest.mark.parametrize("bpc", [1, 3, None])
+def test_single_sequence_decode_shuffled_and_in_place(L, bpc):
+    """Batch 1 takes the unmasked fused path with the tail trimmed; both table layouts."""
+    for shuffle in (True, False):
+        c = filled_cache([L], hkv=2, shuffle=shuffle, seed=L)
+        q = torch.randn(1, 4, 1, 8, generator=torch.Generator().manual_seed(L))
+        out, lse = paged_attention(q, c.k_pool[1], c.v_pool[1], c.tables_tensor([0]),
+                                   torch.tensor([L]), blocks_per_chunk=bpc, return_lse=True)
+        k, v = c.gather(0, 1)
+        ref, ref_lse = attention_reference(q, k[None], v[None], return_lse=True)
+        torch.testing.assert_close(out, ref, **TOL)
+        torch.testing.assert_close(lse, ref_lse, **TOL)

@@ -92,6 +92,16 @@ def _chunk_kv(pool: torch.Tensor, tables: torch.Tensor, j0: int, j1: int,
     return out.view(Hkv, B, c * bs, D).transpose(0, 1)  # (B, Hkv, c·bs, D)
 
 
+def _visible_partial(qg, kc, vc, scale):
+    """(o, lse) of a chunk with no masked key: torch's fused CPU flash kernel (one op,
+    returns lse) in float32, the split-KV chunk kernel otherwise."""
+    if qg.dtype == torch.float32 and qg.device.type == "cpu" and kc.shape[2] > 0:
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            qg, kc, vc, 0.0, False, scale=scale)[:2]
+        return o, lse.float()
+    return _chunk_partial(qg, kc, vc, scale, None)
+
+
 def paged_attention(q, k_pool, v_pool, block_tables, seq_lens, *, scale: float | None = None,
                     blocks_per_chunk: int | None = None, return_lse: bool = False):
     """Exact attention of the last Nq tokens of B sequences over their paged history.
@@ -126,13 +136,18 @@ def paged_attention(q, k_pool, v_pool, block_tables, seq_lens, *, scale: float |
         j1 = min(j0 + c, n_blocks)
         kc = _chunk_kv(k_pool, tables, j0, j1, kbuf).to(cd)
         vc = _chunk_kv(v_pool, tables, j0, j1, vbuf).to(cd)
-        keep = None
-        if j1 * bs - 1 > min_q:  # some key of this range is hidden from some query
-            kp = torch.arange(j0 * bs, j1 * bs)  # (c·bs,) key positions
-            vis = kp[None, None, :] <= q_pos[:, :, None]  # (B, Nq, c·bs)
+        stop = j1 * bs  # key positions of this range: [j0·bs, stop)
+        if B == 1 and stop > int(lens[0]):  # one sequence: drop the unused tail slots
+            stop = int(lens[0])
+            kc, vc = kc[:, :, : stop - j0 * bs], vc[:, :, : stop - j0 * bs]
+        if stop - 1 <= min_q:  # every key of the range is visible to every query
+            o, lse = _visible_partial(qg, kc, vc, scale)
+        else:
+            kp = torch.arange(j0 * bs, stop)  # (n,) key positions
+            vis = kp[None, None, :] <= q_pos[:, :, None]  # (B, Nq, n)
             keep = vis[:, None, None].expand(B, 1, G, Nq, kp.numel())
             keep = keep.reshape(B, 1, G * Nq, kp.numel())  # rows ordered (group, query)
-        o, lse = _chunk_partial(qg, kc, vc, scale, keep)
+            o, lse = _chunk_partial(qg, kc, vc, scale, keep)
         outs.append(o)
         lses.append(lse)
     o, lse = merge_many(outs, lses)
