@@ -202,3 +202,32 @@ def test_single_sequence_decode_shuffled_and_in_place(L, bpc):
         ref, ref_lse = attention_reference(q, k[None], v[None], return_lse=True)
         torch.testing.assert_close(out, ref, **TOL)
         torch.testing.assert_close(lse, ref_lse, **TOL)
+
+
+def test_tiny_lm_on_a_paged_view_equals_contiguous_and_forks():
+    """The KVCache view: chunked prefill + decode on the pool == contiguous cache; a fork
+    then diverges without changing the parent's logits."""
+    from attnlab.grill.answers._tiny import tiny_lm
+
+    m = tiny_lm(seed=0)
+    toks = torch.randint(0, 101, (2, 45), generator=torch.Generator().manual_seed(0))
+    c = PagedKVCache(2, 2, 16, num_blocks=40, block_size=8)
+    for s in ("a", "b"):
+        c.add_sequence(s)
+    view = c.batch_view(["a", "b"])
+    cont = m.new_cache(2, 60)
+    with torch.no_grad():
+        for lo, hi in ((0, 29), (29, 30), (30, 45)):
+            torch.testing.assert_close(m(toks[:, lo:hi], view), m(toks[:, lo:hi], cont), **TOL)
+        c.check_invariants()
+        c.fork("a", "a2")  # 45 tokens: the last block (5 of 8) is shared
+        nxt = torch.tensor([[7], [9]])
+        ref = m(torch.cat([toks[:1], nxt[:1]], 1))[:, -1]
+        got_child = m(nxt[1:], c.batch_view(["a2"]))[:, -1]  # child diverges (CoW)
+        got_parent = m(nxt[:1], c.batch_view(["a"]))[:, -1]
+        torch.testing.assert_close(got_parent, ref, **TOL)
+        alt = m(torch.cat([toks[:1], nxt[1:]], 1))[:, -1]
+        torch.testing.assert_close(got_child, alt, **TOL)
+    c.check_invariants()
+    with pytest.raises(ValueError, match="equal lengths"):
+        c.batch_view(["a", "b"])

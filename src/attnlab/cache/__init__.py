@@ -4,6 +4,10 @@ from .contiguous import ContiguousKVCache
 from .latent import LatentKVCache
 from .rolling import EvictedPositionError, RollingKVCache
 from .static import StaticCrossCache
+from .block_allocator import BlockAllocator, PoolExhaustedError
+from .paged import PagedKVCache
+from .quantized import Int8KVCache, KIVICache
+from .sink import SinkKVCache
 
 __all__ = [
     "CacheOverflowError",
@@ -14,4 +18,10 @@ __all__ = [
     "RollingKVCache",
     "EvictedPositionError",
     "StaticCrossCache",
+    "BlockAllocator",
+    "PoolExhaustedError",
+    "PagedKVCache",
+    "Int8KVCache",
+    "KIVICache",
+    "SinkKVCache",
 ]

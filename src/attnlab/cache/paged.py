@@ -22,12 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from .._checks import check_positive_int, check_tensor
 from .block_allocator import BlockAllocator, PoolExhaustedError, block_hash
 from .contiguous import _check_dtype_device
+
+if TYPE_CHECKING:
+    from .paged_view import PagedBatchView
 
 __all__ = ["PagedKVCache", "PoolExhaustedError", "SwappedSequence"]
 
@@ -194,6 +198,22 @@ class PagedKVCache:
         if tokens is not None:
             self.tokens[seq_id].extend(int(t) for t in tokens)
         return blocks * bs + pos % bs  # (n,) flat slots
+
+    def slots(self, seq_id, start: int, n: int) -> torch.Tensor:
+        """Flat slots (n,) of already reserved positions start..start+n−1 of a sequence."""
+        table = self._seq(seq_id)
+        if not 0 <= start <= start + n <= self.lens[seq_id]:
+            raise ValueError(f"positions [{start}, {start + n}) must lie within the "
+                             f"{self.lens[seq_id]} reserved tokens of sequence {seq_id!r}")
+        pos = torch.arange(start, start + n)
+        return torch.tensor(table, dtype=torch.long)[pos // self.block_size] * \
+            self.block_size + pos % self.block_size
+
+    def batch_view(self, seq_ids: list) -> PagedBatchView:
+        """Equal-length sequences as one batch behind the KVCache interface (see paged_view)."""
+        from .paged_view import PagedBatchView
+
+        return PagedBatchView(self, seq_ids)
 
     def write(self, layer_idx: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Store k (Hkv, T, D), v (Hkv, T, Dv) of one layer at `slots` (T,) from `reserve`."""
