@@ -146,3 +146,17 @@ def test_bad_input():
         linear_attention(q[:, :1].repeat(1, 3, 1, 1), k, v)
     with pytest.raises(ValueError, match="returned"):
         linear_attention(q, k, v, feature_map=lambda x: x.sum(-2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_error_at_most_twice_the_naive_path(dtype):
+    """SPEC §5: against a float64 reference, the chunked form in fp16/bf16 errs at most 2x
+    the masked quadratic form run in the same dtype."""
+    q, k, v = make(2, 2, 2, 57, 57, D=16, Dv=16, seed=9)
+    ref = linear_attention(q.double(), k.double(), v.double(), mode="parallel")
+    low = [t.to(dtype) for t in (q, k, v)]
+    err_naive = float((linear_attention(*low, mode="parallel").double() - ref).abs().max())
+    fast = linear_attention(*low, chunk_size=16)
+    assert fast.dtype == dtype
+    err_fast = float((fast.double() - ref).abs().max())
+    assert err_fast <= 2 * err_naive, (err_fast, err_naive)

@@ -149,3 +149,22 @@ def test_bad_input():
         wkv6(r, k6, v6, lw, u6, initial_state=S0[:, :, :2])
     with pytest.raises(ValueError, match="mode"):
         wkv6(r, k6, v6, lw, u6, mode="gpt")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_error_at_most_twice_the_naive_path(dtype):
+    """SPEC §5: against float64, chunked WKV in fp16/bf16 errs at most 2x the parallel
+    (GPT-mode) form in the same dtype; both keep their exponent sums in float32."""
+    w, u, k, v = make4(N=41, seed=9)
+    ref4 = wkv4(w.double(), u.double(), k.double(), v.double(), mode="parallel")
+    low = [t.to(dtype) for t in (w, u, k, v)]
+    e_naive = float((wkv4(*low, mode="parallel").double() - ref4).abs().max())
+    fast = wkv4(*low, chunk_size=8)
+    assert fast.dtype == dtype
+    assert float((fast.double() - ref4).abs().max()) <= 2 * e_naive
+    r, k6, v6, lw, u6, _ = make6(N=41, seed=9)
+    ref6 = wkv6(*(t.double() for t in (r, k6, v6, lw, u6)), mode="parallel")
+    low6 = [t.to(dtype) for t in (r, k6, v6, lw, u6)]
+    e_naive6 = float((wkv6(*low6, mode="parallel").double() - ref6).abs().max())
+    e_fast6 = float((wkv6(*low6, chunk_size=8).double() - ref6).abs().max())
+    assert e_fast6 <= 2 * e_naive6, (e_fast6, e_naive6)

@@ -155,3 +155,18 @@ def test_factorized_and_exact_chunk_masks_agree():
     y2, s2 = chunked(C.unsqueeze(2), B.unsqueeze(2), v, log_a, h, 8, factorize=False)
     assert_close(y1, y2, **TOL)
     assert_close(s1, s2, **TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_error_at_most_twice_the_naive_path(dtype):
+    """SPEC §5: against a float64 reference, chunked in fp16/bf16 errs at most 2x the
+    quadratic form run in the same dtype (both compute decays in float32 internally)."""
+    x, dt, A, B, C, D, _ = make(N=57, seed=8)
+    ref = ssd(*(t.double() for t in (x, dt, A, B, C)), D=D.double(), mode="quadratic")
+    low = [t.to(dtype) for t in (x, dt, A, B, C)]
+    naive = ssd(*low, D=D.to(dtype), mode="quadratic")
+    fast = ssd(*low, D=D.to(dtype), chunk_size=16)
+    assert fast.dtype == dtype
+    err_naive = float((naive.double() - ref).abs().max())
+    err_fast = float((fast.double() - ref).abs().max())
+    assert err_fast <= 2 * err_naive, (err_fast, err_naive)

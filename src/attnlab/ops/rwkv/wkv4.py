@@ -10,6 +10,7 @@ exponents never exceed 0 and |k| far beyond fp32's exp range stays finite.
 - chunked: the same table inside chunks, the (a, b, p) state between them — O(N·C·D);
 - recurrent ("RNN mode"): one update per token — O(N·D).
 Layouts: k, v (B, H, N, D) (channels = H·D), w, u (H, D); state tensors (B, H, D).
+fp16/bf16 inputs are computed in float32 and cast back (p starts at −1e38, beyond fp16).
 """
 from __future__ import annotations
 
@@ -98,6 +99,11 @@ def wkv4(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     if mode not in MODES:
         raise ValueError(f"mode ({mode!r}) must be one of {list(MODES)}")
     check_positive_int("chunk_size", chunk_size)
+    out_dtype = k.dtype
+    if out_dtype in (torch.float16, torch.bfloat16):  # exponent sums need float32 range
+        w, u, k, v = (t.float() for t in (w, u, k, v))
+        if initial_state is not None and isinstance(initial_state, tuple):
+            initial_state = WKV4State(*(t.float() for t in initial_state))
     if initial_state is None:
         zeros = k.new_zeros(B, H, D)
         st = WKV4State(zeros, zeros, torch.full_like(zeros, P_INIT))
@@ -119,4 +125,5 @@ def wkv4(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             o, st = _block(w, u, k[:, :, s:s + C], v[:, :, s:s + C], st)
             outs.append(o)
         out = torch.cat(outs, 2)  # (B, H, N, D)
-    return (out, st) if output_final_state else out
+    out = out.to(out_dtype)
+    return (out, WKV4State(*(t.to(out_dtype) for t in st))) if output_final_state else out

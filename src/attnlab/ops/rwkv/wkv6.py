@@ -10,6 +10,7 @@ in flash-linear-attention's `chunk_rwkv6`), u the bonus of the current token.
 - parallel: the same with one chunk of N tokens — O(N²·D);
 - recurrent: one update per token — O(N·D·Dv), the decode form.
 Layouts: r, k, log_w (B, H, N, D), v (B, H, N, Dv), u (H, D), state S (B, H, D, Dv).
+fp16/bf16 inputs are computed in float32 and cast back.
 """
 from __future__ import annotations
 
@@ -81,6 +82,11 @@ def wkv6(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor,
     if mode not in MODES:
         raise ValueError(f"mode ({mode!r}) must be one of {list(MODES)}")
     check_positive_int("chunk_size", chunk_size)
+    out_dtype = k.dtype
+    if out_dtype in (torch.float16, torch.bfloat16):  # decay products need float32 range
+        r, k, v, log_w, u = (t.float() for t in (r, k, v, log_w, u))
+        if isinstance(initial_state, torch.Tensor):
+            initial_state = initial_state.float()
     if initial_state is None:
         S = k.new_zeros(B, H, D, Dv)
     else:
@@ -100,4 +106,5 @@ def wkv6(r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_w: torch.Tensor,
                           lw[:, :, s:s + C], u, S)
             outs.append(o)
         out = torch.cat(outs, 2)  # (B, H, N, Dv)
-    return (out, S) if output_final_state else out
+    out = out.to(out_dtype)
+    return (out, S.to(out_dtype)) if output_final_state else out

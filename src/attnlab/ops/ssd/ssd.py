@@ -5,6 +5,8 @@ softplus, ≥ 0), A (H,) (≤ 0), B and C (B, G, N, S) with head h reading group
 h // (H // G) (Mamba-2's n_groups, the SSM analogue of GQA), D (H,) optional skip.
 State (B, H, S, P) — Mamba-2 stores (B, H, P, S); transpose to convert.
 `mode`: "chunked" (default), "quadratic" or "recurrent"; all agree to SPEC §5 tolerances.
+fp16/bf16 inputs are computed in float32 (exp(±cumulative log decay) overflows fp16 and
+loses bf16's few mantissa bits) and the outputs cast back to the input dtype.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ..linear.checks import check_finite_fast as check_finite
 from .forms import LOG_DECAY_FLOOR, chunked, quadratic, recurrent
 
 MODES = ("chunked", "quadratic", "recurrent")
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -59,6 +62,11 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         if tuple(D.shape) != (H,):
             raise ValueError(f"D has shape {tuple(D.shape)}; expected (H,) = {(H,)}")
     R = H // G
+    out_dtype = x.dtype
+    if out_dtype in LOW_PRECISION:  # decays and exp(±cum) need float32 range and precision
+        x, dt, A, B, C = (t.float() for t in (x, dt, A, B, C))
+        D = None if D is None else D.float()
+        initial_state = None if initial_state is None else initial_state.float()
     if initial_state is None:
         h0 = x.new_zeros(Bt, G, R, S, P)
     else:
@@ -79,4 +87,5 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
     y = y.reshape(Bt, H, N, P)  # (B, H, N, P)
     if D is not None:
         y = y + D[:, None, None] * x
-    return (y, hN.reshape(Bt, H, S, P)) if output_final_state else y
+    y = y.to(out_dtype)
+    return (y, hN.reshape(Bt, H, S, P).to(out_dtype)) if output_final_state else y
