@@ -128,3 +128,24 @@ def test_bad_input():
         cache.update(0, torch.zeros(2, 2, 2, 4), torch.zeros(2, 2, 1, 4))
     with pytest.raises(ValueError, match=r"layer_idx \(1\) must be in \[0, 1\)"):
         cache.update(1, torch.zeros(2, 2, 1, 4), torch.zeros(2, 2, 1, 4))
+
+
+def test_long_window_decode_through_the_split_kv_backend():
+    """W = 2048: decode steps read 2048 keys in slot (not position) order, which the
+    split-KV decode backend must handle through kv_positions."""
+    from attnlab.ops.softmax.dispatch import choose_backend
+
+    torch.manual_seed(0)
+    Wl = 2048
+    layer = Attention(16, 2, 1, window=Wl, kv_cache="rolling")
+    x = torch.randn(1, Wl + 12, 16)
+    with torch.no_grad():
+        ref = layer(x)
+        cache = layer.new_cache(1, Wl + 12)
+        outs = [layer(x[:, :Wl + 5], cache)]
+        outs += [layer(x[:, t:t + 1], cache) for t in range(Wl + 5, Wl + 12)]
+    k, _ = cache.get(0, list(range(12, Wl + 12)))
+    q = torch.zeros(1, 2, 1, 8)
+    assert choose_backend(q, k, k, layer.mask) == "decode"
+    assert not bool((cache.kv_positions(0)[1:] >= cache.kv_positions(0)[:-1]).all())  # wrapped
+    torch.testing.assert_close(torch.cat(outs, 1), ref, atol=1e-5, rtol=1e-4)
