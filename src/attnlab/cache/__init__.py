@@ -8,6 +8,7 @@ from .block_allocator import BlockAllocator, PoolExhaustedError
 from .paged import PagedKVCache
 from .quantized import Int8KVCache, KIVICache
 from .sink import SinkKVCache
+from .recurrent import RecurrentStateCache
 
 __all__ = [
     "CacheOverflowError",
@@ -24,4 +25,5 @@ __all__ = [
     "Int8KVCache",
     "KIVICache",
     "SinkKVCache",
+    "RecurrentStateCache",
 ]

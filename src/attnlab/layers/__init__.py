@@ -5,6 +5,9 @@ from .convert import gqa_to_mha, mha_to_gqa
 from .cross import CrossAttention
 from .hooks import HookPoint, hook_points
 from .mla import MLASpec, MultiLatentAttention
+from .linear_attention import LinearAttention, LinearAttentionSpec, Performer, PerformerSpec
+from .rwkv import RWKVMixer, RWKVSpec
+from .ssd import SSDMixer, SSDSpec
 
 __all__ = [
     "Attention",
@@ -18,4 +21,12 @@ __all__ = [
     "gqa_to_mha",
     "hook_points",
     "mha_to_gqa",
+    "LinearAttention",
+    "LinearAttentionSpec",
+    "Performer",
+    "PerformerSpec",
+    "RWKVMixer",
+    "RWKVSpec",
+    "SSDMixer",
+    "SSDSpec",
 ]
