@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from attnlab.cache.base import CacheStack, KVCache
 from attnlab.analysis.fragmentation import TraceConfig, format_table, study
+from attnlab.cache.base import CacheStack, KVCache
 from attnlab.cache.contiguous import ContiguousKVCache
 from attnlab.cache.quantized import Int8KVCache, KIVICache, attention_error
 from attnlab.grill.answers._tiny import tiny_lm
@@ -132,20 +132,21 @@ def bench_decode(batches, prompt_len: int, new: int, lines: list[str]) -> dict:
     model = tiny_lm(seed=0, max_seq_len=prompt_len + new)
     a = model.blocks[0].mixer
     L, Hkv, D = model.cfg.n_layers, a.n_kv_heads, a.head_dim
-    lines += [f"## Decode loop: tiny LM ({L} layers, d_model {model.cfg.d_model}, "
-              f"{a.n_heads} query / {Hkv} KV heads, head_dim {D}, fp32), prompt {prompt_len}, "
-              f"{new} new tokens, greedy", "",
-              "| batch | cache | total s | median step ms | vs contiguous | vs torch.cat | "
-              "vs HF DynamicCache | tokens == contiguous |", "|---|---|---|---|---|---|---|---|"]
+    lines += [(f"## Decode loop: tiny LM ({L} layers, d_model {model.cfg.d_model}, "
+               f"{a.n_heads} query / {Hkv} KV heads, head_dim {D}, fp32), prompt {prompt_len}, "
+               f"{new} new tokens, greedy"), "",
+              ("| batch | cache | total s | median step ms | vs contiguous | vs torch.cat | "
+               "vs HF DynamicCache | tokens == contiguous |"), "|---|---|---|---|---|---|---|---|"]
     out = {}
     for B in batches:
         prompt = torch.randint(0, model.cfg.vocab_size, (B, prompt_len),
                                generator=torch.Generator().manual_seed(B))
         cap = prompt_len + new
         makers = {
-            "attnlab contiguous": lambda: model.new_cache(B, cap),
-            "attnlab int8": lambda: CacheStack([Int8KVCache(1, B, Hkv, D, cap) for _ in range(L)]),
-            "attnlab KIVI 4-bit": lambda: CacheStack(
+            "attnlab contiguous": lambda B=B, cap=cap: model.new_cache(B, cap),
+            "attnlab int8": lambda B=B, cap=cap: CacheStack(
+                [Int8KVCache(1, B, Hkv, D, cap) for _ in range(L)]),
+            "attnlab KIVI 4-bit": lambda B=B, cap=cap: CacheStack(
                 [KIVICache(1, B, Hkv, D, cap, bits=4, group_size=8, residual=128)
                  for _ in range(L)]),
             "torch.cat growth (peer)": lambda: TorchCatCache(L),
@@ -176,8 +177,8 @@ def bench_decode(batches, prompt_len: int, new: int, lines: list[str]) -> dict:
 def bench_paged_kernel(contexts, bw: float, lines: list[str], repeats: int = 5) -> dict:
     Hq, Hkv, D, bs = 32, 8, 128, 16
     lines += [f"## Paged decode attention (batch 1, Hq {Hq}, Hkv {Hkv}, D {D}, fp32, block {bs})",
-              "", "Bytes = K + V of the context read once per step; fraction of the copy "
-              "bandwidth measured above.", "",
+              "", ("Bytes = K + V of the context read once per step; fraction of the copy "
+                   "bandwidth measured above."), "",
               "| context | kernel | median ms | GB/s | of stream bw | vs split-KV contiguous |",
               "|---|---|---|---|---|---|"]
     out = {}
@@ -204,12 +205,14 @@ def bench_paged_kernel(contexts, bw: float, lines: list[str], repeats: int = 5) 
             else:
                 ref_t = ref
             torch.testing.assert_close(got, ref_t, atol=1e-5, rtol=1e-4)
+        args = (q, k_pool, v_pool)
         runs = {
-            "split-KV over a contiguous cache (peer)": lambda: decode_attention(q, k_c, v_c),
-            "paged, consecutive blocks (in place)": lambda: paged_attention(q, k_pool, v_pool,
-                                                                            seq_tab, lens),
-            "paged, shuffled blocks (gathered)": lambda: paged_attention(q, k_pool, v_pool,
-                                                                         shuf_tab, lens),
+            "split-KV over a contiguous cache (peer)":
+                lambda a=(q, k_c, v_c): decode_attention(*a),
+            "paged, consecutive blocks (in place)":
+                lambda a=(*args, seq_tab, lens): paged_attention(*a),
+            "paged, shuffled blocks (gathered)":
+                lambda a=(*args, shuf_tab, lens): paged_attention(*a),
         }
         t = {name: time_fn(fn, repeats=repeats, warmup=1).median for name, fn in runs.items()}
         base = t["split-KV over a contiguous cache (peer)"]
@@ -220,7 +223,7 @@ def bench_paged_kernel(contexts, bw: float, lines: list[str], repeats: int = 5) 
         out[L] = {name: nbytes / sec / bw for name, sec in t.items()}
         out[L]["overhead_consecutive"] = t["paged, consecutive blocks (in place)"] / base - 1
         out[L]["overhead_shuffled"] = t["paged, shuffled blocks (gathered)"] / base - 1
-        del k_pool, v_pool, k_c, v_c
+        del k_pool, v_pool, k_c, v_c, args, runs
     lines.append("")
     return out
 
@@ -232,8 +235,8 @@ def bench_quantized(lines: list[str]) -> dict:
     k, v = torch.randn(B, Hkv, L, D, generator=g), torch.randn(B, Hkv, L, D, generator=g)
     q = torch.randn(B, Hq, 4, D, generator=g)
     fp32 = ContiguousKVCache(1, B, Hkv, D, L).nbytes
-    lines += [f"## Quantized caches: memory and attention-output error (Hkv {Hkv}, Hq {Hq}, "
-              f"D {D}, {L} tokens, unit-Gaussian K/V, 4 queries)", "",
+    lines += [(f"## Quantized caches: memory and attention-output error (Hkv {Hkv}, Hq {Hq}, "
+               f"D {D}, {L} tokens, unit-Gaussian K/V, 4 queries)"), "",
               "| cache | bytes | vs fp32 | vs fp16 | relative output error vs fp32 |",
               "|---|---|---|---|---|"]
     makers = {
@@ -258,12 +261,12 @@ def bench_quantized(lines: list[str]) -> dict:
 def bench_fragmentation(lines: list[str]) -> dict:
     cfg = TraceConfig()
     res = study(cfg, memory_tokens=65536, block_size=16)
-    lines += [f"## Fragmentation study ({cfg.n_requests} requests, prompt and output lengths "
-              f"uniform in {cfg.prompt_range} / {cfg.output_range}, max_len {cfg.max_len}, "
-              "65,536-token KV memory, block 16)", "", format_table(res), "",
-              "waste % = 1 − stored tokens / slots held by requests, averaged over steps; "
-              "paging admits requests greedily and preempts (recompute) when a growing "
-              "sequence finds no block — the preemption count is the price of its batch.", ""]
+    lines += [(f"## Fragmentation study ({cfg.n_requests} requests, prompt and output lengths "
+               f"uniform in {cfg.prompt_range} / {cfg.output_range}, max_len {cfg.max_len}, "
+               "65,536-token KV memory, block 16)"), "", format_table(res), "",
+              ("waste % = 1 − stored tokens / slots held by requests, averaged over steps; "
+               "paging admits requests greedily and preempts (recompute) when a growing "
+               "sequence finds no block — the preemption count is the price of its batch."), ""]
     print("\n".join(lines[-6:]), flush=True)
     return {r.policy: r for r in res}
 
@@ -278,9 +281,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     peak, bw = matmul_peak_flops(), stream_bandwidth()
     lines = [header("Serving KV caches", peak, bw),
-             "Timings taken on a 2-core machine shared with other jobs running at the same "
-             "time (see the load line); ratios within one run are more reliable than absolute "
-             "times.", ""]
+             (f"Timings taken with {args.threads} torch thread(s) on a 2-core machine shared "
+              "with other jobs running at the same time (see the load line); ratios within one "
+              "run are more reliable than absolute times."), ""]
     print("\n".join(lines), flush=True)
     quant = bench_quantized(lines)
     frag = bench_fragmentation(lines)
@@ -294,20 +297,21 @@ def main() -> None:
     frac = ker[Lmax]["paged, consecutive blocks (in place)"]
     frac_s = ker[Lmax]["paged, shuffled blocks (gathered)"]
     lines += ["## Against the targets", "",
-              f"- paged decode attention at {Lmax // 1024}K: {100 * frac:.0f}% of stream bandwidth "
-              f"with consecutive blocks, {100 * frac_s:.0f}% with shuffled blocks (target ≥ 50%).",
-              f"- paging overhead vs split-KV over a contiguous cache at equal length "
-              f"({Lmax // 1024}K): {100 * ker[Lmax]['overhead_consecutive']:+.0f}% consecutive, "
-              f"{100 * ker[Lmax]['overhead_shuffled']:+.0f}% shuffled (target ≤ 15%).",
+              (f"- paged decode attention at {Lmax // 1024}K: {100 * frac:.0f}% of stream "
+               f"bandwidth with consecutive blocks, {100 * frac_s:.0f}% with shuffled blocks "
+               "(target ≥ 50%)."),
+              (f"- paging overhead vs split-KV over a contiguous cache at equal length "
+               f"({Lmax // 1024}K): {100 * ker[Lmax]['overhead_consecutive']:+.0f}% consecutive, "
+               f"{100 * ker[Lmax]['overhead_shuffled']:+.0f}% shuffled (target ≤ 15%)."),
               ]
     i8 = quant["int8 per-token symmetric"]
-    lines += [f"- int8 cache: {i8[0]:.2f}× smaller than fp32 ({i8[0] / 2:.2f}× vs fp16; the fp16 "
-              f"per-token scale costs the rest), output error {i8[1]:.1e} (target ≤ 1e-2 with "
-              "2× vs fp16).",
-              f"- fragmentation: paging wastes {frag['paged'].waste_pct:.1f}% (target ≤ 4%), "
-              f"max-length reservation {frag['max'].waste_pct:.1f}%, exact first-fit "
-              f"{frag['exact'].waste_pct:.1f}%; mean batch {frag['paged'].mean_running:.0f} vs "
-              f"{frag['max'].mean_running:.0f} vs {frag['exact'].mean_running:.0f}."]
+    lines += [(f"- int8 cache: {i8[0]:.2f}× smaller than fp32 ({i8[0] / 2:.2f}× vs fp16; the "
+               f"fp16 per-token scale costs the rest), output error {i8[1]:.1e} (target ≤ 1e-2 "
+               "with 2× vs fp16)."),
+              (f"- fragmentation: paging wastes {frag['paged'].waste_pct:.1f}% (target ≤ 4%), "
+               f"max-length reservation {frag['max'].waste_pct:.1f}%, exact first-fit "
+               f"{frag['exact'].waste_pct:.1f}%; mean batch {frag['paged'].mean_running:.0f} vs "
+               f"{frag['max'].mean_running:.0f} vs {frag['exact'].mean_running:.0f}.")]
     for B, r in dec.items():
         lines.append(f"- decode loop batch {B}: paged engine / contiguous model loop = "
                      f"{r['attnlab paged (engine)'] / r['attnlab contiguous']:.2f}× total time.")

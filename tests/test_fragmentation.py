@@ -2,8 +2,14 @@
 ordering (paged < exact < max waste; paged fits the most requests)."""
 import pytest
 
-from attnlab.analysis.fragmentation import (TraceConfig, _FirstFit, format_table, make_trace,
-                                            simulate, study)
+from attnlab.analysis.fragmentation import (
+    TraceConfig,
+    _FirstFit,
+    format_table,
+    make_trace,
+    simulate,
+    study,
+)
 
 
 def test_single_request_waste_by_hand():

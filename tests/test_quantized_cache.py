@@ -6,8 +6,14 @@ import torch
 
 from attnlab.cache.base import CacheOverflowError, CacheStack
 from attnlab.cache.contiguous import ContiguousKVCache
-from attnlab.cache.quantized import (Int8KVCache, KIVICache, attention_error, pack,
-                                     quantize_asymmetric, unpack)
+from attnlab.cache.quantized import (
+    Int8KVCache,
+    KIVICache,
+    attention_error,
+    pack,
+    quantize_asymmetric,
+    unpack,
+)
 from attnlab.grill.answers._tiny import tiny_lm
 
 B, H, L, D = 2, 2, 300, 64

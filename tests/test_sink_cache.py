@@ -12,7 +12,7 @@ from attnlab.layers.attention import Attention
 from attnlab.ops.rope import apply_rope
 from attnlab.ops.softmax import attention_reference
 
-TOL = dict(atol=1e-5, rtol=1e-4)
+TOL = {"atol": 1e-5, "rtol": 1e-4}
 
 
 def test_eviction_positions_and_fixed_memory():
@@ -20,7 +20,7 @@ def test_eviction_positions_and_fixed_memory():
     nbytes = c.nbytes
     for t in range(20):
         k = torch.full((1, 1, 1, 4), float(t))
-        kk, vv = c.update(0, k, -k)
+        kk, _ = c.update(0, k, -k)
     assert c.abs_positions(0).tolist() == [0, 1, 15, 16, 17, 18, 19]
     assert kk[0, 0, :, 0].tolist() == [0, 1, 15, 16, 17, 18, 19]  # pre-RoPE values as stored
     assert c.kv_positions(0).tolist() == list(range(7))  # in-cache positions

@@ -182,8 +182,8 @@ def study(cfg: TraceConfig | None = None, memory_tokens: int = 65536,
 
 
 def format_table(results: list[FragResult]) -> str:
-    lines = ["| policy | waste % | external frag. % (at refusals) | mean batch | max batch | "
-             "steps | preemptions |", "|---|---|---|---|---|---|---|"]
+    lines = [("| policy | waste % | external frag. % (at refusals) | mean batch | max batch | "
+              "steps | preemptions |"), "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r.policy} | {r.waste_pct:.1f} | {r.external_frag_pct:.1f} | "
                      f"{r.mean_running:.1f} | {r.max_running} | {r.steps} | {r.preemptions} |")

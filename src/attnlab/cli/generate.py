@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -24,9 +25,9 @@ def _parse_prompt(text: str) -> list[int]:
 
 @app.command()
 def generate(
-    prompt: list[str] = typer.Option([], "--prompt", "-p",
-                                     help="A prompt as comma-separated token ids; repeat for "
-                                          "several requests."),
+    prompt: Annotated[list[str] | None, typer.Option(
+        "--prompt", "-p", help="A prompt as comma-separated token ids; repeat for several "
+                               "requests.")] = None,
     random_requests: int = typer.Option(0, "--random", min=0,
                                         help="Add this many random prompts (lengths 1..64)."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", "-n", min=1),
@@ -46,7 +47,7 @@ def generate(
     from ..grill.answers._tiny import tiny_lm
     from ..serving.engine import Engine, EngineConfig, Request, generate_one
 
-    prompts = [_parse_prompt(p) for p in prompt]
+    prompts = [_parse_prompt(p) for p in prompt or []]
     rng = random.Random(seed)
     prompts += [[rng.randrange(101) for _ in range(rng.randint(1, 64))]
                 for _ in range(random_requests)]

@@ -235,7 +235,7 @@ class Attention(Mixer):
             if rope_in_cache:  # queries sit at the last N in-cache positions
                 q_pos = kv_pos[-N:]
                 if self.rope:
-                    rot = dict(base=self.rope_base, interleaved=self.rope_interleaved)
+                    rot = {"base": self.rope_base, "interleaved": self.rope_interleaved}
                     q, k = apply_rope(q, q_pos, **rot), apply_rope(k, kv_pos, **rot)
             if self.window is not None and positions_are_slots(cache, self.layer_idx):
                 # keys before the first query's window are masked for every query: skip
