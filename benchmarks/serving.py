@@ -271,6 +271,23 @@ def bench_fragmentation(lines: list[str]) -> dict:
     return {r.policy: r for r in res}
 
 
+NOTES = """## Notes
+
+- The HF DynamicCache and torch.cat peers plug into the same TinyLM attention layer through
+  attnlab's cache interface, so every row runs identical attention math; only the cache
+  differs. The paged row is the continuous-batching engine (`serving.Engine`: scheduler,
+  packed forward, paged attention over block tables), the others a plain model loop.
+- "tokens == contiguous": greedy tokens agreeing with the fp32 contiguous run. Quantized
+  caches change the logits slightly; on this randomly initialised model the top logits are
+  close, so greedy paths diverge early. Their output error is bounded in the quantized table.
+- Int8 and KIVI rows dequantize the whole history every step (no fused dequant-attention
+  kernel on CPU), so they save memory, not time.
+- Paged attention: block ranges whose physical blocks are consecutive are read in place; any
+  other range is gathered into one reused chunk buffer. Fully visible ranges run through
+  torch's fused CPU flash kernel (it returns the log-sum-exp the merge needs).
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="short smoke run")
@@ -316,6 +333,7 @@ def main() -> None:
         lines.append(f"- decode loop batch {B}: paged engine / contiguous model loop = "
                      f"{r['attnlab paged (engine)'] / r['attnlab contiguous']:.2f}× total time.")
     lines.append("")
+    lines.append(NOTES)
     path = write_results("serving" if not args.quick else "serving_quick", "\n".join(lines))
     print(f"wrote {path}")
 
