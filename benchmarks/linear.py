@@ -47,14 +47,14 @@ def ssd_inputs(N: int, seed: int = 0, strong: bool = False):
 
 
 def lin_flops(N: int, C: int) -> tuple[float, float]:
-    """(executed, useful) matmul FLOPs of chunked normalised linear attention.
+    """(executed, useful) FLOPs of chunked normalised linear attention.
 
-    Per token and head: QKᵀ 2·C·F, A·[V|1] 2·C·(Dv+1), chunk state 2·F·(Dv+1), readout
-    2·F·(Dv+1). Useful counts only the causal half of each chunk's C×C block.
+    Per token and head: QKᵀ 2·C·F, A·V 2·C·Dv, row sums C, chunk state 2·F·Dv + F, read-out
+    2·F·Dv + 2·F. Useful counts only the causal half of each chunk's C×C block.
     """
-    per_state = 4 * D * (D + 1)
-    executed = B * H * N * (2 * C * D + 2 * C * (D + 1) + per_state)
-    useful = B * H * N * ((C + 1) / 2 * (2 * D + 2 * (D + 1)) + per_state)
+    per_state = 4 * D * D + 3 * D
+    executed = B * H * N * (2 * C * D + 2 * C * D + C + per_state)
+    useful = B * H * N * ((C + 1) / 2 * (4 * D + 1) + per_state)
     return executed, useful
 
 
@@ -218,7 +218,7 @@ def run(quick: bool, threads: int) -> str:
     out.append(
         "\nWhy the 20× target is out of reach here: the recurrent form does *less* arithmetic "
         "than the chunked one — 4·F·Dv FLOPs per token and head (state update + read-out) "
-        "against 2·C·F + 2·C·(Dv+1) + 4·F·(Dv+1) for chunk C (≈ 5× more at C = 256) — and at "
+        "against 2·C·F + 2·C·Dv + 4·F·Dv for chunk C (≈ 5× more at C = 256) — and at "
         "B = 1, H = 8 its state (H·F·Dv·4 B ≈ 130 KB) stays in cache, so each Python step "
         "costs ~60 µs of mostly fixed overhead. On one CPU core the chunked form wins by "
         "turning that overhead into GEMMs, not by doing less work; the large speed-ups "

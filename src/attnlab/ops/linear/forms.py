@@ -51,15 +51,12 @@ def causal_parallel(qf, kf, v, S0, z0, eps: float):
 def causal_chunked(qf, kf, v, S0, z0, eps: float, chunk_size: int):
     """Intra-chunk quadratic + inter-chunk state; returns (out, LinearState).
 
-    Performance notes: the normaliser rides along as an extra value column of ones (so
-    numerator and denominator come out of the same matmuls), and the G query heads that
-    share a key head are stacked into each chunk's rows, so every matmul is one batched
-    GEMM of shape (G·C, F) x (F, C) or (G·C, C) x (C, Dv + 1).
+    The G query heads that share a key head are stacked into each chunk's rows, so every
+    matmul is one batched GEMM of shape (G·C, F) x (F, C), (G·C, C) x (C, Dv) or
+    (G·C, F) x (F, Dv); the normaliser is a row sum of the masked scores plus a
+    matrix-vector product with the key sum at the chunk start.
     """
     B, Hkv, G, N, Fd = qf.shape
-    if z0 is not None:  # [v | 1]: the last output column is the denominator
-        v = torch.cat([v, torch.ones_like(v[..., :1])], -1)  # (B, Hkv, N, Dv + 1)
-        S0 = torch.cat([S0, z0.unsqueeze(-1)], -1)  # (B, Hkv, F, Dv + 1)
     Dv = v.shape[-1]
     C = min(chunk_size, N)
     pad = (-N) % C
@@ -71,19 +68,24 @@ def causal_chunked(qf, kf, v, S0, z0, eps: float, chunk_size: int):
     qc = qf.reshape(B, Hkv, G, nc, C, Fd).transpose(2, 3).reshape(B, Hkv, nc, G * C, Fd)
     kc = kf.reshape(B, Hkv, nc, C, Fd)  # (B, Hkv, nc, C, F)
     vc = v.reshape(B, Hkv, nc, C, Dv)  # (B, Hkv, nc, C, Dv)
-    kv = kc.transpose(-1, -2) @ vc  # (B, Hkv, nc, F, Dv): each chunk's contribution
-    S_incl = kv.cumsum(2)  # (B, Hkv, nc, F, Dv): state after each chunk (without S0)
-    S_start = torch.cat([torch.zeros_like(kv[:, :, :1]), S_incl[:, :, :-1]], 2) + S0.unsqueeze(2)
+
+    def starts(contrib, init):  # exclusive prefix sum over chunks, plus the initial state
+        incl = contrib.cumsum(2)
+        return torch.cat([torch.zeros_like(incl[:, :, :1]), incl[:, :, :-1]], 2) + \
+            init.unsqueeze(2), incl[:, :, -1] + init
+
+    S_start, S = starts(kc.transpose(-1, -2) @ vc, S0)  # (B, Hkv, nc, F, Dv), (B, Hkv, F, Dv)
     mask = torch.ones(C, C, dtype=torch.bool, device=qf.device).tril().repeat(G, 1)  # (G·C, C)
     A = (qc @ kc.transpose(-1, -2)).masked_fill_(~mask, 0.0)  # (B, Hkv, nc, G·C, C)
     out = torch.baddbmm((A @ vc).flatten(0, 2), qc.flatten(0, 2), S_start.flatten(0, 2))
+    out = out.view(B, Hkv, nc, G * C, Dv)
+    z = None
+    if z0 is not None:
+        z_start, z = starts(kc.sum(-2), z0)  # (B, Hkv, nc, F), (B, Hkv, F)
+        den = A.sum(-1) + (qc @ z_start.unsqueeze(-1)).squeeze(-1)  # (B, Hkv, nc, G·C)
+        out = out / (den.unsqueeze(-1) + eps)
     out = out.view(B, Hkv, nc, G, C, Dv).transpose(2, 3).reshape(B, Hkv, G, nc * C, Dv)
-    out = out[..., :N, :]  # (B, Hkv, G, N, Dv)
-    S = S_incl[:, :, -1] + S0
-    if z0 is None:
-        return out, LinearState(S, None)
-    return (out[..., :-1] / (out[..., -1:] + eps),
-            LinearState(S[..., :-1].contiguous(), S[..., -1].contiguous()))
+    return out[..., :N, :], LinearState(S, z)  # (B, Hkv, G, N, Dv)
 
 
 def causal_recurrent(qf, kf, v, S0, z0, eps: float):
