@@ -21,6 +21,7 @@ is N²·D/(2·chunk) per round); O(n_hashes · N · (chunk + D)) memory.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -111,12 +112,11 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int = 4,
     tile = max(1, (1 << 18) // max(1, B * H * c * 2 * c))  # chunks per tile (~1 MiB scores)
     outs, lses = [], []
     for r in range(R):
+        rnd = _Round(sq[:, :, r], sk[:, :, r], sv[:, :, r], spos[:, :, r], scq[:, :, r],
+                     salone[:, :, r], r, N, Np, scale, causal, dedup and R > 1)
         o_r, l_r = [], []
         for n0 in range(0, nc, tile):
-            n1 = min(nc, n0 + tile)
-            o_t, l_t = _tile(sq[:, :, r], sk[:, :, r], sv[:, :, r], spos[:, :, r],
-                             scq[:, :, r], salone[:, :, r], n0, n1, r, N, Np, scale, causal,
-                             dedup and R > 1)
+            o_t, l_t = _tile(rnd, n0, min(nc, n0 + tile))
             o_r.append(o_t)
             l_r.append(l_t)
         o = torch.cat(o_r, dim=2).view(B, H, Np, Dv)  # sorted order of round r
@@ -151,29 +151,47 @@ def _alone(spos: torch.Tensor, N: int, causal: bool) -> torch.Tensor:
     return (cnt + prev < 2).unsqueeze(-1).expand_as(spos)
 
 
-def _tile(sq, sk, sv, spos, scq, salone, n0, n1, r, N, Np, scale, causal, dedup):
+class _Round(NamedTuple):
+    """One hash round, sorted by (bucket, position) and cut into nc chunks of c tokens."""
+
+    q: torch.Tensor  # (B, H, nc, c, D) queries
+    k: torch.Tensor  # (B, H, nc, c, D) unit keys
+    v: torch.Tensor  # (B, H, nc, c, Dv)
+    pos: torch.Tensor  # (B, H, nc, c) original position of each sorted token
+    chunks: torch.Tensor  # (B, H, nc, c, R) chunk of each sorted token in every round
+    alone: torch.Tensor  # (B, H, nc, c) token sees nobody else in any round
+    index: int  # this round's index r
+    n: int  # real tokens N
+    n_padded: int  # N rounded up to whole chunks (also the "invalid position" marker)
+    scale: float
+    causal: bool
+    dedup: bool
+
+
+def _tile(rnd: _Round, n0: int, n1: int):
     """Attention of sorted chunks [n0, n1) of one round to themselves and their
     predecessors. Returns o (B, H, t, c, Dv) and lse (B, H, t, c)."""
-    q = sq[:, :, n0:n1]  # (B, H, t, c, D)
-    k = torch.cat([sk[:, :, n0:n1], _prev(sk, n0, n1, 0.0)], dim=3)  # (B, H, t, 2c, D)
-    v = torch.cat([sv[:, :, n0:n1], _prev(sv, n0, n1, 0.0)], dim=3)  # (B, H, t, 2c, Dv)
-    qp = spos[:, :, n0:n1]  # (B, H, t, c)
-    kp = torch.cat([qp, _prev(spos, n0, n1, Np)], dim=3)  # (B, H, t, 2c); Np = invalid
+    q = rnd.q[:, :, n0:n1]  # (B, H, t, c, D)
+    k = torch.cat([rnd.k[:, :, n0:n1], _prev(rnd.k, n0, n1, 0.0)], dim=3)  # (B, H, t, 2c, D)
+    v = torch.cat([rnd.v[:, :, n0:n1], _prev(rnd.v, n0, n1, 0.0)], dim=3)  # (B, H, t, 2c, Dv)
+    qp = rnd.pos[:, :, n0:n1]  # (B, H, t, c)
+    kp = torch.cat([qp, _prev(rnd.pos, n0, n1, rnd.n_padded)], dim=3)  # (B, H, t, 2c)
     qpe, kpe = qp.unsqueeze(-1), kp.unsqueeze(-2)  # (…, c, 1), (…, 1, 2c)
     is_self = qpe == kpe
-    allowed = (kpe < N) & ~is_self  # (B, H, t, c, 2c)
-    if causal:
+    allowed = (kpe < rnd.n) & ~is_self  # (B, H, t, c, 2c)
+    if rnd.causal:
         allowed &= kpe < qpe
-    allowed |= is_self & salone[:, :, n0:n1].unsqueeze(-1)
-    scores = torch.einsum("bhtqd,bhtkd->bhtqk", q, k) * scale  # (B, H, t, c, 2c)
-    if dedup:
-        # rounds in which the key sits in the query's chunk or the one before it; round r
-        # itself always counts, so start at 1 and skip it
+    allowed |= is_self & rnd.alone[:, :, n0:n1].unsqueeze(-1)
+    scores = torch.einsum("bhtqd,bhtkd->bhtqk", q, k) * rnd.scale  # (B, H, t, c, 2c)
+    if rnd.dedup:
+        # rounds in which the key sits in the query's chunk or the one before it; this
+        # round always counts, so start at 1 and skip it
+        scq = rnd.chunks
         cq = scq[:, :, n0:n1] - 0.5  # (B, H, t, c, R)
         ck = torch.cat([scq[:, :, n0:n1], _prev(scq, n0, n1, -1e9)], dim=3)  # (B, H, t, 2c, R)
         count = torch.ones_like(scores)
         for r2 in range(scq.shape[-1]):
-            if r2 != r:
+            if r2 != rnd.index:
                 d = (cq[..., r2].unsqueeze(-1) - ck[..., r2].unsqueeze(-2)).abs_()
                 count += d < 1.0  # |Δchunk − 0.5| < 1  <=>  Δchunk in {0, 1}
         scores = scores - torch.log(count)
