@@ -71,9 +71,10 @@ QUESTION = Question(
         "and they complicate everything around attention: KV caching (BigBird and LSH still "
         "need every key), paging, speculative decoding, kernels for each hardware target. "
         "Production long-context models therefore keep full attention and attack memory "
-        "instead (GQA/MLA, paged and quantized caches), sometimes interleaving cheap "
-        "sliding-window layers with full ones (Mistral 7B, Gemma 2), which is the sparse "
-        "idea in its most hardware-friendly form."
+        "instead (GQA/MLA, paged and quantized caches). Where sparsity survives it is the "
+        "sliding window — every layer in Mistral 7B, alternating with full layers in Gemma 2 "
+        "— the sparse idea in its most hardware-friendly form: contiguous, exact, and it "
+        "caps the cache."
     ),
     formulas=[
         "speed-up ≤ (dense work)/(sparse work) = N / (2·W) for a causal window",
