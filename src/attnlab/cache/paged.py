@@ -192,11 +192,13 @@ class PagedKVCache:
         extra = -(-(L + n) // bs) - len(table)
         if extra > 0:
             table.extend(self.allocator.allocate(extra))
-        pos = torch.arange(L, L + n)
-        blocks = torch.tensor(table, dtype=torch.long)[pos // bs]  # (n,)
         self.lens[seq_id] = L + n
         if tokens is not None:
             self.tokens[seq_id].extend(int(t) for t in tokens)
+        if n == 1:  # decode: one slot, no tensor indexing
+            return torch.tensor([table[L // bs] * bs + L % bs])
+        pos = torch.arange(L, L + n)
+        blocks = torch.tensor(table, dtype=torch.long)[pos // bs]  # (n,)
         return blocks * bs + pos % bs  # (n,) flat slots
 
     def slots(self, seq_id, start: int, n: int) -> torch.Tensor:

@@ -11,8 +11,9 @@ Every `step()` builds one ragged batch under a token budget:
      tokens again (prefix caching may find some of its old blocks still intact).
    Either way, no other sequence's blocks are touched, and with greedy decoding the
    continuation is token-for-token the uninterrupted one.
-2. if nothing was preempted: swapped sequences come back, then waiting requests are
-   admitted with a first prefill chunk, while blocks and budget remain.
+2. if nothing was preempted: swapped sequences come back (oldest first); once none is
+   left swapped, waiting requests are admitted with a first prefill chunk, while blocks,
+   budget and `max_running` allow.
 The model runs once on the packed batch (`runner.packed_forward`); a sequence whose chunk
 reaches its last token gets its next token (greedy), and stops on EOS or max tokens.
 """
@@ -189,6 +190,8 @@ class Engine:
             self.running.append(s)
             plan.append(self._reserve(s, n))
             budget -= n
+        if self.swapped:  # swapped sequences come back before anyone new is admitted
+            return plan
         step = self.stats.steps
         for s in list(self.waiting):
             if s.req.arrival_step > step or budget == 0 or len(self.running) >= self.cfg.max_running:

@@ -129,6 +129,7 @@ def paged_attention(q, k_pool, v_pool, block_tables, seq_lens, *, scale: float |
     qg = q.to(cd).reshape(B, Hkv, G * Nq, D)  # (B, Hkv, G·Nq, D): group rows share a read
     q_pos = lens[:, None] - Nq + torch.arange(Nq)  # (B, Nq) absolute query positions
     min_q = int(q_pos[:, 0].min())  # every key below this is visible to every query
+    max_len = int(lens.max())
     outs, lses = [], []
     kbuf: list[torch.Tensor | None] = [None]
     vbuf: list[torch.Tensor | None] = [None]
@@ -137,8 +138,8 @@ def paged_attention(q, k_pool, v_pool, block_tables, seq_lens, *, scale: float |
         kc = _chunk_kv(k_pool, tables, j0, j1, kbuf).to(cd)
         vc = _chunk_kv(v_pool, tables, j0, j1, vbuf).to(cd)
         stop = j1 * bs  # key positions of this range: [j0·bs, stop)
-        if B == 1 and stop > int(lens[0]):  # one sequence: drop the unused tail slots
-            stop = int(lens[0])
+        if stop > max_len:  # slots past the longest sequence hold no key: drop them
+            stop = max_len
             kc, vc = kc[:, :, : stop - j0 * bs], vc[:, :, : stop - j0 * bs]
         if stop - 1 <= min_q:  # every key of the range is visible to every query
             o, lse = _visible_partial(qg, kc, vc, scale)
