@@ -138,3 +138,28 @@ def test_bad_input():
         lsh_attention(qk, v, rotations=torch.randn(2, 4, 3))
     with pytest.raises(TypeError, match=r"qk must be a torch.Tensor"):
         lsh_attention(qk.numpy(), v)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_factorised_hashing(causal):
+    """n_buckets = (n1, n2): bucket = b1 + n1·b2 from two rotations; the fast path still
+    equals the dense union reference, and with small factors it matches one big rotation's
+    bucket count."""
+    qk, v = _inputs(63)
+    rot = random_rotations(16, 3, (4, 6), seed=2)
+    assert isinstance(rot, tuple) and [r.shape for r in rot] == [(3, 16, 2), (3, 16, 3)]
+    b = hash_buckets(qk, rot)
+    b1, b2 = hash_buckets(qk, rot[0]), hash_buckets(qk, rot[1])
+    assert torch.equal(b, b1 + 4 * b2) and int(b.max()) < 24
+    out, lse = lsh_attention(qk, v, rotations=rot, chunk_size=8, causal=causal, return_lse=True)
+    ref, ref_lse = lsh_attention_reference(qk, v, rot, chunk_size=8, causal=causal,
+                                           return_lse=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-4)
+    same = lsh_attention(qk, v, n_hashes=3, n_buckets=(4, 6), seed=2, chunk_size=8,
+                         causal=causal)
+    torch.testing.assert_close(same, out, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"n_buckets \(3\) must be even"):
+        lsh_attention(qk, v, n_buckets=(4, 3))
+    with pytest.raises(ValueError, match=r"rotations has shape \(2, 16, 3\)"):
+        lsh_attention(qk, v, rotations=(rot[0], torch.randn(2, 16, 3)))

@@ -29,11 +29,14 @@ import torch.nn.functional as F
 from ..._checks import check_positive_int, check_tensor
 from ..softmax.merge import merge_many
 from .hashing import (
+    Rotations,
     check_n_buckets,
     check_rotations,
     default_n_buckets,
     hash_buckets,
     random_rotations,
+    rotation_parts,
+    total_buckets,
 )
 from .reference import normalized_keys
 
@@ -52,14 +55,16 @@ def _check_inputs(qk, v) -> None:
 
 
 def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int = 4,
-                  chunk_size: int = 64, n_buckets: int | None = None, causal: bool = False,
-                  rotations: torch.Tensor | None = None, seed: int = 0,
+                  chunk_size: int = 64, n_buckets: int | tuple[int, ...] | None = None,
+                  causal: bool = False, rotations: Rotations | None = None, seed: int = 0,
                   scale: float | None = None, dedup: bool = True, return_lse: bool = False):
     """Shared-QK LSH attention. qk (B, H, N, D), v (B, H, N, Dv) -> out (B, H, N, Dv).
 
     `rotations` (n_hashes, D, n_buckets // 2) overrides `n_hashes`, `n_buckets`, `seed`;
     by default they come from `random_rotations(D, n_hashes, n_buckets, seed)` with
-    `n_buckets = default_n_buckets(N, chunk_size)`. With `return_lse`, also returns lse
+    `n_buckets = default_n_buckets(N, chunk_size)`. A tuple `n_buckets = (n1, n2)` (or a
+    tuple of rotations) hashes with factorised rotations: n1·n2 buckets for the hashing
+    cost of n1 + n2. With `return_lse`, also returns lse
     (B, H, N) float32 over the union of visible keys.
     """
     _check_inputs(qk, v)
@@ -72,7 +77,7 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int = 4,
         rotations = random_rotations(D, n_hashes, n_buckets, seed, device=qk.device)
     else:
         check_rotations(rotations, D)
-    R = rotations.shape[0]
+    R = rotation_parts(rotations)[0].shape[0]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
 
     c = chunk_size
@@ -80,7 +85,7 @@ def lsh_attention(qk: torch.Tensor, v: torch.Tensor, *, n_hashes: int = 4,
     Np = nc * c
     buckets = hash_buckets(qk, rotations)  # (B, H, R, N)
     if Np != N:  # padding tokens get bucket n_buckets: they sort after every real token
-        buckets = F.pad(buckets, (0, Np - N), value=2 * rotations.shape[2])
+        buckets = F.pad(buckets, (0, Np - N), value=total_buckets(rotations))
     pos = torch.arange(Np, device=qk.device)
     order = torch.argsort(buckets * Np + pos, dim=-1)  # (B, H, R, Np), stable by construction
     rank = torch.empty_like(order)
