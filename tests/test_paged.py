@@ -231,3 +231,15 @@ def test_tiny_lm_on_a_paged_view_equals_contiguous_and_forks():
     c.check_invariants()
     with pytest.raises(ValueError, match="equal lengths"):
         c.batch_view(["a", "b"])
+
+
+@pytest.mark.parametrize("nq", [1, 5])
+def test_value_head_dim_differs(nq):
+    g = torch.Generator().manual_seed(5)
+    kp, vp = torch.randn(2, 8, 4, 8, generator=g), torch.randn(2, 8, 4, 6, generator=g)
+    q = torch.randn(2, 4, nq, 8, generator=g)
+    tables, lens = torch.tensor([[3, 1, 2, 0], [5, 6, 7, 4]]), torch.tensor([13, 9])
+    out = paged_attention(q, kp, vp, tables, lens, blocks_per_chunk=1)
+    ref = paged_attention_reference(q, kp, vp, tables, lens)
+    assert out.shape == (2, 4, nq, 6)
+    torch.testing.assert_close(out, ref, **TOL)

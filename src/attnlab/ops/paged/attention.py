@@ -2,9 +2,11 @@
 
 PagedAttention (Kwon et al., SOSP 2023) stores a sequence's keys/values in fixed-size
 physical blocks listed by a block table. Here the table is cut into ranges of
-`blocks_per_chunk` logical blocks; each range gives a partial `(o_c, lse_c)` with the
-split-KV chunk kernel of `ops.softmax.decode` (Flash-Decoding), and the partials are
-combined exactly by `merge_many` (SPEC §3). The whole history is never copied:
+`blocks_per_chunk` logical blocks; each range gives a partial `(o_c, lse_c)` — with
+torch's fused CPU flash kernel when every key of the range is visible to every query, with
+the masked split-KV chunk kernel of `ops.softmax.decode` (Flash-Decoding) otherwise — and
+the partials are combined exactly by `merge_many` (SPEC §3). Slots past the longest
+sequence are dropped, not masked. The whole history is never copied:
 - a range whose physical blocks are consecutive (the usual case right after allocation)
   is read in place through a view;
 - any other range is gathered (`index_select`) into one chunk-sized buffer, so extra
@@ -95,7 +97,8 @@ def _chunk_kv(pool: torch.Tensor, tables: torch.Tensor, j0: int, j1: int,
 def _visible_partial(qg, kc, vc, scale):
     """(o, lse) of a chunk with no masked key: torch's fused CPU flash kernel (one op,
     returns lse) in float32, the split-KV chunk kernel otherwise."""
-    if qg.dtype == torch.float32 and qg.device.type == "cpu" and kc.shape[2] > 0:
+    if qg.dtype == torch.float32 and qg.device.type == "cpu" and kc.shape[2] > 0 \
+            and vc.shape[-1] == qg.shape[-1]:  # the fused kernel needs Dv == D
         o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             qg, kc, vc, 0.0, False, scale=scale)[:2]
         return o, lse.float()
