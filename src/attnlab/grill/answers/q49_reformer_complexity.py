@@ -48,7 +48,7 @@ QUESTION = Question(
         "that term is N²·d/(2c) per round — quadratic with a constant 2c times smaller than "
         "full attention's; at N = 64K with c = 64 it already costs more than the chunked "
         "attention itself. Factorising the buckets (trax hashes with a product of smaller "
-        "rotations) keeps it near-linear."
+        "rotations; attnlab's n_buckets=(n1, n2)) cuts it to N·d·(n1+n2)/2, near-linear."
     ),
     formulas=[
         "T(N) = O(n_hashes · N · c · d + n_hashes · N log N)  (bounded bucket count)",
