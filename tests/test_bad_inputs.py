@@ -198,3 +198,10 @@ def test_tinylm_and_generate_beyond_max_seq_len_raise_before_any_forward():
     with pytest.raises(CacheOverflowError, match=r"capacity is 4"):
         model(torch.zeros(1, 5, dtype=torch.long), cache)
     assert [cache.seq_len(i) for i in range(2)] == [0, 0]
+
+
+def test_alibi_with_too_few_slopes_names_them():
+    from attnlab.ops.softmax import alibi, alibi_slopes
+
+    with pytest.raises(ValueError, match=r"slopes has 2 entries but query head 3 was scored"):
+        attention_reference(q, k, v, score_mod=alibi(alibi_slopes(2)))

@@ -39,6 +39,9 @@ def alibi(slopes: torch.Tensor) -> ScoreMod:
         raise ValueError(f"slopes must be 1-D (one per query head), got {tuple(slopes.shape)}")
 
     def mod(score, b, h, q, k):
+        if h.numel() and int(h.max()) >= slopes.numel():  # once per call, on the (H,) index
+            raise ValueError(f"slopes has {slopes.numel()} entries but query head "
+                             f"{int(h.max())} was scored; expected one slope per query head")
         return score - slopes.to(score.device)[h] * (q - k).to(score.dtype)
 
     return mod
