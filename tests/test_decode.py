@@ -21,14 +21,38 @@ def test_decode_matches_reference(shape, mask):
                             fast_kw={"chunk": 16})
 
 
+@pytest.mark.parametrize("shape", DECODE_SHAPES)
+@pytest.mark.parametrize("mask", MASKS)
+def test_decode_fused_chunks_match_reference(shape, mask):
+    """Inference path (torch's fused kernel per chunk): same out and lse as the reference."""
+    q, k, v = rand_qkv(*shape)
+    check_against_reference(decode_attention, q, k, v, make_mask(mask, shape[3], shape[4]),
+                            grads=False, fast_kw={"chunk": 16, "impl": "fused"})
+
+
+def test_decode_fused_refuses_gradients_and_dv():
+    q, k, v = rand_qkv(1, 4, 2, 1, 40, 8, grad=True)
+    with pytest.raises(ValueError, match="inference-only"):
+        decode_attention(q, k, v, impl="fused")
+    q2, k2, v2 = rand_qkv(1, 4, 2, 1, 40, 8, Dv=4)
+    with pytest.raises(ValueError, match="v head_dim"):
+        decode_attention(q2, k2, v2, impl="fused")
+    with pytest.raises(ValueError, match="impl"):
+        decode_attention(q2, k2, v2, impl="gpu")
+    torch.testing.assert_close(decode_attention(q2, k2, v2, chunk=8),  # auto -> matmul
+                               attention_reference(q2, k2, v2), **TOL)
+
+
 def test_decode_every_chunk_count():
     """Split into 1, 2, ..., Nk chunks: always the reference's answer."""
     q, k, v = rand_qkv(2, 8, 2, 2, 37, 16)
     want, want_lse = attention_reference(q, k, v, mask=M.causal(), return_lse=True)
     for chunk in range(1, 38):
-        out, lse = decode_attention(q, k, v, mask=M.causal(), chunk=chunk, return_lse=True)
-        torch.testing.assert_close(out, want, **TOL)
-        torch.testing.assert_close(lse, want_lse, **TOL)
+        for impl in ("fused", "matmul"):
+            out, lse = decode_attention(q, k, v, mask=M.causal(), chunk=chunk, impl=impl,
+                                        return_lse=True)
+            torch.testing.assert_close(out, want, **TOL)
+            torch.testing.assert_close(lse, want_lse, **TOL)
 
 
 def test_merge_over_random_key_partitions_equals_full():
