@@ -93,7 +93,8 @@ class HFDynamicCache(KVCache):
 
 
 @torch.no_grad()
-def decode_loop(model, cache, prompt: torch.Tensor, new: int) -> tuple[float, list[float], torch.Tensor]:
+def decode_loop(model, cache, prompt: torch.Tensor,
+                new: int) -> tuple[float, list[float], torch.Tensor]:
     """(total s, per-step s, generated tokens) for greedy decoding with a model-level cache."""
     t0 = time.perf_counter()
     logits = model(prompt, cache)[:, -1]

@@ -8,8 +8,8 @@
   values **per token** (min/max over groups of `group_size` channels), plus a
   full-precision residual window of the most recent tokens (FACTS.md: group 32, residual
   128). The oldest `group_size` fp tokens are quantized as one group whenever the fp
-  window holds ≥ `residual + group_size` tokens, so it always keeps ≥ `residual`. Codes are packed
-  8/b per byte; scale and zero point are fp16.
+  window holds ≥ `residual + group_size` tokens, so it always keeps ≥ `residual`. Codes are
+  packed 8/b per byte; scale and zero point are fp16.
 
 `update` returns dequantized K/V of the whole history (B, Hkv, L, D): without a fused
 dequant-attention kernel the read costs O(L·D) dequantization per step — the memory, not

@@ -194,7 +194,8 @@ class Engine:
             return plan
         step = self.stats.steps
         for s in list(self.waiting):
-            if s.req.arrival_step > step or budget == 0 or len(self.running) >= self.cfg.max_running:
+            full = len(self.running) >= self.cfg.max_running
+            if s.req.arrival_step > step or budget == 0 or full:
                 continue
             if not self.cache.has_sequence(s.rid):
                 s.computed = self.cache.add_sequence(s.rid, s.all_tokens)  # prefix hit

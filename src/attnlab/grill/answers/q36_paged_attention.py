@@ -90,9 +90,9 @@ def evidence(ctx: EvidenceContext) -> Evidence:
              res["max"].waste_pct > 10 * res["paged"].waste_pct
              and res["max"].mean_running < res["paged"].mean_running,
              f"{res['max'].waste_pct:.1f}% vs {res['paged'].waste_pct:.1f}%")
+    slack = ev.measurements["largest per-sequence slack seen (slots)"]
     ev.key_figure = (f"waste {res['paged'].waste_pct:.1f}% paged vs {res['max'].waste_pct:.1f}% "
-                     f"max-reserved; slack ≤ {ev.measurements['largest per-sequence slack seen (slots)']}"
-                     f" < 16 slots/seq; CoW copies 1 block")
+                     f"max-reserved; slack ≤ {slack} < 16 slots/seq; CoW copies 1 block")
     return ev
 
 
