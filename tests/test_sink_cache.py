@@ -120,3 +120,16 @@ def test_streaming_experiment_caches_agree_until_eviction():
     assert 0 < r.sink_mass < 1 and all(v > 0 for v in r.loss.values())
     with pytest.raises(ValueError, match="eval_len"):
         StreamingConfig(n_sink=4, window=28, eval_len=32)
+    with pytest.raises(ValueError, match="bos_token"):
+        StreamingConfig(bos_token=256)
+
+
+def test_streaming_bos_task_fixes_the_first_token():
+    from attnlab.analysis.streaming import _WithBOS
+    from attnlab.models.data import ByteCorpus
+
+    task = _WithBOS(ByteCorpus(seq_len=16, batch_size=3, max_bytes=10_000), bos=0)
+    b = task.batch(0)
+    assert b.tokens.shape == (3, 16) and bool((b.tokens[:, 0] == 0).all())
+    assert bool((b.tokens[:, 1:] != 0).any())  # the rest is text
+    assert task.seq_len == 16
