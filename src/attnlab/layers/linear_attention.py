@@ -26,7 +26,7 @@ from ..ops.linear import (
     resolve_feature_map,
 )
 from ..ops.linear.feature_maps import apply_feature_map
-from .attention import check_cache, check_hidden
+from .attention import check_cache, check_hidden, resolve_heads
 from .base import Mixer
 
 
@@ -92,15 +92,7 @@ class LinearAttention(Mixer):
                  head_dim: int | None = None, *, feature_map: str = "elu+1",
                  chunk_size: int = 64, layer_idx: int = 0):
         super().__init__()
-        check_positive_int("d_model", d_model)
-        check_positive_int("n_heads", n_heads)
-        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
-        check_positive_int("n_kv_heads", n_kv_heads)
-        check_divisible("n_heads", n_heads, "n_kv_heads", n_kv_heads)
-        if head_dim is None:
-            check_divisible("d_model", d_model, "n_heads", n_heads)
-            head_dim = d_model // n_heads
-        check_positive_int("head_dim", head_dim)
+        n_kv_heads, head_dim = resolve_heads(d_model, n_heads, n_kv_heads, head_dim)
         self.fmap_name, self.fmap = resolve_feature_map(feature_map)
         self.chunk_size = check_positive_int("chunk_size", chunk_size)
         self.layer_idx = check_positive_int("layer_idx", layer_idx, minimum=0)
