@@ -8,7 +8,9 @@ sliding-window, global-token, prefix-LM and document masks alike.
 
 Two implementations, the same answer:
 - "fused" (default): for each query block, the non-empty key blocks are grouped into
-  contiguous runs (a sliding window or causal row is ONE run), and each run is a single
+  contiguous runs (a sliding-window row is one run; stretches of FULL blocks of at least
+  SPLIT_FULL_MIN keys, e.g. a long causal prefix, are runs of their own with no mask), and
+  each run is a single
   call into torch's fused CPU flash kernel
   (`aten._scaled_dot_product_flash_attention_for_cpu`, which returns `lse`) with a small
   additive mask that is -inf only inside the run's PARTIAL blocks. Runs merge exactly
@@ -25,9 +27,9 @@ Two implementations, the same answer:
   the non-empty blocks.
 
 Cost: O(B·Hq·D · Σ non-empty block areas) time; O(B·Hq·(Nq + Nk)·D) memory plus one
-(q_block × run length) tile. Choice of the fused path and of q_block = 128 was made by
-measurement (benchmarks/results/kernels.md): 128-row calls keep the kernel's working
-set in cache and were the fastest on this CPU.
+(q_block × run length) tile. The fused path and q_block = 128 were chosen by measurement
+on this CPU (window N=16384, W=512: 128-row calls beat 64, 256 and 512 rows and beat
+per-block matmul + softmax in torch; see benchmarks/results/kernels_notes.md).
 """
 from __future__ import annotations
 
