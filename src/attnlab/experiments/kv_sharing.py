@@ -46,7 +46,8 @@ class KVConfig:
         if quick:
             return cls(steps=40, d_model=32, n_heads=4, variants=("MHA", "GQA-2", "MQA", "MLA"),
                        seeds=(seed,), eval_batches=2)
-        return cls(steps=400, seeds=(seed, seed + 1, seed + 2),
+        return cls(steps=500, lr=1e-2, mqar_pairs=6, mqar_queries=6, mqar_vocab=24,
+                   seeds=(seed, seed + 1, seed + 2),
                    variants=("MHA", "GQA-4", "GQA-2", "MQA", "MLA", f"SWA-{cls.window}",
                              "linear", "SSD"))
 

@@ -91,7 +91,7 @@ class SinksConfig:
     @classmethod
     def preset(cls, quick: bool, seed: int = 0) -> SinksConfig:
         if quick:
-            return cls(steps=60, d_model=32, seeds=(seed,))
+            return cls(steps=200, lr=1e-2, seeds=(seed,))
         return cls(steps=600, seeds=(seed, seed + 1, seed + 2), streaming=True)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
+from ._kv_quality import add_small_scale
 from ._measure import decode_step_ms, variant_table
 
 # GQA paper (Ainslie et al. 2023), T5-XXL with 5% uptraining: average score and
@@ -37,6 +38,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.check("in the GQA paper GQA-8 is within 20% of MQA's speed", s_gqa <= 1.2 * s_mqa)
     ev.key_figure = (f"GQA-8 keeps {share:.0%} of MQA's saving; decode step "
                      f"{times['MHA'] / times['GQA-8']:.1f}× faster than MHA here")
+    add_small_scale(ev, ctx)  # measured small-scale comparison (KV-sharing experiment)
     return ev
 
 

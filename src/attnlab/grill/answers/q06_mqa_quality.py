@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
+from ._kv_quality import add_small_scale
 from ._measure import decode_step_ms
 
 # GQA paper, T5-XXL uptrained 5%: average score; DeepSeek-V2 report Table 8, 7B dense
@@ -29,6 +30,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
              f"{mha / mqa:.1f}×")
     ev.key_figure = (f"quality cost {t5_rel:.1%} (T5-XXL) to {ds_rel:.0%} (7B MMLU); "
                      f"decode step {mha / mqa:.0f}× faster here")
+    add_small_scale(ev, ctx)  # measured small-scale comparison (KV-sharing experiment)
     return ev
 
 

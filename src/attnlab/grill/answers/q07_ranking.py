@@ -4,6 +4,7 @@ from __future__ import annotations
 from ...analysis.configs import get_config
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
+from ._kv_quality import add_small_scale
 from ._measure import variant_table
 
 
@@ -28,6 +29,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.check("every real cache matches the calculator",
              all(v["measured_bytes_per_token"] == v["calc_bytes_per_token"] for v in t.values()))
     ev.key_figure = "elements/token/layer: " + ", ".join(f"{k} {elems[k]}" for k in order)
+    add_small_scale(ev, ctx)  # measured small-scale comparison (KV-sharing experiment)
     return ev
 
 
