@@ -15,10 +15,6 @@ FULL_RESULTS = Path(__file__).resolve().parents[4] / "experiments" / "results" /
 VARIANTS = ("MHA", "GQA-2", "MQA", "MLA")
 
 
-class KVConfigChance:
-    vocab = 32  # KVConfig.mqar_vocab at the quick size: chance accuracy 1/32
-
-
 @functools.lru_cache(maxsize=2)
 def quick_mqar(seed: int = 0) -> dict[str, dict]:
     """Quick-size MQAR runs: {variant: {params, kv_bytes_per_token, acc, loss}}."""
@@ -50,9 +46,11 @@ def add_small_scale(ev: Evidence, ctx: EvidenceContext) -> None:
     for v, r in rows.items():
         ev.measurements[f"small-scale MQAR (quick, 1 seed) {v}: params / KV B/token / acc"] = (
             r["params"], r["kv_bytes_per_token"], round(r["acc"], 3))
+    from ...experiments.kv_sharing import KVConfig
+
     ev.measurements["small-scale note"] = (
         "the quick run trains seconds: its accuracies sit near chance (1/"
-        f"{KVConfigChance.vocab}) and rank nothing; quality comparisons come from the committed "
+        f"{KVConfig.preset(True).mqar_vocab}) and rank nothing; quality comparisons come from the committed "
         "3-seed full run when present")
     worst = max(abs(r["params"] - ref) / ref for r in rows.values())
     ev.check("small-scale variants have matched parameter counts (within 5%)", worst < 0.05,
