@@ -40,9 +40,9 @@ class RedundancyConfig:
     @classmethod
     def preset(cls, quick: bool, seed: int = 0) -> RedundancyConfig:
         if quick:
-            return cls(steps=60, d_model=32, n_heads=4, n_layers=2, prune_step=2,
+            return cls(steps=200, lr=1e-2, n_heads=4, n_layers=2, prune_step=1,
                        seeds=(seed,))
-        return cls(steps=800, prune_step=2, importance_batches=4,
+        return cls(steps=800, lr=1e-2, prune_step=2, importance_batches=4,
                    seeds=(seed, seed + 1, seed + 2))
 
 
