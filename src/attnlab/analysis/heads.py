@@ -64,7 +64,7 @@ def score(pattern: torch.Tensor, target: torch.Tensor, rows: torch.Tensor, rule:
           *, exclude_bos: bool = False, exclude_current: bool = False,
           causal: bool = True) -> torch.Tensor:
     """Score patterns (…, N, N) against target (N, N) on the query rows where `rows` (N,) is
-    True; returns the leading dims (…) averaged over nothing but rows (e.g. (L, B, H)).
+    True; returns one score per leading index (…), e.g. (L, B, H), averaged over the rows.
 
     Average over the batch yourself (`.mean(dim)`) where wanted.
     """
