@@ -6,6 +6,7 @@ import torch
 from ...analysis.configs import get_config
 from ...analysis.memory import kv_memory, standard_kv_bytes
 from ...cache.base import CacheStack
+from ...cache.paged import PagedKVCache
 from ...layers.attention import Attention
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
@@ -59,6 +60,29 @@ def evidence(ctx: EvidenceContext) -> Evidence:
              allocated == standard_kv_bytes(L, Hkv, D, steps, 4, batch=B) == cache.nbytes,
              f"{allocated} B for {steps} slots")
 
+    # a paged cache allocates the same law in 16-token blocks, on demand
+    paged = PagedKVCache(L, Hkv, D, num_blocks=64, block_size=16)
+    paged.add_sequence("s")
+    reserved, slack = [], []
+    for t in range(1, 161):
+        paged.reserve("s", 1)
+        reserved.append(paged.reserved_nbytes)
+        slack.append(paged.reserved_nbytes - paged.used_nbytes)
+    per_token_1 = standard_kv_bytes(L, Hkv, D, 1, 4)  # one sequence
+    block_bytes = 16 * per_token_1
+    at_blocks = [reserved[t - 1] for t in range(16, 161, 16)]
+    ps, pi, pr = _fit_line(list(range(16, 161, 16)), at_blocks)
+    ev.measurements["paged: reserved bytes after 1, 16, 17, 160 tokens"] = (
+        reserved[0], reserved[15], reserved[16], reserved[-1])
+    ev.measurements["paged: largest reserved − used (bytes)"] = max(slack)
+    ev.measurements["paged: pool bytes allocated up front"] = paged.nbytes
+    ev.check("paged reservation grows one 16-token block at a time, on the same slope",
+             abs(ps - per_token_1) < 1e-6 and abs(pi) < 1e-6 and pr < 1e-6
+             and reserved[0] == reserved[15] == block_bytes and reserved[16] == 2 * block_bytes,
+             f"slope {ps:.1f} B/token vs formula {per_token_1}")
+    ev.check("paging wastes less than one block per sequence", max(slack) < block_bytes,
+             f"max slack {max(slack)} B < block {block_bytes} B")
+
     # the same law at real scale: Llama-2-70B through the calculator
     cfg = get_config("llama-2-70b")
     ctxs = [1024, 2048, 4096, 8192]
@@ -96,6 +120,9 @@ QUESTION = Question(
         "replaces 2·H_kv·d_head by a small latent, quantization shrinks the bytes, and a "
         "sliding window or a recurrent state stops the growth altogether (the cache then "
         "stays at W tokens or a fixed state size)."
+        " How the line is allocated is a separate choice: a preallocated cache reserves "
+        "the whole context up front, a paged cache (vLLM) reserves 16-token blocks as "
+        "tokens arrive and wastes under one block per sequence."
     ),
     formulas=[
         "KV bytes = 2 · L · H_kv · d_head · T · bytes_per_element · batch",
