@@ -58,6 +58,7 @@ def test_kv_sharing_pipeline_matched_params_and_pareto(tiny, tmp_path):
         assert abs(r["params"] - ref) / ref < 0.05, r["variant"]
     assert rows["MHA"]["kv_bytes_per_token"] == 2 * 2 * 4 * 4 * 4  # layers·K,V·heads·D·fp32
     assert rows["MQA"]["kv_bytes_per_token"] * 4 == rows["MHA"]["kv_bytes_per_token"]
+    assert rows["GQA-2"]["kv_bytes_per_token"] * 2 == rows["MHA"]["kv_bytes_per_token"]
     assert rows["linear"]["kv_bytes_per_token"] == rows["SSD"]["kv_bytes_per_token"] == 0
     assert "| MHA |" in res["markdown"] and (tmp_path / "kv_sharing_quick.png").exists()
     assert rows["MHA"]["acc_sd"] >= 0 and len(rows["MHA"]["per_seed"]) == 2

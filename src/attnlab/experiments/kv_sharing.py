@@ -56,8 +56,8 @@ def mixer_spec(name: str, c: KVConfig):
     H, D = c.n_heads, c.d_model // c.n_heads
     if name == "MHA":
         return AttentionSpec(H, backend="sdpa")
-    if name.startswith("GQA-"):
-        return AttentionSpec(H, H // int(name[4:]) if int(name[4:]) < H else 1, backend="sdpa")
+    if name.startswith("GQA-"):  # GQA-G: G KV heads (groups), as "GQA-8" in Ainslie et al.
+        return AttentionSpec(H, int(name[4:]), backend="sdpa")
     if name == "MQA":
         return AttentionSpec(H, 1, backend="sdpa")
     if name == "MLA":  # latent of 2·D: between MQA (2·D per layer) and GQA-2 in cache bytes
