@@ -111,3 +111,12 @@ def test_cli(tiny, tmp_path):
 def test_quick_sizes(name, tmp_path):
     res = get(name).run(True, str(tmp_path))
     assert res["seconds"] > 0
+
+
+def test_sinks_feed_streaming_eviction():
+    c = sinks.SinksConfig(steps=1, seq_len=16, d_model=16, batch_size=2)
+    model, _, _ = sinks.train_variant("plain", c, 0, 256)
+    res = sinks.streaming_eviction(model, c, 0)
+    assert set(res["loss"]) == {"window", "sinks+window", "dense"}
+    budget = 4 + (16 // 2 - 4)  # 4 sink tokens + a window of seq_len/2 − 4
+    assert res["positions_scored"] == 4 * 16 - 1 - budget  # predictions after eviction began
