@@ -22,6 +22,7 @@ import math
 import torch
 
 from ..._checks import check_positive_int, check_qkv
+from . import decode_numba
 from .flash import check_result, compute_dtype
 from .merge import merge_many
 from .reference import dense_mask
@@ -46,12 +47,16 @@ def _chunk_partial(qg, kc, vc, scale, keep):
 
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-IMPLS = ("auto", "fused", "matmul")
+IMPLS = ("auto", "torch", "fused", "matmul", "numba")
 
 
 def _chunk_partial_fused(qg, kc, vc, scale, keep):
     """One chunk through torch's fused CPU flash kernel (returns lse); same contract as
     `_chunk_partial`. Measured 1.2× the matmul form on the 128K decode (kernels_notes.md)."""
+    # the aten kernel silently misreads K/V whose last dim is strided (measured: wrong
+    # output for k.transpose(-1, -2).contiguous().transpose(-1, -2)); give it unit stride
+    kc = kc if kc.stride(-1) == 1 else kc.contiguous()
+    vc = vc if vc.stride(-1) == 1 else vc.contiguous()
     add = None
     if keep is not None:
         add = torch.zeros(keep.shape, dtype=qg.dtype).masked_fill_(~keep, float("-inf"))
@@ -75,8 +80,10 @@ def decode_attention(q, k, v, *, mask=None, scale: float | None = None,
     number of splits is ceil(Nk / chunk)). `mask`: `Mask` or bool tensor, evaluated densely
     on (Nq, Nk) — cheap because Nq is small. `impl`: "matmul" (two matmuls and a softmax
     per chunk, the readable form), "fused" (torch's CPU flash kernel per chunk; Dv == D),
-    "auto" (fused when Dv == D and no gradient is needed, else matmul). float16/bfloat16 inputs are computed in
-    float32 chunk by chunk. Returns `out` or `(out, lse)`; rows with no visible key give 0
+    "torch" (fused when Dv == D and no gradient is needed, else matmul), "numba" (one fused
+    numba kernel, `decode_numba.py`: float32 contiguous CPU inputs, no gradient, the `fast`
+    extra installed), "auto" (numba where it applies, else as "torch"). float16/bfloat16
+    inputs are computed in float32 chunk by chunk. Returns `out` or `(out, lse)`; rows with no visible key give 0
     and lse = -inf. Raises ValueError if a NaN/inf input reaches the output.
     """
     B, Hq, Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
@@ -89,7 +96,11 @@ def decode_attention(q, k, v, *, mask=None, scale: float | None = None,
     if impl == "fused" and grad:  # the kernel's autograd ignores the lse output merge uses
         raise ValueError("impl 'fused' is inference-only (q, k or v requires grad); "
                          "use impl='matmul' or 'auto'")
-    fused = impl == "fused" or (impl == "auto" and Dv == D and not grad)
+    use_numba = impl == "numba" or (impl == "auto" and decode_numba.supports(q, k, v))
+    if impl == "numba" and not decode_numba.supports(q, k, v):
+        raise ValueError("impl 'numba' needs numba installed (extra 'fast') and float32, "
+                         "contiguous CPU q, k, v without grad; use impl='auto' or 'torch'")
+    fused = impl == "fused" or (impl in ("auto", "torch") and Dv == D and not grad)
     partial = _chunk_partial_fused if fused else _chunk_partial
     cd = compute_dtype(q)
     G = Hq // Hkv
@@ -106,14 +117,18 @@ def decode_attention(q, k, v, *, mask=None, scale: float | None = None,
         else:
             keep = m.reshape(Bm, Hkv, G * Nq, Nk)
     outs, lses = [], []
-    for c0 in range(0, Nk, chunk):
-        c1 = min(c0 + chunk, Nk)
-        kc = keep[..., c0:c1] if keep is not None else None
-        if kc is not None and not bool(kc.any()):
-            continue  # every key of this chunk is masked: not read
-        o, lse = partial(qg, k[:, :, c0:c1].to(cd), v[:, :, c0:c1].to(cd), scale, kc)
-        outs.append(o)
-        lses.append(lse)
+    if use_numba:  # every chunk in one parallel kernel call
+        o, lse = decode_numba.decode_numba(qg, k, v, scale, chunk, keep)
+        outs, lses = [o], [lse]
+    else:
+        for c0 in range(0, Nk, chunk):
+            c1 = min(c0 + chunk, Nk)
+            kc = keep[..., c0:c1] if keep is not None else None
+            if kc is not None and not bool(kc.any()):
+                continue  # every key of this chunk is masked: not read
+            o, lse = partial(qg, k[:, :, c0:c1].to(cd), v[:, :, c0:c1].to(cd), scale, kc)
+            outs.append(o)
+            lses.append(lse)
     if outs:
         o, lse = merge_many(outs, lses)
     else:

@@ -1,0 +1,101 @@
+"""The numba split-KV kernel == torch split-KV == reference; auto picks it only where it
+applies (float32, contiguous, no grad) and falls back to the torch path otherwise."""
+import pytest
+import torch
+from softmax_cases import MASKS, TOL, make_mask, rand_qkv
+
+from attnlab import masks as M
+from attnlab.ops.softmax import attention_reference
+from attnlab.ops.softmax import decode_numba as dn
+from attnlab.ops.softmax.decode import decode_attention
+
+pytest.importorskip("numba", reason="numba not installed (optional extra 'fast'); the "
+                    "numba decode path is not available, the torch path is used")
+
+SHAPES = [  # B, Hq, Hkv, Nq, Nk, D   (GQA groups 4, 1, 2; batch 1 and 2)
+    (2, 8, 2, 1, 1, 16), (1, 4, 4, 3, 7, 8), (2, 4, 2, 3, 129, 16), (1, 8, 2, 1, 5000, 32),
+]
+
+
+def _check(q, k, v, mask, chunk):
+    out, lse = decode_attention(q, k, v, mask=mask, chunk=chunk, impl="numba", return_lse=True)
+    ref, ref_lse = attention_reference(q, k, v, mask=mask, return_lse=True)
+    tor, tor_lse = decode_attention(q, k, v, mask=mask, chunk=chunk, impl="torch",
+                                    return_lse=True)
+    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(lse, ref_lse, **TOL)
+    torch.testing.assert_close(out, tor, **TOL)
+    torch.testing.assert_close(lse, tor_lse, **TOL)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mask", MASKS)
+def test_numba_matches_reference_and_torch(shape, mask):
+    q, k, v = rand_qkv(*shape)
+    _check(q, k, v, make_mask(mask, shape[3], shape[4]), chunk=48)
+
+
+def test_numba_every_chunk_count_and_dv():
+    q, k, v = rand_qkv(2, 8, 2, 3, 37, 16, Dv=8)  # Dv != D
+    for chunk in range(1, 38):
+        _check(q, k, v, M.causal(), chunk)
+
+
+def test_numba_fully_masked_rows_give_zero_and_neg_inf():
+    q, k, v = rand_qkv(2, 4, 2, 3, 70, 8)
+    keep = torch.rand(2, 4, 3, 70, generator=torch.Generator().manual_seed(1)) > 0.5
+    keep[0, 1, 2] = False  # one row sees no key
+    keep[1, :, 0] = False  # query 0 of batch 1 sees no key in any head
+    _check(q, k, v, keep, chunk=16)
+    out, lse = decode_attention(q, k, v, mask=keep, chunk=16, impl="numba", return_lse=True)
+    assert bool((out[0, 1, 2] == 0).all()) and lse[0, 1, 2] == float("-inf")
+    assert bool((out[1, :, 0] == 0).all()) and bool(torch.isneginf(lse[1, :, 0]).all())
+
+
+def test_numba_masked_keys_are_not_read_and_nan_is_reported():
+    q, k, v = rand_qkv(1, 2, 1, 1, 64, 8)
+    k2, v2 = k.clone(), v.clone()
+    k2[..., :40, :] = float("nan")  # outside the window of the last query
+    v2[..., :40, :] = float("nan")
+    out = decode_attention(q, k2, v2, mask=M.sliding_window(16), chunk=8, impl="numba")
+    torch.testing.assert_close(out, attention_reference(q, k, v, mask=M.sliding_window(16)),
+                               **TOL)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        decode_attention(q, k2, v2, chunk=8, impl="numba")
+
+
+def _count_numba_calls(monkeypatch):
+    calls = []
+    real = dn.decode_numba
+    monkeypatch.setattr(dn, "decode_numba", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_auto_uses_numba_when_it_applies(monkeypatch):
+    calls = _count_numba_calls(monkeypatch)
+    q, k, v = rand_qkv(2, 8, 2, 1, 100, 16)
+    out = decode_attention(q, k, v, chunk=32)
+    assert calls == [1]
+    torch.testing.assert_close(out, attention_reference(q, k, v), **TOL)
+
+
+def test_auto_falls_back_to_torch_with_grad_fp16_noncontiguous_or_forced(monkeypatch):
+    calls = _count_numba_calls(monkeypatch)
+    q, k, v = rand_qkv(2, 8, 2, 1, 100, 16, grad=True)
+    out = decode_attention(q, k, v, chunk=32)  # grad required: differentiable torch path
+    out.sum().backward()
+    assert q.grad is not None and k.grad is not None and v.grad is not None
+    with pytest.raises(ValueError, match="impl 'numba'"):
+        decode_attention(q, k, v, impl="numba")
+    with torch.no_grad():  # no grad needed: numba applies even to leaf tensors with grad
+        torch.testing.assert_close(decode_attention(q, k, v, chunk=32), out.detach(), **TOL)
+    assert calls == [1]
+    q, k, v = rand_qkv(1, 4, 2, 1, 50, 8)
+    decode_attention(q.half(), k.half(), v.half())  # not float32
+    kt = k.transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, strided last dim
+    vt = v.transpose(-1, -2).contiguous().transpose(-1, -2)
+    torch.testing.assert_close(decode_attention(q, kt, vt), attention_reference(q, k, v), **TOL)
+    decode_attention(q, k, v, impl="torch")  # forced torch path
+    assert calls == [1]
+    with pytest.raises(ValueError, match="impl 'numba'"):
+        decode_attention(q, kt, v, impl="numba")
