@@ -60,3 +60,27 @@ def test_cli_json_has_all_ids_and_statuses(tmp_path):
     assert doc["questions"][0]["status"] == "pass"
     res = CliRunner().invoke(app, ["grill", "--section", "Z"])
     assert res.exit_code != 0 and "section" in res.output
+
+
+def test_evidence_runs_with_the_questions_thread_count_and_restores_it():
+    import torch
+
+    from attnlab.grill.registry import Evidence
+    seen = {}
+
+    def ev_fn(ctx):
+        seen["threads"] = torch.get_num_threads()
+        ev = Evidence()
+        ev.check("ran", True)
+        return ev
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_one(Question(id=47, title="t", answer="a", evidence=ev_fn), EvidenceContext())
+        assert seen["threads"] == 1 and torch.get_num_threads() == 2
+        run_one(Question(id=47, title="t", answer="a", evidence=ev_fn, threads=None),
+                EvidenceContext())
+        assert seen["threads"] == 2
+    finally:
+        torch.set_num_threads(before)

@@ -7,10 +7,14 @@ from `titles.TITLES`.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+
+import torch
 
 from .titles import SECTIONS, TITLES
 
@@ -60,6 +64,10 @@ class Question:
     formulas: list[str] = field(default_factory=list)
     seed_note: str | None = None
     evidence: EvidenceFn | None = None
+    # torch threads the evidence runs with (None: leave the process setting). One by
+    # default: evidence is counts, equalities and ratios of small workloads, and on a busy
+    # 2-core machine a spin-waiting second OpenMP thread slows small-op loops many-fold.
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.id <= 50:
@@ -69,6 +77,20 @@ class Question:
     @property
     def answered(self) -> bool:
         return self.evidence is not None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with `n` torch threads (None: unchanged), restoring the setting after."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def section_of(qid: int) -> str:

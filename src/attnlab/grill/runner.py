@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .registry import Evidence, EvidenceContext, Question, all_questions
+from .registry import Evidence, EvidenceContext, Question, all_questions, torch_threads
 from .titles import SECTIONS
 
 
@@ -63,8 +63,9 @@ def run_one(q: Question, ctx: EvidenceContext) -> Result:
     t0 = time.perf_counter()
     torch.manual_seed(ctx.seed)
     try:
-        ev = q.evidence(ctx)
-    except Exception as exc:  # an evidence crash is a failed answer, reported in full
+        with torch_threads(q.threads):
+            ev = q.evidence(ctx)
+    except Exception as exc:  # noqa: BLE001 — an evidence crash is a failed answer, reported in full
         return Result(q, "fail", None, time.perf_counter() - t0,
                       error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")
     dt = time.perf_counter() - t0
@@ -117,6 +118,7 @@ def to_json(results: list[Result]) -> dict:
             ],
             "plots": list(r.evidence.plots) if r.evidence else [],
             "seconds": round(r.seconds, 3),
+            "torch_threads": q.threads,
             "error": r.error,
         })
     return {"machine": machine_line(), "questions": qs}

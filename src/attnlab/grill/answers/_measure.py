@@ -1,7 +1,6 @@
 """Shared evidence helpers: KV bytes measured from real attnlab caches, timing."""
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -55,23 +54,11 @@ def decode_step_ms(n_heads: int, n_kv_heads: int, head_dim: int, context: int,
         p = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # (1, Hkv, group, T)
         return p @ v  # (1, Hkv, group, D)
 
-    with single_thread():  # stable ratios even when the other core is busy
-        step()  # warm-up
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            step()
-            ts.append(time.perf_counter() - t0)
+    step()  # warm-up
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        ts.append(time.perf_counter() - t0)
     return min(ts) * 1e3  # the least-disturbed run: the step is memory-bound and short
 
-
-@contextlib.contextmanager
-def single_thread():
-    """Run torch on one thread inside the block (small-op loops and ratio measurements:
-    a second OpenMP thread spin-waiting on a busy core can slow them many-fold)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

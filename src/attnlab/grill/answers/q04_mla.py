@@ -1,7 +1,6 @@
 """Q4: multi-head latent attention (DeepSeek-V2)."""
 from __future__ import annotations
 
-
 import torch
 
 from ...analysis.configs import get_config
@@ -9,8 +8,6 @@ from ...layers.mla import MLASpec, MultiLatentAttention, mla_path_flops
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
 from ._measure import measured_bytes_per_token_per_layer
-
-
 
 
 def evidence(ctx: EvidenceContext) -> Evidence:

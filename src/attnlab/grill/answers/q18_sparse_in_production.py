@@ -20,20 +20,15 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     g = torch.Generator().manual_seed(ctx.seed)
     q, k, v = (torch.randn(1, 1, N, D, generator=g) for _ in range(3))
     m = sliding_window(W)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # stable timings on a shared machine (see analysis.scaling)
-    try:
-        t = {"fused causal SDPA (dense)": median_seconds(
-            lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), 2, estimator="min"),
-            f"SDPA + dense window mask W={W}": median_seconds(  # slowest: one run suffices
-            lambda: attention(q, k, v, mask=m, backend="sdpa"), 1, warmup=0),
-            "LSH (2 rounds, chunk 64)": median_seconds(
-            lambda: lsh_attention(q, v, n_hashes=2, chunk_size=64, causal=True), 2,
-            estimator="min")}
-        t[f"block-sparse window W={W}"] = median_seconds(
-            lambda: attention(q, k, v, mask=m, backend="block_sparse"), 2, estimator="min")
-    finally:
-        torch.set_num_threads(before)
+    t = {"fused causal SDPA (dense)": median_seconds(
+        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), 2, estimator="min"),
+        f"SDPA + dense window mask W={W}": median_seconds(  # slowest: one run suffices
+        lambda: attention(q, k, v, mask=m, backend="sdpa"), 1, warmup=0),
+        "LSH (2 rounds, chunk 64)": median_seconds(
+        lambda: lsh_attention(q, v, n_hashes=2, chunk_size=64, causal=True), 2,
+        estimator="min")}
+    t[f"block-sparse window W={W}"] = median_seconds(
+        lambda: attention(q, k, v, mask=m, backend="block_sparse"), 2, estimator="min")
     base = t["fused causal SDPA (dense)"]
     ev.measurements[f"seconds at N = {N}, d = {D}, 1 thread"] = {a: round(b, 4) for a, b in t.items()}
     ev.measurements["time relative to fused causal"] = {a: round(b / base, 2) for a, b in t.items()}

@@ -13,16 +13,6 @@ from ..titles import TITLES
 
 
 def evidence(ctx: EvidenceContext) -> Evidence:
-    # thousands of small ops: one thread keeps shared, busy cores from stalling each one
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _evidence(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     g = torch.Generator().manual_seed(ctx.seed)
     d, P = 16, 256

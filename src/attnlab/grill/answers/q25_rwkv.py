@@ -10,17 +10,6 @@ from ..titles import TITLES
 
 
 def evidence(ctx: EvidenceContext) -> Evidence:
-    # one thread: on shared, busy cores a 2-thread OpenMP region stalls whenever its partner
-    # is descheduled, which turns a sub-second evidence run into tens of seconds
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _evidence(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     g = torch.Generator().manual_seed(ctx.seed)
     B, H, N, D = 2, 4, (512 if ctx.full else 128), 16

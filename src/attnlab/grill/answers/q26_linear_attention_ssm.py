@@ -35,17 +35,6 @@ def _selective_copy(N: int, trials: int, g: torch.Generator) -> tuple[float, flo
 
 
 def evidence(ctx: EvidenceContext) -> Evidence:
-    # one thread: on shared, busy cores a 2-thread OpenMP region stalls whenever its partner
-    # is descheduled, which turns a sub-second evidence run into tens of seconds
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _evidence(ctx)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     g = torch.Generator().manual_seed(ctx.seed)
     Bt, H, N, P, S = 2, 4, 96, 8, 8

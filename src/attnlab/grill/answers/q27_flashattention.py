@@ -9,15 +9,9 @@ from ...masks import causal
 from ...ops.softmax import attention_reference, flash_attention
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
-from ._kernels import single_thread
 
 
 def evidence(ctx: EvidenceContext) -> Evidence:
-    with single_thread():
-        return _evidence(ctx)
-
-
-def _evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     n, h, d = (2048, 4, 64) if ctx.full else (512, 2, 32)
     g = torch.Generator().manual_seed(ctx.seed)

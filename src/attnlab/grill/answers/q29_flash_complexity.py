@@ -8,7 +8,6 @@ from ...analysis.allocations import measure_allocations
 from ...ops.softmax import attention_reference, flash_attention
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
-from ._kernels import single_thread
 
 
 def _flops(fn) -> int:
@@ -35,11 +34,6 @@ def _measure(n: int, h: int, d: int, blk: int, g: torch.Generator):
 
 
 def evidence(ctx: EvidenceContext) -> Evidence:
-    with single_thread():
-        return _evidence(ctx)
-
-
-def _evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     h, d, blk = 1, 16, 128
     ns = (256, 512, 1024, 2048) if ctx.full else (256, 512, 1024)

@@ -76,8 +76,8 @@ def evidence(ctx: EvidenceContext) -> Evidence:
              ai_pre > ridge > ai_dec, f"{ai_pre:.0f} > {ridge:.1f} > {ai_dec:.1f}")
     ev.check("decode cannot beat the bandwidth roof: FLOP/s ≤ 1.25 · intensity · bandwidth",
              r_dec <= 1.25 * ai_dec * bw, f"{r_dec / 1e9:.2f} vs roof {ai_dec * bw / 1e9:.2f} GFLOP/s")
-    ev.check("prefill reaches several times the FLOP rate of decode", r_pre > 3 * r_dec,
-             f"{r_pre / 1e9:.1f} vs {r_dec / 1e9:.2f} GFLOP/s")
+    ev.check("prefill runs above the highest FLOP rate decode can reach (its bandwidth roof)",
+             r_pre > ai_dec * bw, f"{r_pre / 1e9:.1f} vs roof {ai_dec * bw / 1e9:.1f} GFLOP/s")
     ev.check("GQA decode intensity = 2·Nq·(Hq/Hkv)/bytes FLOP per byte",
              abs(ai_dec - 2 * 1 * (hq / hkv) / 4) < 1e-9, f"{ai_dec}")
     if ctx.plot_dir:
@@ -124,4 +124,5 @@ QUESTION = Question(
         "here, with the machine's own ridge point."
     ),
     evidence=evidence,
+    threads=None,  # a roofline of the machine as configured: every torch thread
 )

@@ -49,15 +49,8 @@ def evidence(ctx: EvidenceContext) -> Evidence:
                         linear_attention, *inputs[N], mode=mode, chunk_size=C), 1))
         return [best[N] for N in ns]
 
-    # one thread: on shared cores a 2-thread OpenMP region stalls whenever the partner
-    # thread is descheduled, which adds 10-100x jitter to exactly the larger sizes
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        t_chunk = timings(n_chunk, "chunked")
-        t_par = timings(n_par, "parallel")
-    finally:
-        torch.set_num_threads(threads)
+    t_chunk = timings(n_chunk, "chunked")
+    t_par = timings(n_par, "parallel")
     s_chunk, s_par = _slope(n_chunk, t_chunk), _slope(n_par, t_par)
     flops = [2 * N * (2 * C * D + 2 * D * D) for N in n_chunk]  # per head, chunked form
     s_flops = _slope(n_chunk, flops)

@@ -11,7 +11,6 @@ from ...analysis.allocations import measure_allocations
 from ...ops.softmax import attention_reference, flash_attention
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
-from ._kernels import single_thread
 
 
 class _MatmulTraffic(TorchDispatchMode):
@@ -44,11 +43,6 @@ def _scaling_point(n: int, h: int, d: int, g: torch.Generator) -> tuple[int, int
 
 
 def evidence(ctx: EvidenceContext) -> Evidence:
-    with single_thread():
-        return _evidence(ctx)
-
-
-def _evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     h, d = 1, 32
     ns = [256, 512, 1024, 2048] if ctx.full else [256, 512, 1024]
