@@ -42,7 +42,14 @@ import torch.nn.functional as F
 
 from ..._checks import check_positive_int, check_qkv
 from ...masks import EMPTY, FULL, PARTIAL, Mask, block_layout
-from .flash import TilePlan, check_result, compute_dtype, make_tile_mask, run_tiles
+from .flash import (
+    TilePlan,
+    check_result,
+    compute_dtype,
+    make_tile_mask,
+    recompute_function,
+    run_tiles,
+)
 from .merge import merge_many
 from .reference import dense_mask
 
@@ -276,23 +283,9 @@ def _fused_backward(do, q, k, v, out, lse, scale, plan, tile_mask):
     return dq, dk, dv
 
 
-class FusedBlockSparseFn(torch.autograd.Function):
-    """Autograd for the fused path: saves q, k, v, out, lse; recomputes per run."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, scale, plan, tile_mask):
-        out, lse = _fused_forward(q, k, v, scale, plan, tile_mask)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale, ctx.plan, ctx.tile_mask = scale, plan, tile_mask
-        ctx.mark_non_differentiable(lse)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, do, _dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = _fused_backward(do.contiguous(), q, k, v, out, lse, ctx.scale, ctx.plan,
-                                     ctx.tile_mask)
-        return dq, dk, dv, None, None, None
+FusedBlockSparseFn = recompute_function(
+    _fused_forward, _fused_backward, "FusedBlockSparseFn",
+    "Autograd for the fused path: saves q, k, v, out, lse; recomputes per run.")
 
 
 def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None,

@@ -184,23 +184,31 @@ def tiled_backward(do, q, k, v, out, lse, scale: float, plan: TilePlan,
     return dq, dk, dv
 
 
-class TiledAttentionFn(torch.autograd.Function):
-    """Autograd wrapper: saves q, k, v, out, lse (O(N·D)); the backward recomputes tiles."""
+def recompute_function(forward_fn, backward_fn, name: str, doc: str):
+    """An autograd Function that saves q, k, v, out, lse (O(N·D)) and recomputes the
+    probabilities in the backward: `forward_fn(q, k, v, scale, plan, tile_mask) -> (out,
+    lse)`, `backward_fn(do, q, k, v, out, lse, scale, plan, tile_mask) -> (dq, dk, dv)`."""
 
-    @staticmethod
     def forward(ctx, q, k, v, scale, plan, tile_mask):
-        out, lse = tiled_forward(q, k, v, scale, plan, tile_mask)
+        out, lse = forward_fn(q, k, v, scale, plan, tile_mask)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.scale, ctx.plan, ctx.tile_mask = scale, plan, tile_mask
         ctx.mark_non_differentiable(lse)
         return out, lse
 
-    @staticmethod
     def backward(ctx, do, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = tiled_backward(do.contiguous(), q, k, v, out, lse, ctx.scale, ctx.plan,
-                                    ctx.tile_mask)
+        dq, dk, dv = backward_fn(do.contiguous(), q, k, v, out, lse, ctx.scale, ctx.plan,
+                                 ctx.tile_mask)
         return dq, dk, dv, None, None, None
+
+    return type(name, (torch.autograd.Function,), {
+        "__doc__": doc, "forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+TiledAttentionFn = recompute_function(
+    tiled_forward, tiled_backward, "TiledAttentionFn",
+    "Autograd for the tiled path: saves O(N·D); the backward recomputes tiles.")
 
 
 def compute_dtype(q: torch.Tensor) -> torch.dtype:
