@@ -1,21 +1,16 @@
 """Grill questions 14–20, 39, 40, 46, 49 (sliding window, globals, BigBird, Reformer)."""
 import pytest
+from grill_cases import BY_ID, assert_answer_passes
 
-from attnlab.grill.registry import EvidenceContext, all_questions
+from attnlab.grill.registry import EvidenceContext
 from attnlab.grill.runner import run_one
 
 IDS = (14, 15, 16, 17, 18, 19, 20, 39, 40, 46, 49)
-BY_ID = {q.id: q for q in all_questions()}
 
 
 @pytest.mark.parametrize("qid", IDS)
 def test_evidence_passes_with_formulas_and_measurements(qid):
-    q = BY_ID[qid]
-    assert q.answered and q.formulas and q.seed_note
-    r = run_one(q, EvidenceContext())
-    assert r.status == "pass", (r.error, r.failed_checks)
-    assert r.evidence.key_figure and len(r.evidence.measurements) >= 2
-    assert len(r.evidence.checks) >= 2
+    assert_answer_passes(qid, min_measurements=2)
 
 
 def test_headline_numbers():

@@ -30,6 +30,17 @@ from .attention import check_cache, check_hidden, resolve_heads
 from .base import Mixer
 
 
+def _check_spec_heads(n_heads: int, n_kv_heads: int | None, head_dim: int | None) -> int:
+    """Validate a spec's head counts (d_model is checked at build); returns n_kv_heads."""
+    check_positive_int("n_heads", n_heads)
+    n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+    check_positive_int("n_kv_heads", n_kv_heads)
+    check_divisible("n_heads", n_heads, "n_kv_heads", n_kv_heads)
+    if head_dim is not None:
+        check_positive_int("head_dim", head_dim)
+    return n_kv_heads
+
+
 @dataclass
 class LinearAttentionSpec:
     """Config of one linear-attention layer; `n_kv_heads=None` means n_heads."""
@@ -41,12 +52,7 @@ class LinearAttentionSpec:
     chunk_size: int = 64
 
     def __post_init__(self) -> None:
-        check_positive_int("n_heads", self.n_heads)
-        self.n_kv_heads = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
-        check_positive_int("n_kv_heads", self.n_kv_heads)
-        check_divisible("n_heads", self.n_heads, "n_kv_heads", self.n_kv_heads)
-        if self.head_dim is not None:
-            check_positive_int("head_dim", self.head_dim)
+        self.n_kv_heads = _check_spec_heads(self.n_heads, self.n_kv_heads, self.head_dim)
         resolve_feature_map(self.feature_map)
         check_positive_int("chunk_size", self.chunk_size)
 
@@ -69,12 +75,7 @@ class PerformerSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_positive_int("n_heads", self.n_heads)
-        self.n_kv_heads = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
-        check_positive_int("n_kv_heads", self.n_kv_heads)
-        check_divisible("n_heads", self.n_heads, "n_kv_heads", self.n_kv_heads)
-        if self.head_dim is not None:
-            check_positive_int("head_dim", self.head_dim)
+        self.n_kv_heads = _check_spec_heads(self.n_heads, self.n_kv_heads, self.head_dim)
         check_positive_int("n_features", self.n_features)
         check_positive_int("chunk_size", self.chunk_size)
 
