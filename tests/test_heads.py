@@ -117,6 +117,16 @@ def test_copying_score_sign():
         copying_score(m, 0, 2)
     with pytest.raises(ValueError, match="layer"):
         copying_score(m, 1, 0)
+    # layer 0 reads only the embedding, so the effective path equals the direct one
+    toks = torch.arange(20).view(2, 10)
+    for h in (0, 1):
+        assert copying_score(m, 0, h, toks) == pytest.approx(copying_score(m, 0, h), abs=1e-4)
+    with pytest.raises(ValueError, match="tokens"):
+        copying_score(m, 0, 0, torch.full((1, 3), 20))
+    with pytest.raises(TypeError, match="tokens"):
+        copying_score(m, 0, 0, torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="tokens"):
+        copying_score(m, 0, 0, torch.zeros(1, 0, dtype=torch.long))
 
 
 def test_hf_bert_bidirectional():

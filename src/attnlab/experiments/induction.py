@@ -117,6 +117,8 @@ def train_one(c: InductionConfig, seed: int, keep: dict | None = None) -> dict:
         "prev_token_scores_layer0": [round(float(x), 4) for x in tab["previous"][0]],
         "induction_heads": [[1, h] for h in heads],
         "copying_scores": {f"1.{h}": round(copying_score(model, 1, h), 4) for h in heads},
+        "copying_scores_effective": {f"1.{h}": round(copying_score(model, 1, h, toks), 4)
+                                     for h in heads},
         "icl_gain": final["icl_gain"], "icl_gain_induction_ablated": gain_ablated,
         "icl_gain_other_heads_ablated": gain_others,
     }

@@ -27,10 +27,14 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.measurements["chance accuracy 1/vocab"] = round(1 / c.vocab, 4)
     ev.measurements["copying scores of the induction heads (direct OV path)"] = \
         res["copying_scores"]
+    eff = res["copying_scores_effective"]
+    ev.measurements["copying scores on the residual the head reads (effective OV path)"] = eff
     ev.check("the head's top key is the token after the previous occurrence in ≥ 70% of rows",
              argmax_ok >= 0.7, f"{argmax_ok:.2f}")
     ev.check("the model then predicts the copied token in ≥ 70% of second-copy positions",
              pred_ok >= 0.7, f"{pred_ok:.2f}")
+    ev.check("the induction heads' effective OV circuit copies (score ≥ 0.5)",
+             min(eff.values()) >= 0.5, f"min {min(eff.values()):.3f}")
     ev.key_figure = (f"[A][B]…[A]→[B]: top key correct in {argmax_ok:.0%} of rows, next token "
                      f"correct {pred_ok:.0%} (chance {1 / c.vocab:.1%})")
     return ev
@@ -47,9 +51,10 @@ QUESTION = Question(
     seed_note=(
         "The seed says 'copy a token after prefix recurrence', which is right in spirit; the "
         "copied token is the one that FOLLOWED the earlier occurrence. On our tiny model the "
-        "direct-path OV copying score can even be negative while the head still copies "
-        "(the copy then runs through the layer-0 output the value reads, V-composition), so "
-        "the behavioural measurement is the reliable one at this scale."
+        "direct-path OV copying score (W_U W_O W_V W_E) comes out near −1 although the head "
+        "copies: the residual the head reads at the attended position is dominated by the "
+        "layer-0 output (V-composition), not by the raw embedding. Scoring the OV circuit on "
+        "the per-token mean of the residual the head actually reads gives ≈ +1."
     ),
     evidence=evidence,
 )
