@@ -12,6 +12,7 @@ from attnlab.analysis.hooks import (
 from attnlab.layers.attention import AttentionSpec
 from attnlab.layers.linear_attention import LinearAttentionSpec, PerformerSpec
 from attnlab.layers.mla import MLASpec
+from attnlab.layers.rwkv import RWKVSpec
 from attnlab.layers.ssd import SSDSpec
 from attnlab.models import ModelConfig, TinyLM
 
@@ -95,6 +96,36 @@ def test_ssd_implied_matrix_reproduces_output(N):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
     assert float(a.pattern.triu(1).abs().max()) == 0.0
     assert run_with_cache(model, toks(1, N)).layers[0].kind == "ssd"
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("N", [1, 6, 33])
+def test_rwkv_implied_matrix_reproduces_output(version, N):
+    model = lm(RWKVSpec(n_heads=4, version=version, chunk_size=4))
+    m = model.blocks[0].mixer
+    H, D = 4, 8
+    x = torch.randn(2, N, 32, generator=torch.Generator().manual_seed(5))
+    imp = m.implied_attention(x)
+    P = imp["pattern"]
+    assert float(P.triu(1).abs().max()) == 0.0
+    with torch.no_grad():
+        if version == 6:
+            assert P.shape == (2, H, N, N)
+            out = P @ imp["v"]  # (B, H, N, D)
+            r, _, _, _, mixed = m._projections(x, None)
+            y = m.ln_x(out.transpose(1, 2).reshape(2 * N, 32)).view(2, N, 32)
+            t = m.W_o(y * torch.nn.functional.silu(m.W["g"](mixed["g"])))
+        else:  # one row-stochastic matrix per channel
+            assert P.shape == (2, 32, N, N)
+            torch.testing.assert_close(P.sum(-1), torch.ones(2, 32, N))
+            out = (P @ imp["v"]).view(2, H, D, N).transpose(2, 3)  # (B, H, N, D)
+            r = m._projections(x, None)[0]
+            t = m.W_o((torch.sigmoid(r) * out).transpose(1, 2).reshape(2, N, 32))
+        full = t + m._channel_mix(m.ln_cm(x + t), None)
+        torch.testing.assert_close(full, m(x), atol=1e-5, rtol=1e-4)
+    cache = run_with_cache(model, toks(1, N))
+    assert cache.layers[1].kind == "RWKVMixer"
+    assert cache.layers[1].pattern.shape[1] == (H if version == 6 else 32)
 
 
 def test_bad_layers():

@@ -168,3 +168,27 @@ def test_low_precision_error_at_most_twice_the_naive_path(dtype):
     e_naive6 = float((wkv6(*low6, mode="parallel").double() - ref6).abs().max())
     e_fast6 = float((wkv6(*low6, chunk_size=8).double() - ref6).abs().max())
     assert e_fast6 <= 2 * e_naive6, (e_fast6, e_naive6)
+
+
+@pytest.mark.parametrize("N", [1, 5, 17])
+def test_implied_matrices_reproduce_reference(N):
+    from attnlab.ops.rwkv import wkv4_matrix, wkv6_matrix
+
+    g = torch.Generator().manual_seed(N)
+    B, H, D = 2, 3, 4
+    k, v, r = (torch.randn(B, H, N, D, generator=g) for _ in range(3))
+    w, u = torch.rand(H, D, generator=g), torch.randn(H, D, generator=g)
+    P = wkv4_matrix(w, u, k)  # (B, H, D, N, N)
+    torch.testing.assert_close(P.sum(-1), torch.ones(B, H, D, N))
+    y = torch.einsum("bhdti,bhid->bhtd", P, v)
+    torch.testing.assert_close(y, wkv4_reference(w, u, k, v), atol=1e-5, rtol=1e-4)
+    log_w = -torch.exp(torch.randn(B, H, N, D, generator=g) - 1)
+    A = wkv6_matrix(r, k, log_w, u)  # (B, H, N, N)
+    torch.testing.assert_close(A @ v, wkv6_reference(r, k, v, log_w, u)[0], atol=1e-5,
+                               rtol=1e-4)
+    with pytest.raises(ValueError, match="u must have shape"):
+        wkv6_matrix(r, k, log_w, u[:, :2])
+    with pytest.raises(ValueError, match="w must have shape"):
+        wkv4_matrix(w[:1], u, k)
+    with pytest.raises(ValueError, match="share shape"):
+        wkv6_matrix(r[..., :2], k, log_w, u)

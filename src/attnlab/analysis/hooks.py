@@ -13,6 +13,9 @@ captured, so head analysis works on every mixer kind:
   `A = tril(φ(Q) φ(K)ᵀ)`, rows divided by `A·1 + eps`, so `out = A V` exactly;
 - Mamba-2 SSD (Dao & Gu 2024, eq. 16): `M = L ∘ C Bᵀ` with `L_ij = a_{j+1}···a_i` and the
   step size Δ_j folded into column j, so `y = M X + D·X`. M is not row-stochastic.
+- any mixer with an `implied_attention(x)` method (RWKV: Peng et al. 2023/2024) supplies
+  its own matrix; RWKV-6 gives one unnormalised matrix per head (WKV = A v), RWKV-4 one
+  row-stochastic matrix per channel (each channel is its own head).
 Cost: O(B·H·N²·D) per layer on top of the forward, and O(B·H·N²) memory per pattern.
 """
 from __future__ import annotations
@@ -36,7 +39,8 @@ LINEAR_EPS = 1e-6  # the denominator eps of ops.linear.linear_attention_features
 
 @dataclass
 class LayerActivations:
-    """What one mixer computed. `kind` is "softmax", "linear" or "ssd".
+    """What one mixer computed. `kind` is "softmax", "linear", "ssd" or the class name of a
+    mixer with its own `implied_attention` (e.g. "RWKVMixer").
 
     q (B, H, N, Dk), k and v per query head (GQA KV heads repeated to H), scores
     (B, H, N, N) pre-softmax logits with masked entries −inf (softmax only), pattern
@@ -186,13 +190,14 @@ def run_with_cache(model: nn.Module, tokens: torch.Tensor,
 
     for i in wanted:
         m = mixers[i]
-        if isinstance(m, (LinearAttention, SSDMixer)):
+        if isinstance(m, (LinearAttention, SSDMixer)) or hasattr(m, "implied_attention"):
             handles.append(m.register_forward_hook(saver(i, "x")))
             continue
         if not all(hasattr(m, h) for h in ("hook_q", "hook_k", "hook_v")):
             raise TypeError(f"layer {i} mixer {type(m).__name__} has no hook_q/hook_k/hook_v "
                             "and no implied-matrix rule; supported: softmax attention, MLA, "
-                            "linear attention, Performer, SSD")
+                            "linear attention, Performer, SSD, and any mixer with an "
+                            "implied_attention(x) method (RWKV)")
         for name in ("q", "k", "v", "head_out"):
             hp = getattr(m, f"hook_{name}", None)
             if hp is not None:
@@ -215,6 +220,10 @@ def run_with_cache(model: nn.Module, tokens: torch.Tensor,
             cache.layers[i] = ssd_pattern(m, got["x"])[0]
         elif isinstance(m, LinearAttention):
             cache.layers[i] = linear_pattern(m, got["x"])
+        elif hasattr(m, "implied_attention"):
+            imp = m.implied_attention(got["x"])
+            cache.layers[i] = LayerActivations(type(m).__name__, imp["pattern"], q=imp["q"],
+                                               k=imp["k"], v=imp["v"], head_out=imp["out"])
         else:
             q = got["q"]  # (B, H, N, Dk)
             H = q.shape[1]

@@ -23,7 +23,7 @@ from torch import nn
 from .._checks import check_divisible, check_positive_int
 from ..cache.base import KVCache
 from ..cache.recurrent import RecurrentStateCache, state_cache_of
-from ..ops.rwkv import WKV4State, wkv4, wkv6
+from ..ops.rwkv import WKV4State, wkv4, wkv4_matrix, wkv6, wkv6_matrix
 from ..ops.rwkv.wkv4 import P_INIT
 from .attention import check_cache, check_hidden
 from .base import Mixer
@@ -102,12 +102,20 @@ class RWKVMixer(Mixer):
         B, N, _ = t.shape
         return t.view(B, N, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
 
-    def _time_mix(self, x, prev, wkv_state):
+    def _projections(self, x, prev):
+        """Token-shifted r, k, v (B, H, N, D), the mixed inputs, and log w (B, H, N, D) for
+        version 6 (None for version 4, whose decay is the constant e^{time_decay})."""
         xx = _shift(x, prev)  # (B, N, d)
         mixed = {n: x * mu + xx * (1 - mu) for n, mu in self.mu.items()}
-        r = self._heads(self.W["r"](mixed["r"]))
-        k = self._heads(self.W["k"](mixed["k"]))
-        v = self._heads(self.W["v"](mixed["v"]))
+        r, k, v = (self._heads(self.W[n](mixed[n])) for n in ("r", "k", "v"))
+        log_w = None
+        if self.version == 6:
+            lora = torch.tanh(mixed["w"] @ self.decay_A) @ self.decay_B  # (B, N, d)
+            log_w = self._heads(-torch.exp(self.time_decay.view(self.d_model) + lora))  # ≤ 0
+        return r, k, v, log_w, mixed
+
+    def _time_mix(self, x, prev, wkv_state):
+        r, k, v, log_w, mixed = self._projections(x, prev)
         B, N, d = x.shape
         if self.version == 4:
             out, st = wkv4(torch.exp(self.time_decay), self.time_first, k, v,
@@ -116,12 +124,35 @@ class RWKVMixer(Mixer):
             y = torch.sigmoid(r) * out  # (B, H, N, D)
             y = y.transpose(1, 2).reshape(B, N, d)
             return self.W_o(y), st
-        lora = torch.tanh(mixed["w"] @ self.decay_A) @ self.decay_B  # (B, N, d)
-        log_w = -torch.exp(self.time_decay.view(d) + lora)  # (B, N, d), ≤ 0
-        out, S = wkv6(r, k, v, self._heads(log_w), self.time_first, chunk_size=self.chunk_size,
+        out, S = wkv6(r, k, v, log_w, self.time_first, chunk_size=self.chunk_size,
                       initial_state=wkv_state, output_final_state=True)
         y = self.ln_x(out.transpose(1, 2).reshape(B * N, d)).view(B, N, d)  # per-head norm
         return self.W_o(y * F.silu(self.W["g"](mixed["g"]))), S
+
+    @torch.no_grad()
+    def implied_attention(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The WKV as an attention matrix on the mixer input x (B, N, d_model), no cache.
+
+        Version 6: one unnormalised (B, H, N, N) matrix per head, WKV = A @ v. Version 4:
+        WKV is normalised per channel, so each of the d_model channels is its own head:
+        (B, d_model, N, N) rows summing to 1, WKV[..., c] = P_c @ v[..., c]. Returns
+        pattern, q (= r), k, v in matching head layouts and the WKV output `out`
+        (B, heads, N, Dv), which the mixer then gates and projects.
+        """
+        r, k, v, log_w, _ = self._projections(x, None)
+        B, H, N, D = k.shape
+        if self.version == 6:
+            A = wkv6_matrix(r, k, log_w, self.time_first)  # (B, H, N, N)
+            return {"pattern": A, "q": r, "k": k, "v": v, "out": A @ v.float()}
+        P = wkv4_matrix(torch.exp(self.time_decay), self.time_first, k)  # (B, H, D, N, N)
+        P = P.reshape(B, H * D, N, N)  # (B, C, N, N): channel c = h·D + d
+
+        def per_channel(t):
+            return t.permute(0, 1, 3, 2).reshape(B, H * D, N, 1)  # (B, C, N, 1)
+
+        out = P @ per_channel(v.float())  # (B, C, N, 1)
+        return {"pattern": P, "q": per_channel(r), "k": per_channel(k), "v": per_channel(v),
+                "out": out}
 
     def _channel_mix(self, h, prev):
         hh = _shift(h, prev)
