@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 
 @functools.lru_cache(maxsize=4)
 def induction_run(seed: int = 0, full: bool = False):
     """(model, result dict) of one quick (or full-size) induction training run."""
     from ...experiments import induction as ind
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops: one thread is fastest on a shared 2-core machine
-    try:
-        c = ind.InductionConfig.preset(quick=not full, seed=seed)
-        model_box = {}
-        res = ind.train_one(c, seed, keep=model_box)
-    finally:
-        torch.set_num_threads(threads)
+    c = ind.InductionConfig.preset(quick=not full, seed=seed)
+    model_box = {}
+    res = ind.train_one(c, seed, keep=model_box)  # threads: set per question by the runner
     return model_box["model"], res, c

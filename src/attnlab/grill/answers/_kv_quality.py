@@ -4,14 +4,10 @@ the answers to Q5–Q7: a quick MQAR training run here, plus the committed full 
 from __future__ import annotations
 
 import functools
-import json
-from pathlib import Path
-
-import torch
 
 from ..registry import Evidence, EvidenceContext
+from ._committed import committed
 
-FULL_RESULTS = Path(__file__).resolve().parents[4] / "experiments" / "results" / "kv_sharing.json"
 VARIANTS = ("MHA", "GQA-2", "MQA", "MLA")
 
 
@@ -21,22 +17,19 @@ def quick_mqar(seed: int = 0) -> dict[str, dict]:
     from ...experiments.kv_sharing import KVConfig, train_eval
     from ...models.data import MQAR
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        c = KVConfig.preset(True, seed)
-        mk = lambda sd: MQAR(c.mqar_vocab, c.mqar_vocab, c.mqar_pairs,
-                             c.mqar_queries, c.batch_size, seed=sd)
-        return {v: train_eval(v, c, mk(seed), mk(10_000 + seed), seed) for v in VARIANTS}
-    finally:
-        torch.set_num_threads(threads)
+    c = KVConfig.preset(True, seed)
+
+    def mk(sd):
+        return MQAR(c.mqar_vocab, c.mqar_vocab, c.mqar_pairs, c.mqar_queries, c.batch_size,
+                    seed=sd)
+
+    return {v: train_eval(v, c, mk(seed), mk(10_000 + seed), seed) for v in VARIANTS}
 
 
 def full_table() -> dict | None:
     """The committed full-run tables, or None."""
-    if not FULL_RESULTS.is_file():
-        return None
-    return json.loads(FULL_RESULTS.read_text()).get("tables")
+    data = committed("kv_sharing")
+    return None if data is None else data.get("tables")
 
 
 def add_small_scale(ev: Evidence, ctx: EvidenceContext) -> None:

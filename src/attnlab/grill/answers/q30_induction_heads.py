@@ -4,6 +4,7 @@ from __future__ import annotations
 from ...analysis.heads import induction_score, previous_token_score
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
+from ._committed import committed, spread
 from ._heads_lab import induction_run
 
 
@@ -39,6 +40,20 @@ def evidence(ctx: EvidenceContext) -> Evidence:
              f"{uniform:.2f})", max(ind) >= 0.3, f"best {max(ind):.3f}")
     ev.check("a phase change was observed during training", res["phase_change_step"] is not None,
              f"step {res['phase_change_step']}")
+    full = committed("induction")
+    if full is not None:
+        s, runs = full["summary"], full["runs"]
+        tag = f"committed full run ({len(runs)} seeds, {full['config']['steps']} steps)"
+        ev.measurements[f"{tag}: phase change step, mean (min–max)"] = \
+            spread(s["phase_change_step"], 0)
+        ev.measurements[f"{tag}: best induction score"] = spread(s["best_induction_score"])
+        ev.measurements[f"{tag}: in-context gain, nats"] = spread(s["icl_gain"])
+        ev.measurements[f"{tag}: gain with the induction heads zero-ablated"] = \
+            spread(s["icl_gain_induction_ablated"])
+        ev.check(f"{tag}: every seed shows a phase change and an induction head ≥ 0.5",
+                 all(r["phase_change_step"] is not None
+                     and max(r["induction_scores_layer1"]) >= 0.5 for r in runs),
+                 "steps " + ", ".join(str(r["phase_change_step"]) for r in runs))
     ev.key_figure = (f"best layer-1 induction score {max(ind):.2f} (uniform head {uniform:.2f}); "
                      f"phase change at step {res['phase_change_step']} of {c.steps}")
     return ev

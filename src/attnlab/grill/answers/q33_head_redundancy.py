@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
+from ._committed import committed, spread
 
 
 @functools.lru_cache(maxsize=2)
 def _run(seed: int, full: bool) -> dict:
     from ...experiments.redundancy import RedundancyConfig, one_seed
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return one_seed(RedundancyConfig.preset(not full, seed), seed)
-    finally:
-        torch.set_num_threads(threads)
+    return one_seed(RedundancyConfig.preset(not full, seed), seed)
 
 
 def evidence(ctx: EvidenceContext) -> Evidence:
@@ -42,6 +36,17 @@ def evidence(ctx: EvidenceContext) -> Evidence:
              f"{deltas[-1]:.4f} vs {deltas[len(deltas) // 2]:.4f}")
     ev.check("the pruning curve ends above where it starts (pruning everything hurts)",
              r["curve"]["loss"][-1] > r["curve"]["loss"][0])
+    full = committed("redundancy")
+    if full is not None:
+        fs, runs = full["summary"], full["runs"]
+        tag = f"committed full run ({len(runs)} seeds, {full['config']['steps']} steps)"
+        ev.measurements[f"{tag}: heads costing < 1% alone"] = spread(fs["frac_heads_below_1pct"])
+        ev.measurements[f"{tag}: prunable within +5% / +10% loss"] = (
+            spread(fs["prunable_at_5pct"]), spread(fs["prunable_at_10pct"]))
+        ev.measurements[f"{tag}: largest single-head Δloss"] = spread(fs["max_single_head_delta"])
+        ev.check(f"{tag}: in every seed some heads are nearly free (< 1%) and some are not",
+                 all(0 < x["frac_heads_below_1pct"] < 1 for x in runs),
+                 ", ".join(f"{x['frac_heads_below_1pct']:.2f}" for x in runs))
     ev.key_figure = (f"{r['frac_heads_below_1pct']:.0%} of heads cost < 1% alone; "
                      f"{r['prunable_at_10pct']:.0%} prunable within +10% loss (tiny model)")
     return ev

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 
-import torch
-
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
 
@@ -20,21 +18,16 @@ def _run(seed: int, full: bool) -> dict:
         train_variant,
     )
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        c = SinksConfig.preset(not full, seed)
-        out = {}
-        for name in VARIANTS:
-            model, vtask, loss = train_variant(name, c, seed, max(256, c.seq_len + 1))
-            key0, on_sink = sink_scores(model, vtask.batch(0).tokens)
-            out[name] = {"key0": key0, "on_sink": on_sink, "loss": loss}
-            if name == "plain" and full:
-                out["streaming"] = streaming_eviction(model, c, seed)
-        out["uniform"] = sum(1 / (i + 1) for i in range(1, c.seq_len)) / (c.seq_len - 1)
-        return out
-    finally:
-        torch.set_num_threads(threads)
+    c = SinksConfig.preset(not full, seed)
+    out = {}
+    for name in VARIANTS:
+        model, vtask, loss = train_variant(name, c, seed, max(256, c.seq_len + 1))
+        key0, on_sink = sink_scores(model, vtask.batch(0).tokens)
+        out[name] = {"key0": key0, "on_sink": on_sink, "loss": loss}
+        if name == "plain" and full:
+            out["streaming"] = streaming_eviction(model, c, seed)
+    out["uniform"] = sum(1 / (i + 1) for i in range(1, c.seq_len)) / (c.seq_len - 1)
+    return out
 
 
 def evidence(ctx: EvidenceContext) -> Evidence:
