@@ -248,3 +248,29 @@ def test_slab_cache_reprs_show_geometry_and_bytes():
     assert repr(LatentKVCache(1, 1, 16, 4, 3)) == (
         "LatentKVCache(n_layers=1, batch=1, kv_lora_rank=16, qk_rope_head_dim=4, capacity=3, "
         "dtype=torch.float32, device=cpu, nbytes=240)")  # 1·1·(16+4)·3·4 bytes
+
+
+def test_stack_refuses_before_any_layer_writes():
+    """Layers of different capacities: a step that overflows layer 2 leaves layers 0 and 1
+    untouched (TinyLM calls check_append before its first layer)."""
+    from attnlab.layers.attention import AttentionSpec
+    from attnlab.models import ModelConfig, TinyLM
+
+    torch.manual_seed(0)
+    model = TinyLM(ModelConfig(vocab_size=11, d_model=16, n_layers=3,
+                               mixers=AttentionSpec(2), max_seq_len=64))
+    stack = CacheStack([ContiguousKVCache(1, 1, 2, 8, capacity=c) for c in (10, 10, 6)])
+    model(torch.zeros(1, 5, dtype=torch.long), stack)
+    before = [stack.layer(i).update(0, *_kv(1, 2, 0, 8))[0].clone() for i in range(3)]
+    with pytest.raises(CacheOverflowError, match="layer 2 of the stack"):
+        model(torch.zeros(1, 2, dtype=torch.long), stack)
+    assert [stack.seq_len(i) for i in range(3)] == [5, 5, 5]
+    for i in range(3):
+        torch.testing.assert_close(stack.layer(i).update(0, *_kv(1, 2, 0, 8))[0], before[i])
+    model(torch.zeros(1, 1, dtype=torch.long), stack)  # one more still fits everywhere
+    assert [stack.seq_len(i) for i in range(3)] == [6, 6, 6]
+    with pytest.raises(TypeError, match="n_tokens"):
+        stack.check_append(1.5)
+    with pytest.raises(ValueError, match="n_tokens"):
+        stack.check_append(-1)
+    stack.check_append(0)

@@ -1,29 +1,29 @@
 """KV caches behind one interface (SPEC §4)."""
 from .base import CacheOverflowError, CacheStack, KVCache
+from .block_allocator import BlockAllocator, PoolExhaustedError
 from .contiguous import ContiguousKVCache
 from .latent import LatentKVCache
-from .rolling import EvictedPositionError, RollingKVCache
-from .static import StaticCrossCache
-from .block_allocator import BlockAllocator, PoolExhaustedError
 from .paged import PagedKVCache
 from .quantized import Int8KVCache, KIVICache
-from .sink import SinkKVCache
 from .recurrent import RecurrentStateCache
+from .rolling import EvictedPositionError, RollingKVCache
+from .sink import SinkKVCache
+from .static import StaticCrossCache
 
 __all__ = [
+    "BlockAllocator",
     "CacheOverflowError",
     "CacheStack",
     "ContiguousKVCache",
-    "KVCache",
-    "LatentKVCache",
-    "RollingKVCache",
     "EvictedPositionError",
-    "StaticCrossCache",
-    "BlockAllocator",
-    "PoolExhaustedError",
-    "PagedKVCache",
     "Int8KVCache",
     "KIVICache",
-    "SinkKVCache",
+    "KVCache",
+    "LatentKVCache",
+    "PagedKVCache",
+    "PoolExhaustedError",
     "RecurrentStateCache",
+    "RollingKVCache",
+    "SinkKVCache",
+    "StaticCrossCache",
 ]

@@ -21,6 +21,15 @@ class CacheOverflowError(ValueError):
     """Raised before anything is written when an append does not fit."""
 
 
+def check_n_tokens(n_tokens) -> int:
+    """A token count to append: an int >= 0."""
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int):
+        raise TypeError(f"n_tokens must be an int, got {type(n_tokens).__name__}")
+    if n_tokens < 0:
+        raise ValueError(f"n_tokens ({n_tokens}) must be >= 0")
+    return n_tokens
+
+
 class KVCache(ABC):
     """Abstract base of every attnlab cache."""
 
@@ -57,6 +66,19 @@ class KVCache(ABC):
         """Absolute positions of the slots returned by the last update."""
         return torch.arange(self.seq_len(layer_idx))
 
+    def check_append(self, n_tokens: int) -> None:
+        """Raise `CacheOverflowError`, writing nothing, if appending `n_tokens` to every
+        layer would not fit. Models call it before their first layer, so a refused step
+        leaves every layer as it was (not layer 0 advanced and layer 5 refused).
+        Default: seq_len + n_tokens ≤ capacity per layer; evicting caches override it."""
+        check_n_tokens(n_tokens)
+        for i in range(self.n_layers):
+            if self.seq_len(i) + n_tokens > self.capacity:
+                raise CacheOverflowError(
+                    f"cache overflow at layer {i}: {self.seq_len(i)} stored + {n_tokens} new "
+                    f"= {self.seq_len(i) + n_tokens} tokens requested, capacity is "
+                    f"{self.capacity}; nothing was written")
+
     def _check_layer(self, layer_idx: int) -> None:
         if isinstance(layer_idx, bool) or not isinstance(layer_idx, int):
             raise TypeError(f"layer_idx must be an int, got {type(layer_idx).__name__}")
@@ -92,6 +114,15 @@ class CacheStack(KVCache):
 
     def kv_positions(self, layer_idx: int = 0) -> torch.Tensor:
         return self.layer(layer_idx).kv_positions(0)
+
+    def check_append(self, n_tokens: int) -> None:
+        """Every layer's own check, before any layer writes (layers may differ in kind and
+        capacity)."""
+        for i, c in enumerate(self.caches):
+            try:
+                c.check_append(n_tokens)
+            except CacheOverflowError as e:
+                raise type(e)(f"layer {i} of the stack: {e}") from e
 
     @property
     def capacity(self) -> int:

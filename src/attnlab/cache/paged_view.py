@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import KVCache
+from .base import KVCache, check_n_tokens
 from .block_allocator import PoolExhaustedError
 from .paged import PagedKVCache
 
@@ -40,10 +40,7 @@ class PagedBatchView(KVCache):
         start, T = self._lens[layer_idx], k.shape[2]
         extra = start + T - c.seq_len(self.seq_ids[0])
         if extra > 0:  # first layer to see these tokens: reserve for every sequence
-            need = sum(c.blocks_needed(s, extra) for s in self.seq_ids)
-            if need > c.allocator.n_free:
-                raise PoolExhaustedError(f"pool exhausted: {need} blocks needed for {extra} "
-                                         f"tokens × {B} sequences, {c.allocator.n_free} free")
+            self._check_blocks(extra)
             for s in self.seq_ids:
                 c.reserve(s, extra)
         ks, vs = [], []
@@ -54,6 +51,22 @@ class PagedBatchView(KVCache):
             vs.append(vv[:, : start + T])
         self._lens[layer_idx] = start + T
         return torch.stack(ks), torch.stack(vs)  # (B, Hkv, L, D)
+
+    def _check_blocks(self, extra: int) -> None:
+        c = self.cache
+        need = sum(c.blocks_needed(s, extra) for s in self.seq_ids)
+        if need > c.allocator.n_free:
+            raise PoolExhaustedError(f"pool exhausted: {need} blocks needed for {extra} "
+                                     f"tokens × {len(self.seq_ids)} sequences, "
+                                     f"{c.allocator.n_free} free")
+
+    def check_append(self, n_tokens: int) -> None:
+        """Whether the pool has the blocks for `n_tokens` more tokens of every sequence
+        (reserved once for all layers by the first layer's update)."""
+        check_n_tokens(n_tokens)
+        extra = max(self._lens) + n_tokens - self.cache.seq_len(self.seq_ids[0])
+        if extra > 0:
+            self._check_blocks(extra)
 
     def seq_len(self, layer_idx: int = 0) -> int:
         self._check_layer(layer_idx)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive_int, check_tensor
-from .base import KVCache
+from .base import KVCache, check_n_tokens
 from .contiguous import _check_dtype_device
 
 
@@ -65,6 +65,10 @@ class SinkKVCache(KVCache):
     @property
     def capacity(self) -> int:
         return self.n_sink + self.window
+
+    def check_append(self, n_tokens: int) -> None:
+        """Never full: old tokens are evicted to make room."""
+        check_n_tokens(n_tokens)
 
     def seq_len(self, layer_idx: int = 0) -> int:
         self._check_layer(layer_idx)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive_int, check_tensor
-from .base import CacheOverflowError, KVCache
+from .base import CacheOverflowError, KVCache, check_n_tokens
 
 
 class StaticCrossCache(KVCache):
@@ -74,6 +74,10 @@ class StaticCrossCache(KVCache):
             raise ValueError(f"layer {layer_idx} of the cross-attention cache is already set; "
                              "pass k=v=None to read it, or reset() for a new request")
         return self.get(layer_idx)
+
+    def check_append(self, n_tokens: int) -> None:
+        """Decoder tokens never append here (the encoder K/V are set once per request)."""
+        check_n_tokens(n_tokens)
 
     def seq_len(self, layer_idx: int = 0) -> int:
         self._check_layer(layer_idx)

@@ -109,6 +109,8 @@ class TinyLM(nn.Module):
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
             raise ValueError(f"tokens must lie in [0, {self.cfg.vocab_size}), got range "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
+        if cache is not None:  # refuse before layer 0 writes: a full layer 3 must not
+            cache.check_append(tokens.shape[1])  # leave layers 0–2 one step ahead
         x = self.embed(tokens)  # (B, N, d_model)
         for block in self.blocks:
             x = block(x, cache)
