@@ -16,6 +16,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from .._checks import check_positive_int
+
 
 class CacheOverflowError(ValueError):
     """Raised before anything is written when an append does not fit."""
@@ -84,6 +86,34 @@ class KVCache(ABC):
             raise TypeError(f"layer_idx must be an int, got {type(layer_idx).__name__}")
         if not 0 <= layer_idx < self.n_layers:
             raise ValueError(f"layer_idx ({layer_idx}) must be in [0, {self.n_layers})")
+
+
+class CountedCache(KVCache):
+    """A cache that holds up to `capacity` tokens per layer and counts them per layer
+    (contiguous, latent, quantized, recurrent state): the shared bookkeeping."""
+
+    def _init_counts(self, n_layers: int, batch: int, capacity: int) -> None:
+        self.n_layers = check_positive_int("n_layers", n_layers)
+        self.batch = check_positive_int("batch", batch)
+        self._capacity = check_positive_int("capacity", capacity)
+        self._lens = [0] * n_layers  # tokens stored per layer, tracked independently
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def seq_len(self, layer_idx: int = 0) -> int:
+        self._check_layer(layer_idx)
+        return self._lens[layer_idx]
+
+    def _check_room(self, layer_idx: int, n_tokens: int) -> int:
+        """End position after appending `n_tokens`; raises before anything is written."""
+        start = self._lens[layer_idx]
+        if start + n_tokens > self._capacity:
+            raise CacheOverflowError(
+                f"cache overflow at layer {layer_idx}: {start} stored + {n_tokens} new = "
+                f"{start + n_tokens} tokens requested, capacity is {self._capacity}")
+        return start + n_tokens
 
 
 class CacheStack(KVCache):

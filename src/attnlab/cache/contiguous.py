@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive_int, check_tensor
-from .base import CacheOverflowError, KVCache
+from .base import CountedCache
 
 
 def _check_dtype_device(dtype, device) -> tuple[torch.dtype, torch.device]:
@@ -33,7 +33,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return a.index is None or b.index is None or a.index == b.index
 
 
-class _SlabCache(KVCache):
+class _SlabCache(CountedCache):
     """Shared machinery: two per-layer slabs (`first`, `second`) with time at `time_dim`.
 
     Subclasses give the per-layer trailing shapes and the names of the two inputs; this
@@ -46,9 +46,7 @@ class _SlabCache(KVCache):
     def __init__(self, n_layers: int, batch: int, capacity: int,
                  shape_a: tuple[int, ...], shape_b: tuple[int, ...], time_dim: int,
                  dtype: torch.dtype, device) -> None:
-        self.n_layers = check_positive_int("n_layers", n_layers)
-        self.batch = check_positive_int("batch", batch)
-        self._capacity = check_positive_int("capacity", capacity)
+        self._init_counts(n_layers, batch, capacity)
         self.dtype, self.device = _check_dtype_device(dtype, device)
         self._time_dim = time_dim  # time axis inside one layer's (B, ...) slab
         # per-layer slab shapes with a capacity-long time axis inserted at time_dim
@@ -56,17 +54,8 @@ class _SlabCache(KVCache):
         full_b = (batch, *shape_b[: time_dim - 1], capacity, *shape_b[time_dim - 1:])
         self._buf_a = torch.zeros((n_layers, *full_a), dtype=dtype, device=self.device)
         self._buf_b = torch.zeros((n_layers, *full_b), dtype=dtype, device=self.device)
-        self._lens = [0] * n_layers  # tokens stored per layer, tracked independently
 
     # --- interface -------------------------------------------------------------------
-    @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    def seq_len(self, layer_idx: int = 0) -> int:
-        self._check_layer(layer_idx)
-        return self._lens[layer_idx]
-
     def kv_positions(self, layer_idx: int = 0) -> torch.Tensor:
         return torch.arange(self.seq_len(layer_idx), device=self.device)
 
@@ -126,11 +115,7 @@ class _SlabCache(KVCache):
         if ta != tb:
             raise ValueError(f"{na} has {ta} new tokens but {nb} has {tb}; expected equal")
         start = self._lens[layer_idx]
-        stop = start + ta
-        if stop > self._capacity:  # checked before any write: stored tokens stay intact
-            raise CacheOverflowError(
-                f"cache overflow at layer {layer_idx}: {start} stored + {ta} new = {stop} "
-                f"tokens requested, capacity is {self._capacity}")
+        stop = self._check_room(layer_idx, ta)  # before any write: stored tokens stay intact
         self._buf_a[layer_idx].narrow(self._time_dim, start, ta).copy_(a)  # O(T) writes
         self._buf_b[layer_idx].narrow(self._time_dim, start, tb).copy_(b)
         self._lens[layer_idx] = stop

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_divisible, check_positive_int
-from .base import CacheOverflowError, KVCache
+from .base import CountedCache, KVCache
 from .contiguous import _check_dtype_device
 
 # --- pure quantization functions ---------------------------------------------------------
@@ -70,23 +70,12 @@ def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
 
 # --- caches ------------------------------------------------------------------------------
 
-class _QuantBase(KVCache):
+class _QuantBase(CountedCache):
     def __init__(self, n_layers, batch, n_kv_heads, head_dim, capacity, dtype, device):
-        self.n_layers = check_positive_int("n_layers", n_layers)
-        self.batch = check_positive_int("batch", batch)
+        self._init_counts(n_layers, batch, capacity)
         self.n_kv_heads = check_positive_int("n_kv_heads", n_kv_heads)
         self.head_dim = check_positive_int("head_dim", head_dim)
-        self._capacity = check_positive_int("capacity", capacity)
         self.dtype, self.device = _check_dtype_device(dtype, device)
-        self._lens = [0] * n_layers
-
-    @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    def seq_len(self, layer_idx: int = 0) -> int:
-        self._check_layer(layer_idx)
-        return self._lens[layer_idx]
 
     def _check_kv(self, layer_idx, k, v) -> int:
         self._check_layer(layer_idx)
@@ -100,10 +89,7 @@ class _QuantBase(KVCache):
         if k.shape[2] != v.shape[2]:
             raise ValueError(f"k has {k.shape[2]} new tokens but v has {v.shape[2]}")
         T = k.shape[2]
-        if self._lens[layer_idx] + T > self._capacity:
-            raise CacheOverflowError(f"cache overflow at layer {layer_idx}: "
-                                     f"{self._lens[layer_idx]} stored + {T} new > capacity "
-                                     f"{self._capacity}")
+        self._check_room(layer_idx, T)  # before any write
         return T
 
     def _bufs(self):

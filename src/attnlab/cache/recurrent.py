@@ -19,10 +19,10 @@ from collections.abc import Mapping
 import torch
 
 from .._checks import check_positive_int, check_tensor
-from .base import CacheOverflowError, CacheStack, KVCache
+from .base import CacheStack, CountedCache, KVCache
 
 
-class RecurrentStateCache(KVCache):
+class RecurrentStateCache(CountedCache):
     """Fixed-size per-layer state tensors `(batch, *shape)` for each named entry.
 
     `shapes`: name -> per-sequence shape, e.g. {"S": (H, F, Dv), "z": (H, F)}.
@@ -32,9 +32,7 @@ class RecurrentStateCache(KVCache):
     def __init__(self, n_layers: int, batch: int, shapes: Mapping[str, tuple[int, ...]], *,
                  capacity: int, dtype: torch.dtype = torch.float32, device="cpu",
                  fill: Mapping[str, float] | None = None) -> None:
-        self.n_layers = check_positive_int("n_layers", n_layers)
-        self.batch = check_positive_int("batch", batch)
-        self._capacity = check_positive_int("capacity", capacity)
+        self._init_counts(n_layers, batch, capacity)
         if not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__}")
         if not shapes:
@@ -47,18 +45,9 @@ class RecurrentStateCache(KVCache):
         self.dtype, self.device = dtype, torch.device(device)
         self._bufs = {name: torch.empty((n_layers, batch, *shp), dtype=dtype, device=self.device)
                       for name, shp in self.shapes.items()}  # (L, B, *shape) each
-        self._lens = [0] * n_layers
         self.reset()
 
     # --- interface -------------------------------------------------------------------
-    @property
-    def capacity(self) -> int:
-        return self._capacity
-
-    def seq_len(self, layer_idx: int = 0) -> int:
-        self._check_layer(layer_idx)
-        return self._lens[layer_idx]
-
     def reset(self) -> None:
         for name, buf in self._bufs.items():
             buf.fill_(self.fill.get(name, 0.0))
@@ -74,16 +63,10 @@ class RecurrentStateCache(KVCache):
         self._check_layer(layer_idx)
         return {name: buf[layer_idx] for name, buf in self._bufs.items()}
 
-    def _check_room(self, layer_idx: int, n_tokens: int) -> None:
-        check_positive_int("n_tokens", n_tokens, minimum=0)
-        if self._lens[layer_idx] + n_tokens > self._capacity:
-            raise CacheOverflowError(
-                f"appending {n_tokens} tokens to layer {layer_idx} holding "
-                f"{self._lens[layer_idx]} exceeds capacity ({self._capacity})")
-
     def commit(self, layer_idx: int, new_state: Mapping[str, torch.Tensor], n_tokens: int) -> None:
         """Overwrite this layer's state after `n_tokens` more tokens (checked before writing)."""
         self._check_layer(layer_idx)
+        check_positive_int("n_tokens", n_tokens, minimum=0)
         self._check_room(layer_idx, n_tokens)
         if set(new_state) != set(self._bufs):
             raise ValueError(f"new_state names {sorted(new_state)}; expected {sorted(self._bufs)}")
