@@ -99,3 +99,47 @@ def test_auto_falls_back_to_torch_with_grad_fp16_noncontiguous_or_forced(monkeyp
     assert calls == [1]
     with pytest.raises(ValueError, match="impl 'numba'"):
         decode_attention(q, kt, v, impl="numba")
+
+
+# R = G·Nq == 4 takes the specialised kernel (4 rows per K/V read, block exp, p·V four keys
+# per pass); other R the generic one. Odd lengths leave partial key blocks and 4-key groups.
+@pytest.mark.parametrize("shape", [  # B, Hq, Hkv, Nq, Nk, D
+    (1, 32, 8, 1, 1001, 128), (2, 8, 2, 2, 77, 16),  # R = 4
+    (1, 3, 1, 1, 203, 32), (2, 10, 2, 1, 131, 8),  # R = 3, 5: generic kernel
+])
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("chunk", [1, 7, 33, 100, 8192])
+def test_numba_fast_and_generic_rows_match_torch(shape, mask, chunk):
+    if shape[4] > 500 and chunk < 33:
+        pytest.skip("many tiny chunks of a long cache: covered by the short shapes")
+    q, k, v = rand_qkv(*shape)
+    _check(q, k, v, make_mask(mask, shape[3], shape[4]), chunk)
+
+
+def test_numba_fast_path_wide_score_range_and_masked_nan_values():
+    q, k, v = rand_qkv(1, 8, 2, 1, 300, 16)
+    q = q * 30.0  # scores spread over tens of units: exercises the exp range reduction
+    _check(q, k, v, None, chunk=64)
+    keep = torch.rand(1, 8, 1, 300, generator=torch.Generator().manual_seed(2)) > 0.3
+    keep[..., 5:9] = False  # 4 consecutive keys masked for every row of the group
+    k2, v2 = k.clone(), v.clone()
+    k2[..., 5:9, :] = float("nan")
+    v2[..., 5:9, :] = float("nan")
+    out = decode_attention(q, k2, v2, mask=keep, chunk=64, impl="numba")
+    torch.testing.assert_close(out, attention_reference(q, k, v, mask=keep), **TOL)
+
+
+def test_block_exp_accuracy_and_special_values():
+    import numpy as np
+    dn._kernel()
+    x = np.concatenate([-np.logspace(-8, np.log10(87.0), 4000), -np.linspace(0, 86.9, 4000),
+                        [0.0, -1e-30, -87.0, -88.0, -200.0, -np.inf, np.nan]]).astype(np.float32)
+    ib = np.empty(x.size, dtype=np.int32)
+    p = np.empty_like(x)
+    dn._EXP(x, x.size, ib, ib.view(np.float32), p)
+    want = np.exp(x.astype(np.float64))
+    ok = x >= -87.0
+    rel = np.abs(p[ok] - want[ok]) / want[ok]
+    assert rel.max() <= 1e-6
+    assert p[x == 0][0] == 1.0 and bool((p[(x < -87.0)] == 0).all())  # −inf and underflow → 0
+    assert np.isnan(p[-1])

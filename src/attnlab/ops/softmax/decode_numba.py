@@ -11,6 +11,11 @@ once and used at once by the G·Nq query rows of its group — a GEMV-like pass:
                                 m' = max(m, max_j s);  α = exp(m − m')
                                 p = exp(s − m');  l = α·l + Σ_j p;  acc = α·acc + p·V_block
 
+When R == 4 (e.g. Hq 32, Hkv 8, one token) a specialised kernel runs: the 4 dot products
+of a key share one pass over its row (4 scalar accumulators, vectorised over d), exp is a
+vectorisable range-reduced polynomial over the key block (2^k built from int32 bits;
+rel. error < 1e-6, −inf → 0, NaN kept), and p·V adds four keys per pass over each
+accumulator row (a quarter of the accumulator loads/stores). Other R use the generic kernel.
 Work items are spread over threads with `numba.prange`. Statistics (running max, sum)
 and the accumulator are float32. Masked keys (keep = False) contribute nothing; a row
 with no visible key in a chunk gets o = 0, lse = −inf, so `merge_many` treats it as empty.
@@ -38,6 +43,7 @@ def available() -> bool:
 
 
 _KERNEL = None
+_EXP = None  # the block exp (compiled with the kernels), exposed for its accuracy test
 
 
 def _kernel():
@@ -47,6 +53,152 @@ def _kernel():
         return _KERNEL
     import numba
     import numpy as np
+
+    @numba.njit(inline="always", fastmath=_FASTMATH)
+    def vexp(x, n, ib, fb, p):
+        # p[j] = exp(x[j]) for j < n, x ≤ 0 or −inf (→ 0 exactly); ib (KB,) int32 and
+        # fb = ib.view(float32) hold 2^k. exp(x) = 2^k·exp(t), k = round(x/ln2),
+        # t = x − k·ln2 (two-part ln2), |t| ≤ ln2/2: degree-7 Taylor, rel. error < 2e-7
+        for j in range(n):
+            xj = max(x[j], np.float32(-87.0))  # 2^k stays normal (k ≥ −126)
+            kf = np.float32(np.int32(xj * np.float32(1.4426950408889634) - np.float32(0.5)))
+            t = xj - kf * np.float32(0.693145751953125)
+            t = t - kf * np.float32(1.428606765330187e-06)
+            e = np.float32(1.0 / 5040.0)
+            e = e * t + np.float32(1.0 / 720.0)
+            e = e * t + np.float32(1.0 / 120.0)
+            e = e * t + np.float32(1.0 / 24.0)
+            e = e * t + np.float32(1.0 / 6.0)
+            e = e * t + np.float32(0.5)
+            e = e * t + np.float32(1.0)
+            e = e * t + np.float32(1.0)
+            ib[j] = (np.int32(kf) + np.int32(127)) << np.int32(23)
+            xo = x[j]  # below −87 (and −inf) → 0; NaN stays NaN
+            p[j] = e if xo >= np.float32(-87.0) else (np.float32(0.0) if xo < 0 else xo)
+        for j in range(n):
+            p[j] = p[j] * fb[j]
+
+    @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+    def chunks4(q, k, v, keep, has_mask, scale, chunk, o_part, lse_part):
+        # R == 4 path; same arguments as `chunks`. Row r's scores in s[r], its
+        # accumulator in acc[r]; all 4 rows are updated from one read of each K/V row.
+        B, Hkv, R, D = q.shape
+        Nk = k.shape[2]
+        Dv = v.shape[3]
+        C = o_part.shape[2]
+        Bm, Hm = keep.shape[0], keep.shape[1]
+        neg_inf = np.float32(-np.inf)
+        sc = np.float32(scale)
+        for item in numba.prange(B * Hkv * C):
+            b = item // (Hkv * C)
+            h = (item // C) % Hkv
+            c = item % C
+            bm = b if Bm > 1 else 0
+            hm = h if Hm > 1 else 0
+            acc = np.zeros((4, Dv), dtype=np.float32)
+            a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+            m = np.full(4, neg_inf, dtype=np.float32)
+            l = np.zeros(4, dtype=np.float32)
+            s = np.empty((4, KEY_BLOCK), dtype=np.float32)
+            p = np.empty((4, KEY_BLOCK), dtype=np.float32)
+            ib = np.empty(KEY_BLOCK, dtype=np.int32)
+            fb = ib.view(np.float32)
+            q0, q1, q2, q3 = q[b, h, 0], q[b, h, 1], q[b, h, 2], q[b, h, 3]
+            c0 = c * chunk
+            c1 = min(c0 + chunk, Nk)
+            for j0 in range(c0, c1, KEY_BLOCK):
+                nb = min(KEY_BLOCK, c1 - j0)
+                for jj in range(nb):  # 4 dot products from one pass over the key row
+                    kj = k[b, h, j0 + jj]
+                    t0 = np.float32(0.0)
+                    t1 = np.float32(0.0)
+                    t2 = np.float32(0.0)
+                    t3 = np.float32(0.0)
+                    for d in range(D):
+                        kd = kj[d]
+                        t0 += q0[d] * kd
+                        t1 += q1[d] * kd
+                        t2 += q2[d] * kd
+                        t3 += q3[d] * kd
+                    s[0, jj] = t0 * sc
+                    s[1, jj] = t1 * sc
+                    s[2, jj] = t2 * sc
+                    s[3, jj] = t3 * sc
+                if has_mask:  # masked scores become −inf (a NaN key there is dropped)
+                    for r in range(4):
+                        kr = keep[bm, hm, r]
+                        for jj in range(nb):
+                            if kr[j0 + jj] == 0:
+                                s[r, jj] = neg_inf
+                for r in range(4):  # online softmax: block max, rescale, p = exp(s − m)
+                    pr = p[r]
+                    mb = neg_inf
+                    if math.isnan(m[r]):
+                        mb = m[r]
+                    else:
+                        for jj in range(nb):
+                            if not s[r, jj] <= mb:  # also true for NaN: it must propagate
+                                mb = s[r, jj]
+                    if math.isnan(mb):  # poisoned row: p = 0 from here on, stats NaN
+                        m[r] = mb
+                        l[r] = mb
+                        pr[:nb] = 0.0
+                        continue
+                    m_new = max(m[r], mb)
+                    if m_new == neg_inf:
+                        pr[:nb] = 0.0  # no visible key yet for row r
+                        continue
+                    if m_new > m[r]:
+                        alpha = np.float32(math.exp(m[r] - m_new))  # exp(-inf) = 0 at start
+                        l[r] *= alpha
+                        ar = acc[r]
+                        for e in range(Dv):
+                            ar[e] *= alpha
+                        m[r] = m_new
+                    sr = s[r]
+                    for jj in range(nb):
+                        sr[jj] = sr[jj] - m_new
+                    vexp(sr, nb, ib, fb, pr)
+                    t = np.float32(0.0)
+                    for jj in range(nb):
+                        t += pr[jj]
+                    l[r] += t
+                jj = 0
+                while jj < nb:  # p·V: each value row read once for the 4 rows
+                    if jj + 4 <= nb and not has_mask:  # 4 keys per pass: acc stored 1/4 as often
+                        va = v[b, h, j0 + jj]
+                        vb = v[b, h, j0 + jj + 1]
+                        vc = v[b, h, j0 + jj + 2]
+                        vd = v[b, h, j0 + jj + 3]
+                        for r in range(4):
+                            ar = acc[r]
+                            pa, pb = p[r, jj], p[r, jj + 1]
+                            pc, pd = p[r, jj + 2], p[r, jj + 3]
+                            for e in range(Dv):
+                                ar[e] += pa * va[e] + pb * vb[e] + pc * vc[e] + pd * vd[e]
+                        jj += 4
+                        continue
+                    if not (s[0, jj] == neg_inf and s[1, jj] == neg_inf
+                            and s[2, jj] == neg_inf and s[3, jj] == neg_inf):
+                        p0, p1, p2, p3 = p[0, jj], p[1, jj], p[2, jj], p[3, jj]
+                        vj = v[b, h, j0 + jj]
+                        for e in range(Dv):
+                            ve = vj[e]
+                            a0[e] += p0 * ve
+                            a1[e] += p1 * ve
+                            a2[e] += p2 * ve
+                            a3[e] += p3 * ve
+                    jj += 1
+            for r in range(4):
+                if not (m[r] == neg_inf and l[r] == 0.0):  # NaN stays NaN (reported later)
+                    inv = np.float32(1.0) / l[r]
+                    for e in range(Dv):
+                        o_part[b, h, c, r, e] = acc[r, e] * inv
+                    lse_part[b, h, c, r] = m[r] + np.float32(math.log(l[r]))
+                else:
+                    for e in range(Dv):
+                        o_part[b, h, c, r, e] = 0.0
+                    lse_part[b, h, c, r] = neg_inf
 
     @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
     def chunks(q, k, v, keep, has_mask, scale, chunk, o_part, lse_part):
@@ -123,7 +275,9 @@ def _kernel():
                         o_part[b, h, c, r, e] = 0.0
                     lse_part[b, h, c, r] = neg_inf
 
-    _KERNEL = chunks
+    global _EXP
+    _EXP = vexp
+    _KERNEL = (chunks4, chunks)
     return _KERNEL
 
 
@@ -154,6 +308,8 @@ def decode_numba(qg: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
         keep_u8 = torch.ones(1, 1, 1, 1, dtype=torch.uint8)  # unread: has_mask is False
     else:
         keep_u8 = keep.to(torch.uint8).contiguous()  # (B|1, Hkv|1, R, Nk)
-    _kernel()(qg.contiguous().numpy(), k.numpy(), v.numpy(), keep_u8.numpy(), keep is not None,
-              float(scale), int(chunk), o_part.numpy(), lse_part.numpy())
+    fast, generic = _kernel()
+    kern = fast if R == 4 else generic
+    kern(qg.contiguous().numpy(), k.numpy(), v.numpy(), keep_u8.numpy(), keep is not None,
+         float(scale), int(chunk), o_part.numpy(), lse_part.numpy())
     return merge_many(list(o_part.unbind(2)), list(lse_part.unbind(2)))
