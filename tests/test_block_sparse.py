@@ -160,3 +160,60 @@ def test_full_stretches_split_into_unmasked_calls(mask, monkeypatch):
     q, k, v = rand_qkv(2, 4, 2, 129, 129, 16, grad=True)
     check_against_reference(block_sparse_attention, q, k, v, m,
                             fast_kw={"q_block": 8, "kv_block": 8, "impl": "fused"})
+
+
+def test_fused_schedule_memoised_on_the_mask():
+    """A layer calls again with the same Mask: the second call evaluates no predicate and
+    gives the same output and gradients; other shapes get their own entries, at most
+    SCHEDULE_MEMO_ENTRIES of them; bool masks and explicit positions are never memoised."""
+    calls = []
+    base = M.sliding_window(16)
+
+    def fn(b, h, q, k):
+        calls.append(q.numel() * k.numel())
+        return base(b, h, q, k)
+
+    mask = M.Mask(fn, "counted_window", kv_bounds=base._kv_bounds)
+    q, k, v = rand_qkv(1, 4, 2, 200, 200, 8)
+    first = block_sparse_attention(q, k, v, mask=mask, q_block=32, kv_block=32, impl="fused")
+    assert calls
+    calls.clear()
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    again = block_sparse_attention(qg, kg, vg, mask=mask, q_block=32, kv_block=32, impl="fused")
+    assert calls == []  # schedule (masks included) came from the memo
+    assert torch.equal(first, again.detach())
+    again.square().sum().backward()
+    ref = [t.clone().requires_grad_() for t in (q, k, v)]
+    attention_reference(*ref, mask=base).square().sum().backward()
+    for got, want in zip((qg, kg, vg), ref):
+        torch.testing.assert_close(got.grad, want.grad, **TOL)
+    for n in (40, 72, 104, 136, 168):  # five more shapes: the oldest entries are dropped
+        q2, k2, v2 = rand_qkv(1, 4, 2, n, n, 8)
+        out = block_sparse_attention(q2, k2, v2, mask=mask, q_block=32, kv_block=32)
+        torch.testing.assert_close(out, attention_reference(q2, k2, v2, mask=base),
+                                   **TOL)
+    kept = [key for key in mask._layouts if key[:1] == ("fused schedule",)]
+    assert len(kept) == BS.SCHEDULE_MEMO_ENTRIES
+
+
+def test_large_schedules_stay_lazy(monkeypatch):
+    monkeypatch.setattr(BS, "SCHEDULE_MEMO_BYTES", 1)
+    mask = M.causal()
+    q, k, v = rand_qkv(1, 2, 2, 96, 96, 8)
+    block_sparse_attention(q, k, v, mask=mask, q_block=32, kv_block=32, impl="fused")
+    assert not [key for key in mask._layouts if key[:1] == ("fused schedule",)]
+
+
+def test_result_check_one_reduction_then_elementwise():
+    from attnlab.ops.softmax.flash import check_result
+
+    lse = torch.zeros(1, 1, 4)
+    huge = torch.full((1, 1, 4, 2), 3e38)  # finite entries whose sum overflows
+    check_result(huge, lse)  # no error: the elementwise test clears it
+    for bad in (float("nan"), float("inf")):
+        out = torch.zeros(1, 1, 4, 2)
+        out[0, 0, 2, 1] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            check_result(out, lse)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        check_result(torch.zeros(1, 1, 4, 2), torch.tensor([[[0.0, float("nan"), 0, 0]]]))

@@ -22,7 +22,9 @@ Two implementations, the same answer:
   query blocks whose run has the same length, the same offset and an identical mask
   (every interior block of a sliding window) are stacked into ONE batched call, the
   overlapping key ranges unfolded (bounded by BATCH_COPY_BYTES): under load on 2 cores,
-  a few large calls were 1.7–2.5× faster than one call per block (kernels.md).
+  a few large calls were 1.7–2.5× faster than one call per block (kernels.md). With a
+  `Mask` and default positions the schedule (runs and their additive masks) is memoised
+  on the mask when small, so a layer's repeated calls skip predicate evaluation.
 - "tiled": the readable pure-torch FlashAttention-2 tiles of `flash.py`, visiting only
   the non-empty blocks.
 
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -194,6 +196,37 @@ def _schedule(plan, tile_mask, B, Hkv, G, D, dtype) -> Iterator[_Item]:
         yield prev
 
 
+# schedules whose masks total at most this many bytes are memoised on the Mask object,
+# at most SCHEDULE_MEMO_ENTRIES shapes per mask (the oldest is dropped)
+SCHEDULE_MEMO_BYTES = 64 * 2 ** 20
+SCHEDULE_MEMO_ENTRIES = 4
+
+
+def _memo_schedule(memo, plan, tile_mask, B, Hkv, G, D, dtype) -> Iterator[_Item]:
+    """`_schedule`, memoised in `memo = (dict, key)` (the mask's layout memo: default
+    positions only) when its additive masks are small, e.g. every sliding window; a layer
+    calling with the same mask then skips predicate evaluation and mask comparisons. Large
+    schedules (a long causal run keeps a (G·n × run) mask per query block) stay lazy."""
+    if memo is None:
+        yield from _schedule(plan, tile_mask, B, Hkv, G, D, dtype)
+        return
+    store, key = memo
+    if key in store:
+        yield from store[key]
+        return
+    kept, size = [], 0
+    for it in _schedule(plan, tile_mask, B, Hkv, G, D, dtype):
+        if kept is not None:
+            size += sum(a.numel() * a.element_size() for _, _, a, _ in it.runs if a is not None)
+            kept = kept + [it] if size <= SCHEDULE_MEMO_BYTES else None
+        yield it
+    if kept is not None:
+        old = [k for k in store if isinstance(k, tuple) and k[:1] == key[:1]]
+        for k in old[:max(0, len(old) + 1 - SCHEDULE_MEMO_ENTRIES)]:
+            del store[k]
+        store[key] = kept
+
+
 def _batch_rows(x, a: int, nb: int, n: int, B: int, Hkv: int, G: int):
     """Rows [a, a + nb·n) of x (B, Hkv, G, N, ·) -> (nb·B, Hkv, G·n, ·), block-major."""
     c = x.shape[-1]
@@ -230,11 +263,14 @@ def _fused_forward(q, k, v, scale, plan, tile_mask):
     B, Hq, Nq, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
-    out = q.new_zeros(B, Hq, Nq, D)
+    out = q.new_empty(B, Hq, Nq, D)  # every row is written below: by a run or as empty
     lse = torch.full((B, Hq, Nq, 1), float("-inf"), dtype=torch.float32)
+    for q0, q1, ks in plan.rows:
+        if not ks:  # no visible key in the whole block: output 0, lse -inf
+            out[:, :, q0:q1] = 0
     og, lg = out.view(B, Hkv, G, Nq, D), lse.view(B, Hkv, G, Nq, 1)
     qg = q.view(B, Hkv, G, Nq, D)
-    for it in _schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
+    for it in _memo_schedule(plan.memo, plan, tile_mask, B, Hkv, G, D, q.dtype):
         nb, n, a = len(it.q0s), it.n, it.q0s[0]
         qb = _batch_rows(qg, a, nb, n, B, Hkv, G)  # (nb·B, Hkv, G·n, D)
         outs, lses = [], []
@@ -262,7 +298,7 @@ def _fused_backward(do, q, k, v, out, lse, scale, plan, tile_mask):
 
     qg, dog, og, dqg = fold(q), fold(do), fold(out), fold(dq)
     lg = fold(lse_safe.unsqueeze(-1))
-    for it in _schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
+    for it in _memo_schedule(plan.memo, plan, tile_mask, B, Hkv, G, D, q.dtype):
         nb, n, a = len(it.q0s), it.n, it.q0s[0]
         qb, dob, ob = (_batch_rows(x, a, nb, n, B, Hkv, G) for x in (qg, dog, og))
         lb = _batch_rows(lg, a, nb, n, B, Hkv, G).squeeze(-1)
@@ -300,7 +336,7 @@ def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None,
     statistics; the tiled path computes in float32. Rows with no visible key give 0 and
     lse = -inf. Raises ValueError if a NaN/inf input reaches the output.
     """
-    B, Hq, _Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
+    B, Hq, Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
     check_positive_int("q_block", q_block)
     check_positive_int("kv_block", kv_block)
     if impl not in IMPLS:
@@ -313,6 +349,9 @@ def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None,
     kinds = block_kinds(mask, B, Hq, Nq, Nk, q_block, kv_block, q_pos, kv_pos)
     plan = tile_plan(kinds, Nq, Nk, q_block, kv_block)
     tile_mask = make_tile_mask(mask, B, Hq, Nq, Nk, q_pos, kv_pos)
+    if isinstance(mask, Mask) and q_pos is None and kv_pos is None:
+        plan = replace(plan, memo=(mask._layouts, ("fused schedule", B, Hq, Hkv, Nq, Nk, D,
+                                                   q_block, kv_block, q.dtype)))
     if impl == "tiled" or Dv != D:
         return run_tiles(q, k, v, scale, plan, tile_mask, return_lse)
     qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()

@@ -44,11 +44,14 @@ TileMask = Callable[[int, int, int, int], "torch.Tensor | None"]
 class TilePlan:
     """Which tiles to visit. `rows[i] = (q0, q1, [(k0, k1, masked), ...])`: key ranges of
     query block i in increasing order; `masked` says the tile needs `tile_mask` (PARTIAL),
-    otherwise every entry is visible (FULL). Ranges left out are EMPTY and never read."""
+    otherwise every entry is visible (FULL). Ranges left out are EMPTY and never read.
+    `memo`: optional (dict, key) where an executor may keep work derived from this plan
+    and its mask (the block-sparse schedule), for later calls with the same mask."""
 
     nq: int
     nk: int
     rows: tuple
+    memo: tuple | None = None
 
     @staticmethod
     def dense(nq: int, nk: int, q_block: int, kv_block: int, masked: bool) -> TilePlan:
@@ -222,8 +225,12 @@ def compute_dtype(q: torch.Tensor) -> torch.dtype:
 
 def check_result(out: torch.Tensor, lse: torch.Tensor) -> None:
     """Non-finite inputs: raise when they reach the result (an O(N·Dv) check of the output,
-    so decoding never re-reads the cache). lse may be -inf only on rows with no key."""
-    if not bool(torch.isfinite(out).all()) or bool((torch.isnan(lse) | (lse == float("inf"))).any()):
+    so decoding never re-reads the cache). lse may be -inf only on rows with no key.
+    One reduction first: a finite sum means finite entries; only a non-finite sum (a NaN or
+    inf, or finite values overflowing the sum) pays for the elementwise test."""
+    total = out.sum()
+    bad_out = not bool(torch.isfinite(total)) and not bool(torch.isfinite(out).all())
+    if bad_out or bool((torch.isnan(lse) | (lse == float("inf"))).any()):
         raise ValueError("q, k or v contains NaN or inf that reaches the output; "
                          "expected finite values in every visible query/key/value")
 
