@@ -7,6 +7,7 @@ from ...ops.linear import linear_attention
 from ...ops.softmax import attention
 from ..registry import Evidence, EvidenceContext, Question
 from ..titles import TITLES
+from ._kv_quality import full_table
 
 
 def _recall(n_pairs: int, d: int, trials: int, g: torch.Generator) -> dict[str, float]:
@@ -62,6 +63,20 @@ def evidence(ctx: EvidenceContext) -> Evidence:
              f"elu+1: {le}")
     ev.check("softmax pays for it: its cache at n = 256 is larger than the linear state",
              kv[big] > state, f"{kv[big]} vs {state}")
+    tab = full_table()  # trained small models (KV-sharing experiment, 3 seeds) when committed
+    if tab is not None:
+        rows = {t: {r["variant"]: r for r in tab[t]["rows"]} for t in ("mqar", "text")}
+        for name in ("MHA", "linear", "SSD"):
+            m, t = rows["mqar"][name], rows["text"][name]
+            ev.measurements[f"trained 2-layer models, {name}: KV B/token, MQAR acc, text loss"] = (
+                m["kv_bytes_per_token"], f"{m['acc']:.3f} ± {m['acc_sd']:.3f}",
+                f"{t['loss']:.3f} ± {t['loss_sd']:.3f}")
+        mha, lin = rows["mqar"]["MHA"], rows["mqar"]["linear"]
+        ev.check("trained small models (3 seeds, committed run): linear attention recalls "
+                 "less than softmax MHA on MQAR",
+                 lin["acc"] + lin["acc_sd"] < mha["acc"],
+                 f"{lin['acc']:.3f} ± {lin['acc_sd']:.3f} vs {mha['acc']:.3f} ± "
+                 f"{mha['acc_sd']:.3f}")
     ev.key_figure = (f"recall at n = 256 pairs, width {d}: softmax {sm[big]:.0%}, linear "
                      f"{li[big]:.0%} (identity φ) / {le[big]:.0%} (elu+1); state {state} numbers "
                      f"vs KV {kv[big]}")
@@ -98,7 +113,10 @@ QUESTION = Question(
         "The seed's complexity formula was lost (restored above). Its quality claim is stated "
         "without a mechanism; the evidence shows the one that matters — a fixed d×d state "
         "holds about d associations. The probe uses random, untrained keys (a capacity "
-        "argument), not trained models."
+        "argument); the committed KV-sharing run adds trained 2-layer models (3 seeds, 500 "
+        "steps): on MQAR linear attention recalls 0.18 against 0.26 for MHA and Mamba-2 SSD "
+        "stays near chance (0.06), while on bytes of text SSD reaches the lowest loss. At "
+        "this size and training time that ranks recall, not language-model quality at scale."
     ),
     evidence=evidence,
 )
