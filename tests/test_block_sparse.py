@@ -72,15 +72,20 @@ def test_empty_blocks_are_never_read():
         torch.testing.assert_close(out, want, **TOL)
 
 
-def test_mask_evaluated_only_on_partial_blocks():
+def counted_window(w: int):
+    """A sliding-window Mask that records how many entries each evaluation covers."""
     calls = []
-    base = M.sliding_window(16)
+    base = M.sliding_window(w)
 
     def fn(b, h, q, k):
         calls.append(q.numel() * k.numel())
         return base(b, h, q, k)
 
-    mask = M.Mask(fn, "counted_window", kv_bounds=base._kv_bounds)
+    return M.Mask(fn, "counted_window", kv_bounds=base._kv_bounds), base, calls
+
+
+def test_mask_evaluated_only_on_partial_blocks():
+    mask, _, calls = counted_window(16)
     q, k, v = rand_qkv(1, 1, 1, 256, 256, 8)
     layout = M.block_layout(mask, 256, 256, 32, 32)  # lowering itself is memoised
     calls.clear()
@@ -165,15 +170,8 @@ def test_full_stretches_split_into_unmasked_calls(mask, monkeypatch):
 def test_fused_schedule_memoised_on_the_mask():
     """A layer calls again with the same Mask: the second call evaluates no predicate and
     gives the same output and gradients; other shapes get their own entries, at most
-    SCHEDULE_MEMO_ENTRIES of them; bool masks and explicit positions are never memoised."""
-    calls = []
-    base = M.sliding_window(16)
-
-    def fn(b, h, q, k):
-        calls.append(q.numel() * k.numel())
-        return base(b, h, q, k)
-
-    mask = M.Mask(fn, "counted_window", kv_bounds=base._kv_bounds)
+    SCHEDULE_MEMO_ENTRIES of them; calls with explicit positions are never memoised."""
+    mask, base, calls = counted_window(16)
     q, k, v = rand_qkv(1, 4, 2, 200, 200, 8)
     first = block_sparse_attention(q, k, v, mask=mask, q_block=32, kv_block=32, impl="fused")
     assert calls
@@ -194,6 +192,11 @@ def test_fused_schedule_memoised_on_the_mask():
                                    **TOL)
     kept = [key for key in mask._layouts if key[:1] == ("fused schedule",)]
     assert len(kept) == BS.SCHEDULE_MEMO_ENTRIES
+    calls.clear()
+    pos = torch.arange(200)
+    block_sparse_attention(q, k, v, mask=mask, q_block=32, kv_block=32, q_pos=pos, kv_pos=pos)
+    assert calls  # explicit positions: evaluated again, not memoised
+    assert len([key for key in mask._layouts if key[:1] == ("fused schedule",)]) == len(kept)
 
 
 def test_large_schedules_stay_lazy(monkeypatch):
