@@ -2,13 +2,7 @@
 import pytest
 import torch
 
-from attnlab.analysis.hooks import (
-    hf_patterns,
-    linear_pattern,
-    repeat_kv,
-    run_with_cache,
-    ssd_pattern,
-)
+from attnlab.analysis.hooks import hf_patterns, repeat_kv, run_with_cache
 from attnlab.layers.attention import AttentionSpec
 from attnlab.layers.linear_attention import LinearAttentionSpec, PerformerSpec
 from attnlab.layers.mla import MLASpec
@@ -74,10 +68,12 @@ def test_linear_implied_matrix_reproduces_output(spec, N):
     model = lm(spec)
     m = model.blocks[0].mixer
     x = torch.randn(2, N, 32, generator=torch.Generator().manual_seed(3))
-    a = linear_pattern(m, x)
-    out = (a.pattern @ a.v).transpose(1, 2).reshape(2, N, -1)  # (B, N, H·D)
-    torch.testing.assert_close(m.o_proj(out), m(x), atol=1e-5, rtol=1e-4)
-    rows = a.pattern.sum(-1)  # den / (den + eps): just under 1 (Performer features can be tiny)
+    a = m.implied_attention(x)
+    torch.testing.assert_close(a["pattern"] @ a["v"], a["out"])
+    out = a["out"].transpose(1, 2).reshape(2, N, -1)  # (B, N, H·D)
+    with torch.no_grad():
+        torch.testing.assert_close(m.o_proj(out), m(x), atol=1e-5, rtol=1e-4)
+    rows = a["pattern"].sum(-1)  # den / (den + eps): just under 1 (Performer features can be tiny)
     assert bool((rows <= 1 + 1e-6).all()) and bool((rows > 0.99).all())
     assert run_with_cache(model, toks(1, N)).layers[1].kind == "linear"
 
@@ -88,13 +84,13 @@ def test_ssd_implied_matrix_reproduces_output(N):
     m = model.blocks[0].mixer
     x = torch.randn(2, N, 32, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        a, y = ssd_pattern(m, x)
+        a = m.implied_attention(x)
         z = m.in_proj(x)[..., :m.d_inner]
         ref = m(x)
-    yy = y.transpose(1, 2).reshape(2, N, m.d_inner)  # (B, N, d_inner)
-    out = m.out_proj(m.norm(yy * torch.nn.functional.silu(z)))
+        yy = a["out"].transpose(1, 2).reshape(2, N, m.d_inner)  # (B, N, d_inner)
+        out = m.out_proj(m.norm(yy * torch.nn.functional.silu(z)))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
-    assert float(a.pattern.triu(1).abs().max()) == 0.0
+    assert float(a["pattern"].triu(1).abs().max()) == 0.0
     assert run_with_cache(model, toks(1, N)).layers[0].kind == "ssd"
 
 
@@ -124,7 +120,7 @@ def test_rwkv_implied_matrix_reproduces_output(version, N):
         full = t + m._channel_mix(m.ln_cm(x + t), None)
         torch.testing.assert_close(full, m(x), atol=1e-5, rtol=1e-4)
     cache = run_with_cache(model, toks(1, N))
-    assert cache.layers[1].kind == "RWKVMixer"
+    assert cache.layers[1].kind == "rwkv"
     assert cache.layers[1].pattern.shape[1] == (H if version == 6 else 32)
 
 

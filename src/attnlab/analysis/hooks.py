@@ -9,13 +9,11 @@ them). They are the layer's *implied attention matrix*, recomputed from what the
 captured, so head analysis works on every mixer kind:
 - softmax attention (MHA/GQA/MQA/windowed, MLA on its naive path):
   `softmax(scale · q kᵀ + mask)` with the layer's own `Mask` predicate and scale;
-- linear attention / Performer (Katharopoulos et al. 2020; Choromanski et al. 2020):
-  `A = tril(φ(Q) φ(K)ᵀ)`, rows divided by `A·1 + eps`, so `out = A V` exactly;
-- Mamba-2 SSD (Dao & Gu 2024, eq. 16): `M = L ∘ C Bᵀ` with `L_ij = a_{j+1}···a_i` and the
-  step size Δ_j folded into column j, so `y = M X + D·X`. M is not row-stochastic.
-- any mixer with an `implied_attention(x)` method (RWKV: Peng et al. 2023/2024) supplies
-  its own matrix; RWKV-6 gives one unnormalised matrix per head (WKV = A v), RWKV-4 one
-  row-stochastic matrix per channel (each channel is its own head).
+- every mixer that never forms softmax weights supplies its own matrix through an
+  `implied_attention(x)` method (a dict: kind, pattern, q, k, v, out), so a new mixer
+  needs no rule here: linear attention / Performer (`tril(φ(Q) φ(K)ᵀ)` row-normalised,
+  out = A V), Mamba-2 SSD (`M = L ∘ C Bᵀ`, y = M X + D·X, not row-stochastic), RWKV-6
+  (one matrix per head, WKV = A v) and RWKV-4 (one row-stochastic matrix per channel).
 Cost: O(B·H·N²·D) per layer on top of the forward, and O(B·H·N²) memory per pattern.
 """
 from __future__ import annotations
@@ -25,22 +23,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_positive_int, check_tensor
-from ..layers.linear_attention import LinearAttention
-from ..layers.ssd import SSDMixer
 from ..masks import Mask
-from ..ops.ssd.forms import LOG_DECAY_FLOOR, segsum
-
-LINEAR_EPS = 1e-6  # the denominator eps of ops.linear.linear_attention_features (its default)
 
 
 @dataclass
 class LayerActivations:
-    """What one mixer computed. `kind` is "softmax", "linear", "ssd" or the class name of a
-    mixer with its own `implied_attention` (e.g. "RWKVMixer").
+    """What one mixer computed. `kind` is "softmax", or the kind its `implied_attention`
+    reports ("linear", "ssd", "rwkv").
 
     q (B, H, N, Dk), k and v per query head (GQA KV heads repeated to H), scores
     (B, H, N, N) pre-softmax logits with masked entries −inf (softmax only), pattern
@@ -125,44 +117,6 @@ def softmax_pattern(q: torch.Tensor, k: torch.Tensor, mask: Mask | None,
     return scores, pattern
 
 
-def linear_pattern(mixer: LinearAttention, x: torch.Tensor) -> LayerActivations:
-    """Implied matrix of causal normalised linear attention on the mixer input x (B, N, d)."""
-    B, N, _ = x.shape
-    H, Hkv, D = mixer.n_heads, mixer.n_kv_heads, mixer.head_dim
-    q = mixer.q_proj(x).view(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
-    k = mixer.k_proj(x).view(B, N, Hkv, D).transpose(1, 2)  # (B, Hkv, N, D)
-    v = mixer.v_proj(x).view(B, N, Hkv, D).transpose(1, 2)  # (B, Hkv, N, D)
-    qf, kf = mixer.features(q, k)  # (B, H, N, F), (B, Hkv, N, F)
-    raw = (qf @ repeat_kv(kf, H).transpose(-1, -2)).tril()  # (B, H, N, N)
-    pattern = raw / (raw.sum(-1, keepdim=True) + LINEAR_EPS)  # out = pattern @ v exactly
-    return LayerActivations("linear", pattern, q=q, k=repeat_kv(k, H), v=repeat_kv(v, H))
-
-
-def ssd_pattern(mixer: SSDMixer, x: torch.Tensor) -> tuple[LayerActivations, torch.Tensor]:
-    """Implied matrix M = L ∘ C Bᵀ (Δ_j folded in) of a Mamba-2 mixer on input x (B, N, d).
-
-    Returns the activations (q = C, k = B per head, v = X) and the inner output
-    y = M X + D·X (B, H, N, P), which the mixer then gates, normalises and projects.
-    Mirrors `SSDMixer.forward` without a cache (zero conv history).
-    """
-    B, N, _ = x.shape
-    H, P, G, S, K = mixer.n_heads, mixer.head_dim, mixer.n_groups, mixer.d_state, mixer.d_conv
-    _, xbc, dt = mixer.in_proj(x).split([mixer.d_inner, mixer.conv_dim, H], dim=-1)
-    seq = F.pad(xbc, (0, 0, K - 1, 0))  # (B, K−1+N, conv_dim): zero history
-    xbc = F.silu(F.conv1d(seq.transpose(1, 2), mixer.conv.weight, mixer.conv.bias,
-                          groups=mixer.conv_dim)).transpose(1, 2)  # (B, N, conv_dim)
-    xs, Bm, Cm = xbc.split([mixer.d_inner, G * S, G * S], dim=-1)
-    xs = xs.view(B, N, H, P).transpose(1, 2)  # (B, H, N, P)
-    Bm = repeat_kv(Bm.view(B, N, G, S).transpose(1, 2), H)  # (B, H, N, S)
-    Cm = repeat_kv(Cm.view(B, N, G, S).transpose(1, 2), H)  # (B, H, N, S)
-    dt = F.softplus(dt + mixer.dt_bias).transpose(1, 2)  # (B, H, N)
-    log_a = (dt * -torch.exp(mixer.A_log)[:, None]).clamp(min=LOG_DECAY_FLOOR)  # (B, H, N)
-    L = torch.exp(segsum(log_a))  # (B, H, N, N), 0 above the diagonal
-    M = L * (Cm @ Bm.transpose(-1, -2)) * dt.unsqueeze(-2)  # (B, H, N, N): Δ_j on column j
-    y = M @ xs + mixer.D.view(1, H, 1, 1) * xs  # (B, H, N, P)
-    return LayerActivations("ssd", M, q=Cm, k=Bm, v=xs), y
-
-
 def _softmax_scale(mixer: nn.Module, head_dim: int) -> float:
     scale = getattr(mixer, "scale", None)
     return float(scale) if scale is not None else 1.0 / math.sqrt(head_dim)
@@ -190,7 +144,7 @@ def run_with_cache(model: nn.Module, tokens: torch.Tensor,
 
     for i in wanted:
         m = mixers[i]
-        if isinstance(m, (LinearAttention, SSDMixer)) or hasattr(m, "implied_attention"):
+        if hasattr(m, "implied_attention"):  # mixers that never form softmax weights
             handles.append(m.register_forward_hook(saver(i, "x")))
             continue
         if not all(hasattr(m, h) for h in ("hook_q", "hook_k", "hook_v")):
@@ -216,13 +170,9 @@ def run_with_cache(model: nn.Module, tokens: torch.Tensor,
     cache = ActivationCache(logits=logits)
     for i in wanted:
         m, got = mixers[i], captured[i]
-        if isinstance(m, SSDMixer):
-            cache.layers[i] = ssd_pattern(m, got["x"])[0]
-        elif isinstance(m, LinearAttention):
-            cache.layers[i] = linear_pattern(m, got["x"])
-        elif hasattr(m, "implied_attention"):
+        if hasattr(m, "implied_attention"):
             imp = m.implied_attention(got["x"])
-            cache.layers[i] = LayerActivations(type(m).__name__, imp["pattern"], q=imp["q"],
+            cache.layers[i] = LayerActivations(imp["kind"], imp["pattern"], q=imp["q"],
                                                k=imp["k"], v=imp["v"], head_out=imp["out"])
         else:
             q = got["q"]  # (B, H, N, Dk)

@@ -86,6 +86,9 @@ class PerformerSpec:
                          layer_idx=layer_idx)
 
 
+LINEAR_EPS = 1e-6  # the denominator eps of linear_attention_features (its default)
+
+
 class LinearAttention(Mixer):
     """Causal normalised linear attention; forward(x (B, N, d_model), cache=None)."""
 
@@ -132,6 +135,23 @@ class LinearAttention(Mixer):
             rc.commit(idx, {"S": new.S, "z": new.z}, N)
         out = out.transpose(1, 2).reshape(B, N, self.n_heads * self.head_dim)  # (B, N, H·D)
         return self.o_proj(out)
+
+    @torch.no_grad()
+    def implied_attention(self, x: torch.Tensor) -> dict:
+        """The layer as an attention matrix on its input x (B, N, d_model), no cache
+        (Katharopoulos et al. 2020): A = tril(φ(Q) φ(K)ᵀ), rows divided by A·1 + eps, so
+        `out = A V` is the layer's output before o_proj. K/V repeated per query head."""
+        B, N, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
+        k = self.k_proj(x).view(B, N, Hkv, D).transpose(1, 2)  # (B, Hkv, N, D)
+        v = self.v_proj(x).view(B, N, Hkv, D).transpose(1, 2)  # (B, Hkv, N, D)
+        qf, kf = self.features(q, k)  # (B, H, N, F), (B, Hkv, N, F)
+        k, v, kf = (t.repeat_interleave(H // Hkv, dim=1) for t in (k, v, kf))  # per query head
+        raw = (qf @ kf.transpose(-1, -2)).tril()  # (B, H, N, N)
+        pattern = raw / (raw.sum(-1, keepdim=True) + LINEAR_EPS)
+        return {"kind": "linear", "pattern": pattern, "q": q, "k": k, "v": v,
+                "out": pattern @ v}
 
     def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu") -> RecurrentStateCache:

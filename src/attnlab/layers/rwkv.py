@@ -143,7 +143,7 @@ class RWKVMixer(Mixer):
         B, H, N, D = k.shape
         if self.version == 6:
             A = wkv6_matrix(r, k, log_w, self.time_first)  # (B, H, N, N)
-            return {"pattern": A, "q": r, "k": k, "v": v, "out": A @ v.float()}
+            return {"kind": "rwkv", "pattern": A, "q": r, "k": k, "v": v, "out": A @ v.float()}
         P = wkv4_matrix(torch.exp(self.time_decay), self.time_first, k)  # (B, H, D, N, N)
         P = P.reshape(B, H * D, N, N)  # (B, C, N, N): channel c = h·D + d
 
@@ -151,8 +151,8 @@ class RWKVMixer(Mixer):
             return t.permute(0, 1, 3, 2).reshape(B, H * D, N, 1)  # (B, C, N, 1)
 
         out = P @ per_channel(v.float())  # (B, C, N, 1)
-        return {"pattern": P, "q": per_channel(r), "k": per_channel(k), "v": per_channel(v),
-                "out": out}
+        return {"kind": "rwkv", "pattern": P, "q": per_channel(r), "k": per_channel(k),
+                "v": per_channel(v), "out": out}
 
     def _channel_mix(self, h, prev):
         hh = _shift(h, prev)

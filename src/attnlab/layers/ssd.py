@@ -21,6 +21,7 @@ from .._checks import check_divisible, check_positive_int
 from ..cache.base import KVCache
 from ..cache.recurrent import RecurrentStateCache, state_cache_of
 from ..ops.ssd import ssd
+from ..ops.ssd.forms import LOG_DECAY_FLOOR, segsum
 from .attention import check_cache, check_hidden
 from .base import Mixer
 
@@ -75,19 +76,12 @@ class SSDMixer(Mixer):
         self.norm = nn.RMSNorm(d_inner, eps=1e-6)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        check_hidden("x", x, self.d_model, self.in_proj.weight.dtype)
-        check_cache(cache)
+    def _inputs(self, x: torch.Tensor, prev: torch.Tensor):
+        """Gate z, the conv window `seq`, and the SSD inputs xs (B, H, N, P), B and C
+        (B, G, N, S), Δ (B, H, N) from x (B, N, d_model) and the conv history `prev`."""
         B, N, _ = x.shape
-        H, P, G, S, K = self.n_heads, self.head_dim, self.n_groups, self.d_state, self.d_conv
+        H, P, G, S = self.n_heads, self.head_dim, self.n_groups, self.d_state
         z, xbc, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, H], dim=-1)
-        rc = None
-        if cache is not None:
-            rc, idx = state_cache_of(cache, self.layer_idx)
-            st = rc.state(idx)
-            prev, h0 = st["conv"], st["ssm"]  # (B, K−1, conv_dim), (B, H, S, P)
-        else:
-            prev, h0 = xbc.new_zeros(B, K - 1, self.conv_dim), None
         seq = torch.cat([prev, xbc], dim=1)  # (B, K−1+N, conv_dim)
         xbc = F.silu(F.conv1d(seq.transpose(1, 2), self.conv.weight, self.conv.bias,
                               groups=self.conv_dim)).transpose(1, 2)  # (B, N, conv_dim)
@@ -96,6 +90,21 @@ class SSDMixer(Mixer):
         Bm = Bm.view(B, N, G, S).transpose(1, 2)  # (B, G, N, S)
         Cm = Cm.view(B, N, G, S).transpose(1, 2)
         dt = F.softplus(dt + self.dt_bias).transpose(1, 2)  # (B, H, N)
+        return z, seq, xs, Bm, Cm, dt
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        check_hidden("x", x, self.d_model, self.in_proj.weight.dtype)
+        check_cache(cache)
+        B, N, _ = x.shape
+        K = self.d_conv
+        rc = None
+        if cache is not None:
+            rc, idx = state_cache_of(cache, self.layer_idx)
+            st = rc.state(idx)
+            prev, h0 = st["conv"], st["ssm"]  # (B, K−1, conv_dim), (B, H, S, P)
+        else:
+            prev, h0 = x.new_zeros(B, K - 1, self.conv_dim), None
+        z, seq, xs, Bm, Cm, dt = self._inputs(x, prev)
         A = -torch.exp(self.A_log)  # (H,)
         y, hN = ssd(xs, dt, A, Bm, Cm, D=self.D, chunk_size=self.chunk_size,
                     initial_state=h0, output_final_state=True)
@@ -103,6 +112,23 @@ class SSDMixer(Mixer):
             rc.commit(idx, {"ssm": hN, "conv": seq[:, seq.shape[1] - (K - 1):]}, N)
         y = y.transpose(1, 2).reshape(B, N, self.d_inner)  # (B, N, d_inner)
         return self.out_proj(self.norm(y * F.silu(z)))
+
+    @torch.no_grad()
+    def implied_attention(self, x: torch.Tensor) -> dict:
+        """The layer as an attention matrix on its input x (B, N, d_model), zero conv
+        history (Dao & Gu 2024, eq. 16): M = L ∘ C Bᵀ with L_ij = a_{j+1}···a_i and the step
+        size Δ_j folded into column j, so the inner output is y = M X + D·X (`out`,
+        (B, H, N, P)), which the layer then gates, normalises and projects. M is not
+        row-stochastic. q = C, k = B per head, v = X."""
+        B = x.shape[0]
+        H = self.n_heads
+        _, _, xs, Bm, Cm, dt = self._inputs(x, x.new_zeros(B, self.d_conv - 1, self.conv_dim))
+        Bm, Cm = (t.repeat_interleave(H // self.n_groups, dim=1) for t in (Bm, Cm))  # (B,H,N,S)
+        log_a = (dt * -torch.exp(self.A_log)[:, None]).clamp(min=LOG_DECAY_FLOOR)  # (B, H, N)
+        L = torch.exp(segsum(log_a))  # (B, H, N, N), 0 above the diagonal
+        M = L * (Cm @ Bm.transpose(-1, -2)) * dt.unsqueeze(-2)  # (B, H, N, N)
+        y = M @ xs + self.D.view(1, H, 1, 1) * xs  # (B, H, N, P)
+        return {"kind": "ssd", "pattern": M, "q": Cm, "k": Bm, "v": xs, "out": y}
 
     def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu") -> RecurrentStateCache:
