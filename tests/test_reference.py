@@ -217,7 +217,7 @@ def test_nonfinite_inputs_propagate_exactly_pair_by_pair():
         torch.testing.assert_close(out[:, :, :4], base[:, :, :4], atol=0, rtol=0)
         torch.testing.assert_close(out[:, 0], base[:, 0], atol=0, rtol=0)  # other head
         torch.testing.assert_close(out[0, 1, 4:, [0, 1, 3]], base[0, 1, 4:, [0, 1, 3]])
-        assert out[0, 1, 4:, 2].isnan().all() if bad != bad else \
+        assert out[0, 1, 4:, 2].isnan().all() if math.isnan(bad) else \
             (out[0, 1, 4:, 2] == bad).all()
     # a NaN key at position 5 poisons only the last row (the only one that sees it)
     k2 = k.clone()

@@ -9,7 +9,7 @@ def test_rope_relative_property_both_layouts():
     q = torch.randn(1, 1, 1, 16, generator=g)
     k = torch.randn(1, 1, 1, 16, generator=g)
     for inter in (False, True):
-        def dot(i, j):
+        def dot(i, j, inter=inter):
             return (apply_rope(q, torch.tensor([i]), interleaved=inter)
                     * apply_rope(k, torch.tensor([j]), interleaved=inter)).sum()
         torch.testing.assert_close(dot(7, 3), dot(104, 100), atol=1e-4, rtol=1e-4)

@@ -3,4 +3,4 @@ from . import masks
 from .ops import apply_rope, attention, attention_reference, merge
 
 __version__ = "0.1.0"
-__all__ = ["attention", "attention_reference", "merge", "apply_rope", "masks", "__version__"]
+__all__ = ["__version__", "apply_rope", "attention", "attention_reference", "masks", "merge"]

@@ -4,8 +4,8 @@ from .base import Mixer, MixerSpec
 from .convert import gqa_to_mha, mha_to_gqa
 from .cross import CrossAttention
 from .hooks import HookPoint, hook_points
-from .mla import MLASpec, MultiLatentAttention
 from .linear_attention import LinearAttention, LinearAttentionSpec, Performer, PerformerSpec
+from .mla import MLASpec, MultiLatentAttention
 from .rwkv import RWKVMixer, RWKVSpec
 from .ssd import SSDMixer, SSDSpec
 
@@ -14,19 +14,19 @@ __all__ = [
     "AttentionSpec",
     "CrossAttention",
     "HookPoint",
+    "LinearAttention",
+    "LinearAttentionSpec",
     "MLASpec",
     "Mixer",
     "MixerSpec",
     "MultiLatentAttention",
-    "gqa_to_mha",
-    "hook_points",
-    "mha_to_gqa",
-    "LinearAttention",
-    "LinearAttentionSpec",
     "Performer",
     "PerformerSpec",
     "RWKVMixer",
     "RWKVSpec",
     "SSDMixer",
     "SSDSpec",
+    "gqa_to_mha",
+    "hook_points",
+    "mha_to_gqa",
 ]

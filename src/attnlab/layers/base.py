@@ -21,7 +21,7 @@ class Mixer(nn.Module):
 
     layer_idx: int = 0
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:  # noqa: D401
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype = torch.float32,

@@ -112,8 +112,8 @@ class BlockLayout:
 
     def describe(self) -> str:
         chars = {EMPTY: "·", PARTIAL: "▒", FULL: "█"}
-        rows = [f"block layout {self.nq}x{self.nk}, blocks {self.q_block}x{self.kv_block} "
-                f"(█ full, ▒ partial, · empty)"]
+        rows = [(f"block layout {self.nq}x{self.nk}, blocks {self.q_block}x{self.kv_block} "
+                 "(█ full, ▒ partial, · empty)")]
         for r in self.kind[0, 0].tolist():
             rows.append("".join(chars[c] for c in r))
         return "\n".join(rows)

@@ -15,7 +15,7 @@ skip work; they never change the answer. `|` and `&` keep their operands in `par
 from __future__ import annotations
 
 import operator
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -57,13 +57,13 @@ class Mask:
         return f"Mask({self.name})"
 
     # ---- combinators -------------------------------------------------------------
-    def __and__(self, other: "Mask") -> "Mask":
+    def __and__(self, other: Mask) -> Mask:
         return and_masks(self, other)
 
-    def __or__(self, other: "Mask") -> "Mask":
+    def __or__(self, other: Mask) -> Mask:
         return or_masks(self, other)
 
-    def __invert__(self) -> "Mask":
+    def __invert__(self) -> Mask:
         return Mask(lambda b, h, q, k: ~self.fn(b, h, q, k), f"~{self.name}",
                     uses_batch=self.uses_batch, uses_head=self.uses_head)
 

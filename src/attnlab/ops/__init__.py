@@ -2,4 +2,4 @@
 from .rope import apply_rope, rope_angles
 from .softmax import attention, attention_reference, merge, merge_many
 
-__all__ = ["attention", "attention_reference", "merge", "merge_many", "apply_rope", "rope_angles"]
+__all__ = ["apply_rope", "attention", "attention_reference", "merge", "merge_many", "rope_angles"]

@@ -114,7 +114,7 @@ def attention_reference(
     output, and are tested against this behaviour.
     Returns `out` (dtype of q) or `(out, lse)` with lse (B, Hq, Nq) float32.
     """
-    B, Hq, Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
+    B, Hq, Hkv, Nq, Nk, D, _ = check_qkv(q, k, v)
     cd = _compute_dtype(q)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     q_pos = torch.arange(Nq) + (Nk - Nq) if q_pos is None else _check_positions("q_pos", q_pos, Nq)

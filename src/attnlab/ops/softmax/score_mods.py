@@ -5,7 +5,7 @@ Indices are absolute positions (bottom-right aligned, SPEC §2) and broadcast li
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
