@@ -103,13 +103,17 @@ def structured(ns: list[int], peak: float, reps: int, flex_max: int, sdpa_max: i
 
 
 def lsh_speed(ns: list[int], peak: float, reps: int, summary: dict) -> list[str]:
-    from reformer_pytorch.reformer_pytorch import LSHAttention
+    try:
+        from reformer_pytorch.reformer_pytorch import LSHAttention
+    except ImportError:  # optional `bench` extra: the peer column says so
+        LSHAttention = None
 
     rows = [("| N | attnlab LSH dedup (s) | attnlab LSH no dedup (s) | GFLOP/s (% peak) | "
              "attnlab factorised hashing, dedup (s) | reformer-pytorch (s) | exact fused "
              "SDPA (s) | vs reformer-pytorch (no dedup) | vs exact |"), "|" + "---|" * 9]
     g = torch.Generator().manual_seed(1)
-    peer = LSHAttention(bucket_size=BUCKET, n_hashes=HASHES, causal=False).eval()
+    peer = None if LSHAttention is None else \
+        LSHAttention(bucket_size=BUCKET, n_hashes=HASHES, causal=False).eval()
     for n in ns:
         qk, v = (torch.randn(B, H, n, D, generator=g) for _ in range(2))
         t1 = time_fn(partial(lsh_attention, qk, v, n_hashes=HASHES, chunk_size=BUCKET), reps)
@@ -118,19 +122,23 @@ def lsh_speed(ns: list[int], peak: float, reps: int, summary: dict) -> list[str]
         t3 = time_fn(partial(lsh_attention, qk, v, n_hashes=HASHES, chunk_size=BUCKET,
                              n_buckets=factor_pair(default_n_buckets(n, BUCKET))), reps)
         flat_qk, flat_v = qk.reshape(B * H, n, D), v.reshape(B * H, n, D)  # (B·H, N, D)
-        with torch.no_grad():
-            tp = time_fn(partial(peer, flat_qk, flat_v), reps)
+        tp = None
+        if peer is not None:
+            with torch.no_grad():
+                tp = time_fn(partial(peer, flat_qk, flat_v), reps)
         te = time_fn(partial(F.scaled_dot_product_attention, qk, qk, v),
                      1 if n > 16384 else reps)
         flops = 4 * D * B * H * HASHES * n * 2 * BUCKET
         row = (f"| {n} | {t1.median:.4f} | {t2.median:.4f} | {flops / t2.median / 1e9:.1f} "
-               f"({100 * flops / t2.median / peak:.0f}%) | {t3.median:.4f} | {tp.median:.4f} | "
-               f"{te.median:.4f} | "
-               f"{tp.median / t2.median:.2f}x | {te.median / t1.median:.2f}x |")
+               f"({100 * flops / t2.median / peak:.0f}%) | {t3.median:.4f} | "
+               f"{'not installed' if tp is None else f'{tp.median:.4f}'} | {te.median:.4f} | "
+               f"{'—' if tp is None else f'{tp.median / t2.median:.2f}x'} | "
+               f"{te.median / t1.median:.2f}x |")
         rows.append(row)
         print(row, flush=True)
-        summary[("lsh", n, "reformer")] = tp.median / t2.median
-        summary[("lsh", n, "reformer_dedup")] = tp.median / t1.median
+        if tp is not None:
+            summary[("lsh", n, "reformer")] = tp.median / t2.median
+            summary[("lsh", n, "reformer_dedup")] = tp.median / t1.median
         summary[("lsh", n, "exact")] = te.median / t1.median
     return rows
 
