@@ -143,3 +143,26 @@ def test_block_exp_accuracy_and_special_values():
     assert rel.max() <= 1e-6
     assert p[x == 0][0] == 1.0 and bool((p[(x < -87.0)] == 0).all())  # −inf and underflow → 0
     assert np.isnan(p[-1])
+
+
+# R == 4 p·V pass: one value-row load updates the 4 accumulator rows. Dv of 1, 8, 24, 40
+# and 129 (odd, not a multiple of a 16-lane vector) and cache lengths that leave partial
+# key blocks (KEY_BLOCK = 32) in every chunk; Dv != D.
+@pytest.mark.parametrize("Dv", [1, 8, 24, 40, 129])
+@pytest.mark.parametrize("mask", ["none", "causal", "window", "bool"])
+@pytest.mark.parametrize("chunk", [1, 7, 33, 8192])
+def test_numba_fast_path_value_widths_and_partial_blocks(Dv, mask, chunk):
+    q, k, v = rand_qkv(2, 8, 2, 1, 97, 16, Dv=Dv)  # R = 4: G = 4, Nq = 1
+    _check(q, k, v, make_mask(mask, 1, 97), chunk)
+
+
+def test_numba_fast_path_masked_keys_no_row_sees_are_not_read():
+    q, k, v = rand_qkv(1, 4, 1, 1, 71, 8, Dv=24)  # R = 4, one KV head
+    keep = torch.rand(1, 4, 1, 71, generator=torch.Generator().manual_seed(3)) > 0.4
+    keep[..., 32:45] = False  # a run of keys across a key-block boundary, hidden from all rows
+    k2, v2 = k.clone(), v.clone()
+    v2[..., 32:45, :] = float("nan")  # would poison every row if it were read
+    k2[..., 32:45, :] = float("inf")
+    for chunk in (7, 33, 8192):
+        out = decode_attention(q, k2, v2, mask=keep, chunk=chunk, impl="numba")
+        torch.testing.assert_close(out, attention_reference(q, k, v, mask=keep), **TOL)

@@ -14,8 +14,11 @@ once and used at once by the G·Nq query rows of its group — a GEMV-like pass:
 When R == 4 (e.g. Hq 32, Hkv 8, one token) a specialised kernel runs: the 4 dot products
 of a key share one pass over its row (4 scalar accumulators, vectorised over d), exp is a
 vectorisable range-reduced polynomial over the key block (2^k built from int32 bits;
-rel. error < 1e-6, −inf → 0, NaN kept), and p·V adds four keys per pass over each
-accumulator row (a quarter of the accumulator loads/stores). Other R use the generic kernel.
+rel. error < 1e-6, −inf → 0, NaN kept), and p·V updates the 4 accumulator rows in one
+pass over each value row (vectorised over e: one load of v, four FMAs; measured faster
+than four keys per row pass, which reloads v per row). Register tiles of the accumulator
+(scalar locals) do not vectorise here: numba runs LLVM without the SLP vectoriser.
+Other R use the generic kernel.
 Work items are spread over threads with `numba.prange`. Statistics (running max, sum)
 and the accumulator are float32. Masked keys (keep = False) contribute nothing; a row
 with no visible key in a chunk gets o = 0, lse = −inf, so `merge_many` treats it as empty.
@@ -163,32 +166,18 @@ def _kernel():
                     for jj in range(nb):
                         t += pr[jj]
                     l[r] += t
-                jj = 0
-                while jj < nb:  # p·V: each value row read once for the 4 rows
-                    if jj + 4 <= nb and not has_mask:  # 4 keys per pass: acc stored 1/4 as often
-                        va = v[b, h, j0 + jj]
-                        vb = v[b, h, j0 + jj + 1]
-                        vc = v[b, h, j0 + jj + 2]
-                        vd = v[b, h, j0 + jj + 3]
-                        for r in range(4):
-                            ar = acc[r]
-                            pa, pb = p[r, jj], p[r, jj + 1]
-                            pc, pd = p[r, jj + 2], p[r, jj + 3]
-                            for e in range(Dv):
-                                ar[e] += pa * va[e] + pb * vb[e] + pc * vc[e] + pd * vd[e]
-                        jj += 4
-                        continue
-                    if not (s[0, jj] == neg_inf and s[1, jj] == neg_inf
-                            and s[2, jj] == neg_inf and s[3, jj] == neg_inf):
-                        p0, p1, p2, p3 = p[0, jj], p[1, jj], p[2, jj], p[3, jj]
-                        vj = v[b, h, j0 + jj]
-                        for e in range(Dv):
-                            ve = vj[e]
-                            a0[e] += p0 * ve
-                            a1[e] += p1 * ve
-                            a2[e] += p2 * ve
-                            a3[e] += p3 * ve
-                    jj += 1
+                for jj in range(nb):  # p·V: one pass over each value row updates the 4 rows
+                    if has_mask and (s[0, jj] == neg_inf and s[1, jj] == neg_inf
+                                     and s[2, jj] == neg_inf and s[3, jj] == neg_inf):
+                        continue  # a key no row sees: its value row is not read
+                    p0, p1, p2, p3 = p[0, jj], p[1, jj], p[2, jj], p[3, jj]
+                    vj = v[b, h, j0 + jj]
+                    for e in range(Dv):  # vectorised over e: 1 load of v, 4 FMAs
+                        ve = vj[e]
+                        a0[e] += p0 * ve
+                        a1[e] += p1 * ve
+                        a2[e] += p2 * ve
+                        a3[e] += p3 * ve
             for r in range(4):
                 if not (m[r] == neg_inf and l[r] == 0.0):  # NaN stays NaN (reported later)
                     inv = np.float32(1.0) / l[r]
