@@ -85,7 +85,7 @@ def _kernel():
     def chunks4(q, k, v, keep, has_mask, scale, chunk, o_part, lse_part):
         # R == 4 path; same arguments as `chunks`. Row r's scores in s[r], its
         # accumulator in acc[r]; all 4 rows are updated from one read of each K/V row.
-        B, Hkv, R, D = q.shape
+        B, Hkv, _, D = q.shape  # R == 4
         Nk = k.shape[2]
         Dv = v.shape[3]
         C = o_part.shape[2]
