@@ -81,6 +81,29 @@ def _kernel():
         for j in range(n):
             p[j] = p[j] * fb[j]
 
+    @numba.njit(inline="always")
+    def coords(item, Hkv, C, Bm, Hm):
+        # work item -> (batch, kv head, chunk) and the mask's (batch, head) index
+        b = item // (Hkv * C)
+        h = (item // C) % Hkv
+        return b, h, item % C, (b if Bm > 1 else 0), (h if Hm > 1 else 0)
+
+    @numba.njit(inline="always", fastmath=_FASTMATH)
+    def finish(acc, m, l, o, lse):
+        # acc (R, Dv), m, l (R,) -> o (R, Dv) = acc / l, lse (R,) = m + log l; a row with
+        # no visible key gets 0 and −inf; NaN stays NaN (reported by the caller's check)
+        neg_inf = np.float32(-np.inf)
+        for r in range(acc.shape[0]):
+            if not (m[r] == neg_inf and l[r] == 0.0):
+                inv = np.float32(1.0) / l[r]
+                for e in range(acc.shape[1]):
+                    o[r, e] = acc[r, e] * inv
+                lse[r] = m[r] + np.float32(math.log(l[r]))
+            else:
+                for e in range(acc.shape[1]):
+                    o[r, e] = 0.0
+                lse[r] = neg_inf
+
     @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
     def chunks4(q, k, v, keep, has_mask, scale, chunk, o_part, lse_part):
         # R == 4 path; same arguments as `chunks`. Row r's scores in s[r], its
@@ -93,11 +116,7 @@ def _kernel():
         neg_inf = np.float32(-np.inf)
         sc = np.float32(scale)
         for item in numba.prange(B * Hkv * C):
-            b = item // (Hkv * C)
-            h = (item // C) % Hkv
-            c = item % C
-            bm = b if Bm > 1 else 0
-            hm = h if Hm > 1 else 0
+            b, h, c, bm, hm = coords(item, Hkv, C, Bm, Hm)
             acc = np.zeros((4, Dv), dtype=np.float32)
             a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
             m = np.full(4, neg_inf, dtype=np.float32)
@@ -178,16 +197,7 @@ def _kernel():
                         a1[e] += p1 * ve
                         a2[e] += p2 * ve
                         a3[e] += p3 * ve
-            for r in range(4):
-                if not (m[r] == neg_inf and l[r] == 0.0):  # NaN stays NaN (reported later)
-                    inv = np.float32(1.0) / l[r]
-                    for e in range(Dv):
-                        o_part[b, h, c, r, e] = acc[r, e] * inv
-                    lse_part[b, h, c, r] = m[r] + np.float32(math.log(l[r]))
-                else:
-                    for e in range(Dv):
-                        o_part[b, h, c, r, e] = 0.0
-                    lse_part[b, h, c, r] = neg_inf
+            finish(acc, m, l, o_part[b, h, c], lse_part[b, h, c])
 
     @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
     def chunks(q, k, v, keep, has_mask, scale, chunk, o_part, lse_part):
@@ -201,11 +211,7 @@ def _kernel():
         neg_inf = np.float32(-np.inf)
         sc = np.float32(scale)
         for item in numba.prange(B * Hkv * C):
-            b = item // (Hkv * C)
-            h = (item // C) % Hkv
-            c = item % C
-            bm = b if Bm > 1 else 0
-            hm = h if Hm > 1 else 0
+            b, h, c, bm, hm = coords(item, Hkv, C, Bm, Hm)
             acc = np.zeros((R, Dv), dtype=np.float32)
             m = np.full(R, neg_inf, dtype=np.float32)
             l = np.zeros(R, dtype=np.float32)
@@ -253,16 +259,7 @@ def _kernel():
                         vj = v[b, h, j0 + jj]
                         for e in range(Dv):
                             acc[r, e] += p * vj[e]
-            for r in range(R):
-                if not (m[r] == neg_inf and l[r] == 0.0):  # NaN stays NaN (reported later)
-                    inv = np.float32(1.0) / l[r]
-                    for e in range(Dv):
-                        o_part[b, h, c, r, e] = acc[r, e] * inv
-                    lse_part[b, h, c, r] = m[r] + np.float32(math.log(l[r]))
-                else:
-                    for e in range(Dv):
-                        o_part[b, h, c, r, e] = 0.0
-                    lse_part[b, h, c, r] = neg_inf
+            finish(acc, m, l, o_part[b, h, c], lse_part[b, h, c])
 
     global _EXP
     _EXP = vexp
