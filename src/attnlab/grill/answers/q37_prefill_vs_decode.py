@@ -83,8 +83,8 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     att_pre, att_dec = min(peak, ai_pre * bw), min(peak, ai_dec * bw)
     ev.measurements["attainable GFLOP/s on this roofline: prefill, decode"] = (
         round(att_pre / 1e9, 1), round(att_dec / 1e9, 1))
-    ev.check("the roofline lets prefill reach ≥ 2× the FLOP rate decode can ever reach",
-             att_pre >= 2 * att_dec, f"{att_pre / 1e9:.1f} vs {att_dec / 1e9:.1f} GFLOP/s")
+    ev.measurements["measured rate as a fraction of its attainable: prefill, decode"] = (
+        round(r_pre / att_pre, 2), round(r_dec / att_dec, 2))
     ev.check("GQA decode intensity = 2·Nq·(Hq/Hkv)/bytes FLOP per byte",
              abs(ai_dec - 2 * 1 * (hq / hkv) / 4) < 1e-9, f"{ai_dec}")
     if ctx.plot_dir:
@@ -128,7 +128,10 @@ QUESTION = Question(
         "The seed says decode is memory-bound because it reads the full weights for one "
         "token; for the attention part it is the KV cache that dominates, and it grows with "
         "context (weights are shared across a batch, KV is not). Intensities are measured "
-        "here, with the machine's own ridge point."
+        "here, with the machine's own ridge point — and on this CPU that ridge is low "
+        "(peak / bandwidth ≈ 3–6 FLOP/byte, against ≈ 100–300 on data-centre GPUs), so GQA "
+        "decode at 2 FLOP/byte sits only just left of it: the memory-bound argument is far "
+        "stronger on a GPU than on this machine."
     ),
     evidence=evidence,
     threads=None,  # a roofline of the machine as configured: every torch thread
