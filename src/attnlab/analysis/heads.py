@@ -155,9 +155,9 @@ def copying_score(model, layer: int, head: int, tokens: torch.Tensor | None = No
     Effective path (`tokens` given, (B, N) ids): the input side is what the head really
     reads, the normalised residual at the block input averaged per token id over `tokens`
     (earlier layers' outputs included, so V-composition counts); the matrix is restricted
-    to the ids that occur. For layer 0 they differ only by each token's RMS scale. The score is Σ Re λ / Σ |λ| over
-    the eigenvalues: +1 for a pure copier (attending to token t raises the logit of t),
-    −1 for an anti-copier. Eigenvalues come from the head_dim × head_dim product (same
+    to the ids that occur. For layer 0 they differ only by each token's RMS scale.
+    The score is Σ Re λ / Σ |λ| over the eigenvalues: +1 for a pure copier (attending to
+    token t raises the logit of t), −1 for an anti-copier. Eigenvalues come from the head_dim × head_dim product (same
     nonzero spectrum), O(V·d·D) plus one forward pass for the effective path.
     """
     from .hooks import check_layers, mixers_of
@@ -192,16 +192,9 @@ def copying_score(model, layer: int, head: int, tokens: torch.Tensor | None = No
 
 def _mean_block_input(model, layer: int, tokens) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token-id mean of block `layer`'s normalised input over `tokens` (B, N):
-    ((V', d) means for the V' ids that occur, (V,) mask of those ids)."""
-    check_tensor("tokens", tokens, 2)
-    if tokens.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"tokens must be an integer tensor, got {tokens.dtype}")
+    ((V', d) means for the V' ids that occur, (V,) mask of those ids). The model's forward
+    validates `tokens` (shape, dtype, range) and raises on bad ones."""
     V = model.embed.weight.shape[0]
-    if tokens.numel() == 0:
-        raise ValueError("tokens must be non-empty, got shape " + str(tuple(tokens.shape)))
-    if int(tokens.min()) < 0 or int(tokens.max()) >= V:
-        raise ValueError(f"tokens must be ids in [0, {V}), got range "
-                         f"[{int(tokens.min())}, {int(tokens.max())}]")
     got = {}
     hook = model.blocks[layer].norm1.register_forward_hook(
         lambda mod, inp, out: got.__setitem__("x", out.detach().float()))

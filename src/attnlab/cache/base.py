@@ -25,11 +25,14 @@ class CacheOverflowError(ValueError):
 
 def check_n_tokens(n_tokens) -> int:
     """A token count to append: an int >= 0."""
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int):
-        raise TypeError(f"n_tokens must be an int, got {type(n_tokens).__name__}")
-    if n_tokens < 0:
-        raise ValueError(f"n_tokens ({n_tokens}) must be >= 0")
-    return n_tokens
+    return check_positive_int("n_tokens", n_tokens, minimum=0)
+
+
+def overflow(layer_idx: int, stored: int, n_tokens: int, capacity: int) -> CacheOverflowError:
+    """The one overflow error of every cache (raised before anything is written)."""
+    return CacheOverflowError(
+        f"cache overflow at layer {layer_idx}: {stored} stored + {n_tokens} new = "
+        f"{stored + n_tokens} tokens requested, capacity is {capacity}; nothing was written")
 
 
 class KVCache(ABC):
@@ -76,10 +79,7 @@ class KVCache(ABC):
         check_n_tokens(n_tokens)
         for i in range(self.n_layers):
             if self.seq_len(i) + n_tokens > self.capacity:
-                raise CacheOverflowError(
-                    f"cache overflow at layer {i}: {self.seq_len(i)} stored + {n_tokens} new "
-                    f"= {self.seq_len(i) + n_tokens} tokens requested, capacity is "
-                    f"{self.capacity}; nothing was written")
+                raise overflow(i, self.seq_len(i), n_tokens, self.capacity)
 
     def _check_layer(self, layer_idx: int) -> None:
         if isinstance(layer_idx, bool) or not isinstance(layer_idx, int):
@@ -110,9 +110,7 @@ class CountedCache(KVCache):
         """End position after appending `n_tokens`; raises before anything is written."""
         start = self._lens[layer_idx]
         if start + n_tokens > self._capacity:
-            raise CacheOverflowError(
-                f"cache overflow at layer {layer_idx}: {start} stored + {n_tokens} new = "
-                f"{start + n_tokens} tokens requested, capacity is {self._capacity}")
+            raise overflow(layer_idx, start, n_tokens, self._capacity)
         return start + n_tokens
 
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 
 import torch
 
-from .._checks import check_positive_int, check_tensor
-from .base import CacheStack, CountedCache, KVCache
+from .._checks import check_tensor
+from .base import CacheStack, CountedCache, KVCache, check_n_tokens
 
 
 class RecurrentStateCache(CountedCache):
@@ -66,8 +66,7 @@ class RecurrentStateCache(CountedCache):
     def commit(self, layer_idx: int, new_state: Mapping[str, torch.Tensor], n_tokens: int) -> None:
         """Overwrite this layer's state after `n_tokens` more tokens (checked before writing)."""
         self._check_layer(layer_idx)
-        check_positive_int("n_tokens", n_tokens, minimum=0)
-        self._check_room(layer_idx, n_tokens)
+        self._check_room(layer_idx, check_n_tokens(n_tokens))
         if set(new_state) != set(self._bufs):
             raise ValueError(f"new_state names {sorted(new_state)}; expected {sorted(self._bufs)}")
         for name, t in new_state.items():

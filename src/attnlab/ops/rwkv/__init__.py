@@ -4,12 +4,5 @@ from .reference import wkv4_reference, wkv6_reference
 from .wkv4 import WKV4State, wkv4
 from .wkv6 import wkv6
 
-__all__ = [
-           "WKV4State",
-           "wkv4",
-           "wkv4_matrix",
-           "wkv4_reference",
-           "wkv6",
-           "wkv6_matrix",
-           "wkv6_reference",
-]
+__all__ = ["WKV4State", "wkv4", "wkv4_matrix", "wkv4_reference", "wkv6", "wkv6_matrix",
+           "wkv6_reference"]

@@ -202,15 +202,15 @@ SCHEDULE_MEMO_BYTES = 64 * 2 ** 20
 SCHEDULE_MEMO_ENTRIES = 4
 
 
-def _memo_schedule(memo, plan, tile_mask, B, Hkv, G, D, dtype) -> Iterator[_Item]:
-    """`_schedule`, memoised in `memo = (dict, key)` (the mask's layout memo: default
+def _memo_schedule(plan, tile_mask, B, Hkv, G, D, dtype) -> Iterator[_Item]:
+    """`_schedule`, memoised in `plan.memo = (dict, key)` (the mask's layout memo: default
     positions only) when its additive masks are small, e.g. every sliding window; a layer
     calling with the same mask then skips predicate evaluation and mask comparisons. Large
     schedules (a long causal run keeps a (G·n × run) mask per query block) stay lazy."""
-    if memo is None:
+    if plan.memo is None:
         yield from _schedule(plan, tile_mask, B, Hkv, G, D, dtype)
         return
-    store, key = memo
+    store, key = plan.memo
     if key in store:
         yield from store[key]
         return
@@ -218,7 +218,10 @@ def _memo_schedule(memo, plan, tile_mask, B, Hkv, G, D, dtype) -> Iterator[_Item
     for it in _schedule(plan, tile_mask, B, Hkv, G, D, dtype):
         if kept is not None:
             size += sum(a.numel() * a.element_size() for _, _, a, _ in it.runs if a is not None)
-            kept = kept + [it] if size <= SCHEDULE_MEMO_BYTES else None
+            if size <= SCHEDULE_MEMO_BYTES:
+                kept.append(it)
+            else:
+                kept = None  # too large to keep: stays lazy
         yield it
     if kept is not None:
         old = [k for k in store if isinstance(k, tuple) and k[:1] == key[:1]]
@@ -270,7 +273,7 @@ def _fused_forward(q, k, v, scale, plan, tile_mask):
             out[:, :, q0:q1] = 0
     og, lg = out.view(B, Hkv, G, Nq, D), lse.view(B, Hkv, G, Nq, 1)
     qg = q.view(B, Hkv, G, Nq, D)
-    for it in _memo_schedule(plan.memo, plan, tile_mask, B, Hkv, G, D, q.dtype):
+    for it in _memo_schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
         nb, n, a = len(it.q0s), it.n, it.q0s[0]
         qb = _batch_rows(qg, a, nb, n, B, Hkv, G)  # (nb·B, Hkv, G·n, D)
         outs, lses = [], []
@@ -298,7 +301,7 @@ def _fused_backward(do, q, k, v, out, lse, scale, plan, tile_mask):
 
     qg, dog, og, dqg = fold(q), fold(do), fold(out), fold(dq)
     lg = fold(lse_safe.unsqueeze(-1))
-    for it in _memo_schedule(plan.memo, plan, tile_mask, B, Hkv, G, D, q.dtype):
+    for it in _memo_schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
         nb, n, a = len(it.q0s), it.n, it.q0s[0]
         qb, dob, ob = (_batch_rows(x, a, nb, n, B, Hkv, G) for x in (qg, dog, og))
         lb = _batch_rows(lg, a, nb, n, B, Hkv, G).squeeze(-1)
