@@ -1,6 +1,6 @@
 """Shared benchmark helpers: this machine's peaks, timing, and the results-file header.
 
-Every benchmark measures the peak it reports against at the start of its own run (SPEC §7):
+Every benchmark measures the peak it reports against at the start of its own run (conventions §7):
 fp32 matmul FLOP/s for compute-bound work, streaming copy bytes/s for memory-bound work.
 """
 from __future__ import annotations

@@ -184,7 +184,7 @@ def bench_causal(ns, flex: Flex, ref_max_n: int) -> list[Case]:
 
 
 def bench_decode(contexts, ref_max: int) -> list[Case]:
-    hq, hkv, d = 32, 8, 128  # Llama-3-8B attention shape (FACTS.md: Hq 32, Hkv 8, head_dim 128)
+    hq, hkv, d = 32, 8, 128  # Llama-3-8B attention shape (docs/sources.md: Hq 32, Hkv 8, head_dim 128)
     cases = []
     for ctx in contexts:
         g = torch.Generator().manual_seed(0)

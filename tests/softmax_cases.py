@@ -1,4 +1,4 @@
-"""The SPEC §5 test matrix shared by the fast softmax paths (flash, block-sparse, decode,
+"""The conventions §5 test matrix shared by the fast softmax paths (flash, block-sparse, decode,
 dispatch): odd lengths (1, 7, 63, 129), Nq != Nk, GQA, batch > 1, fully masked rows."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from attnlab import masks as M
 from attnlab.ops.softmax import attention_reference
 
-TOL = {"atol": 1e-5, "rtol": 1e-4}  # SPEC §5, exact algorithms in float32
+TOL = {"atol": 1e-5, "rtol": 1e-4}  # conventions §5, exact algorithms in float32
 
 SHAPES = [  # B, Hq, Hkv, Nq, Nk, D
     (1, 1, 1, 1, 1, 8),

@@ -1,5 +1,5 @@
 """Attention (MHA / GQA / MQA): against an explicit einsum reference, across backends,
-with a cache (parallel == incremental), hooks, and bad input (SPEC §5, §6)."""
+with a cache (parallel == incremental), hooks, and bad input (conventions §5, §6)."""
 import math
 
 import pytest
@@ -31,7 +31,7 @@ def explicit_attention(layer: Attention, x: torch.Tensor) -> torch.Tensor:
         allowed &= (i - j) < layer.window
     heads = []
     for h in range(H):
-        kv = h // (H // Hkv)  # SPEC §1 grouping
+        kv = h // (H // Hkv)  # conventions §1 grouping
         scale = 1 / math.sqrt(D) if layer.scale is None else layer.scale
         s = q[:, h] @ k[:, kv].transpose(-1, -2) * scale  # (B, N, N)
         p = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1)

@@ -1,4 +1,4 @@
-"""Issue 2's bad-input list in one place (SPEC §6): each error names the argument, its
+"""Issue 2's bad-input list in one place (conventions §6): each error names the argument, its
 value and what was expected. Device mismatches use the 'meta' device, so they are tested
 without a GPU (every check here fires before any compute)."""
 from __future__ import annotations
@@ -154,7 +154,7 @@ def _checksum(cache) -> list[float]:
 
 
 def test_tinylm_overflow_leaves_every_layer_and_sequence_intact():
-    """SPEC §4: an append that does not fit raises before anything is written."""
+    """conventions §4: an append that does not fit raises before anything is written."""
     model = _model([AttentionSpec(4, 2), MLASpec(**MLA, absorb=True), AttentionSpec(4, 1)])
     cache = model.new_cache(2, 6)
     toks = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(1))

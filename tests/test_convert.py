@@ -1,5 +1,5 @@
 """mha_to_gqa (GQA paper's mean-pooling conversion) and the KV-sharing equivalences
-MQA == GQA(1) == MHA with tied heads, MHA == GQA(H) (SPEC §5)."""
+MQA == GQA(1) == MHA with tied heads, MHA == GQA(H) (conventions §5)."""
 import pytest
 import torch
 

@@ -64,7 +64,7 @@ def test_gradients_match_explicit_reference():
 
 
 def test_fully_padded_sequence_gives_zero_head_outputs():
-    """SPEC §2: a row with no visible key returns 0 (never NaN)."""
+    """conventions §2: a row with no visible key returns 0 (never NaN)."""
     torch.manual_seed(3)
     m = CrossAttention(D_MODEL, 4, 2, d_encoder=D_ENC, bias=True)
     x, enc = torch.randn(2, 3, D_MODEL), torch.randn(2, 5, D_ENC)

@@ -46,7 +46,7 @@ def test_flash_never_allocates_nn():
 
 
 def test_flash_low_precision_error_bound():
-    """SPEC §5: in float16 the error vs a float64 reference is <= 2x the naive path's."""
+    """conventions §5: in float16 the error vs a float64 reference is <= 2x the naive path's."""
     q, k, v = rand_qkv(1, 2, 2, 63, 63, 16)
     ref64 = attention_reference(q.double(), k.double(), v.double(), mask=M.causal())
     naive = attention_reference(q.half(), k.half(), v.half(), mask=M.causal()).double()

@@ -36,7 +36,7 @@ def test_trace_ordering_and_paging_waste_under_4_percent():
     cfg = TraceConfig(n_requests=80, max_len=512, prompt_range=(8, 256),
                       output_range=(8, 256), seed=1)
     res = {r.policy: r for r in study(cfg, memory_tokens=8192, block_size=16)}
-    assert res["paged"].waste_pct < 4.0  # vLLM: under 4% (FACTS.md)
+    assert res["paged"].waste_pct < 4.0  # vLLM: under 4% (docs/sources.md)
     assert res["paged"].waste_pct < res["exact"].waste_pct < res["max"].waste_pct
     assert res["paged"].mean_running > res["exact"].mean_running > res["max"].mean_running
     assert res["max"].max_running == 8192 // 512

@@ -1,12 +1,12 @@
 """Linear attention: parallel == chunked == recurrent == reference (outputs, final states,
-gradients), odd lengths, Nq != Nk, GQA, initial states, bad input (SPEC §3, §5, §6)."""
+gradients), odd lengths, Nq != Nk, GQA, initial states, bad input (conventions §3, §5, §6)."""
 import pytest
 import torch
 from torch.testing import assert_close
 
 from attnlab.ops.linear import LinearState, linear_attention, linear_attention_reference
 
-TOL = {"atol": 1e-5, "rtol": 1e-4}  # SPEC §5, exact algorithms in float32
+TOL = {"atol": 1e-5, "rtol": 1e-4}  # conventions §5, exact algorithms in float32
 
 
 def make(B, Hq, Hkv, Nq, Nk, D=8, Dv=6, seed=0, scale=0.5):
@@ -150,7 +150,7 @@ def test_bad_input():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_error_at_most_twice_the_naive_path(dtype):
-    """SPEC §5: against a float64 reference, the chunked form in fp16/bf16 errs at most 2x
+    """conventions §5: against a float64 reference, the chunked form in fp16/bf16 errs at most 2x
     the masked quadratic form run in the same dtype."""
     q, k, v = make(2, 2, 2, 57, 57, D=16, Dv=16, seed=9)
     ref = linear_attention(q.double(), k.double(), v.double(), mode="parallel")

@@ -1,4 +1,4 @@
-"""TinyLM: parallel forward == prefill + cached decode for every mixer kind (SPEC §5),
+"""TinyLM: parallel forward == prefill + cached decode for every mixer kind (conventions §5),
 generation, config validation."""
 import pytest
 import torch

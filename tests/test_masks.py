@@ -27,7 +27,7 @@ def test_factories_dense_match_definition(nq, nk):
 
 
 def test_window_semantics_counts_self():
-    # SPEC §2: W keys including itself -> far from the start each row has exactly W keys
+    # conventions §2: W keys including itself -> far from the start each row has exactly W keys
     d = M.sliding_window(5).to_dense(20, 20)
     assert d.sum(-1)[10:].tolist() == [5] * 10
     assert d.sum(-1)[:5].tolist() == [1, 2, 3, 4, 5]

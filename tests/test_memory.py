@@ -48,7 +48,7 @@ def test_standard_formula_agrees_with_calculator():
 def test_sliding_window_caps_mistral_and_alternates_gemma():
     mistral = kv_memory(get_config("mistral-7b"), context=32768)
     assert set(mistral.tokens_per_layer) == {4096}
-    assert mistral.bytes_per_sequence == 512 * 2**20  # FACTS: capped at 4096 → 512 MiB/seq
+    assert mistral.bytes_per_sequence == 512 * 2**20  # docs/sources.md: capped at 4096 → 512 MiB/seq
     assert kv_memory(get_config("mixtral-8x7b"), 32768).bytes_per_sequence == 4 * 2**30
     g = kv_memory(get_config("gemma-2-9b"), context=8192)
     assert g.tokens_per_layer[0] == 4096 and g.tokens_per_layer[1] == 8192  # layer 0 local
@@ -61,7 +61,7 @@ def test_sliding_window_caps_mistral_and_alternates_gemma():
 def test_cross_attention_counts_encoder_length():
     t5 = get_config("t5-base")
     m = kv_memory(t5, context=10, encoder_length=512)
-    per = 2 * 12 * 12 * 64 * 2  # 36 KiB per token (FACTS)
+    per = 2 * 12 * 12 * 64 * 2  # 36 KiB per token (docs/sources.md)
     assert m.cross_bytes_per_encoder_token == per
     assert m.bytes_per_sequence == per * 10 + per * 512
     assert kv_memory(t5, context=7).encoder_length == 7  # default: encoder length = context
@@ -79,7 +79,7 @@ def test_compare_variants_ratios():
     assert falcon == {"MHA", "MQA", "MLA"}  # 71 heads: no GQA-8
     ds = {label: m for label, _, m in compare_variants(get_config("deepseek-v2"), 128)}
     ratio = ds["MHA as HF caches"].bytes_per_token / ds["MLA"].bytes_per_token
-    assert 71 < ratio < 71.2  # FACTS: HF caches the expanded K/V, ≈71x MLA's bytes
+    assert 71 < ratio < 71.2  # docs/sources.md: HF caches the expanded K/V, ≈71x MLA's bytes
     assert ds["MLA"].bytes_per_token / ds["MHA"].bytes_per_token == pytest.approx(576 / 32768)
     t5 = {label for label, _, _ in compare_variants(get_config("t5-base"), 16)}
     assert "MLA" not in t5

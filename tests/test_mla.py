@@ -1,5 +1,5 @@
 """Multi-head Latent Attention (DeepSeek-V2): explicit-formula reference, absorbed == naive
-(SPEC §5), parallel == cached decode, the latent cache's size, and that the absorbed path
+(conventions §5), parallel == cached decode, the latent cache's size, and that the absorbed path
 never forms per-head K/V for the history."""
 import math
 
@@ -170,7 +170,7 @@ def test_auto_takes_naive_for_prefill_and_absorbed_for_decode(monkeypatch):
     assert seen["kv_b_proj"] == 1 and seen["k_heads"] == [SMALL["n_heads"]]
     m(x[:, 32:33], cache)  # decode step
     assert seen["kv_b_proj"] == 1 and seen["k_heads"][-1] == 1
-    # DeepSeek-V2 sizes (FACTS.md): absorbed is cheaper below 164 new tokens at L = 4096
+    # DeepSeek-V2 sizes (docs/sources.md): absorbed is cheaper below 164 new tokens at L = 4096
     naive, absorbed = mla_module.mla_path_flops(128, 1, 4096, 512, 128, 64, 128)
     assert absorbed * 100 < naive
     for n_new, absorbed_wins in [(163, True), (164, False), (4096, False)]:
@@ -179,7 +179,7 @@ def test_auto_takes_naive_for_prefill_and_absorbed_for_decode(monkeypatch):
 
 
 def test_cache_holds_only_latent_and_rope_key():
-    # DeepSeek-V2 latent sizes (kv_lora_rank 512, qk_rope 64; FACTS.md, report §2.1), 2 heads
+    # DeepSeek-V2 latent sizes (kv_lora_rank 512, qk_rope 64; docs/sources.md, report §2.1), 2 heads
     spec = MLASpec(n_heads=2, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
                    v_head_dim=128, q_lora_rank=1536)
     m = MultiLatentAttention(64, spec)
@@ -193,7 +193,7 @@ def test_cache_holds_only_latent_and_rope_key():
     c_kv, k_r = cache.get(0)
     assert c_kv.shape == (3, 4, 512) and k_r.shape == (3, 4, 64)
     torch.testing.assert_close(seen["c"], c_kv)
-    # 60 layers of DeepSeek-V2 at fp16: 67.5 KiB per token (FACTS.md table)
+    # 60 layers of DeepSeek-V2 at fp16: 67.5 KiB per token (docs/sources.md table)
     assert 60 * m.kv_bytes_per_token(2) == 67.5 * 1024
 
 

@@ -9,7 +9,7 @@ from attnlab.masks import causal
 from attnlab.ops.paged import paged_attention, paged_attention_reference
 from attnlab.ops.softmax import attention_reference
 
-TOL = {"atol": 1e-5, "rtol": 1e-4}  # SPEC §5: exact algorithm in float32
+TOL = {"atol": 1e-5, "rtol": 1e-4}  # conventions §5: exact algorithm in float32
 
 
 def filled_cache(lens, n_layers=2, hkv=2, d=8, bs=4, num_blocks=96, seed=0, shuffle=True):

@@ -7,7 +7,7 @@ from torch.testing import assert_close
 from attnlab.ops.rwkv import WKV4State, wkv4, wkv4_reference, wkv6, wkv6_reference
 
 TOL = {"atol": 1e-5, "rtol": 1e-4}
-LONG_TOL = {"atol": 1e-4, "rtol": 1e-3}  # SPEC §5: longer recurrences
+LONG_TOL = {"atol": 1e-4, "rtol": 1e-3}  # conventions §5: longer recurrences
 
 
 def make4(B=2, H=2, N=13, D=4, seed=0, kscale=1.0):
@@ -153,7 +153,7 @@ def test_bad_input():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_error_at_most_twice_the_naive_path(dtype):
-    """SPEC §5: against float64, chunked WKV in fp16/bf16 errs at most 2x the parallel
+    """conventions §5: against float64, chunked WKV in fp16/bf16 errs at most 2x the parallel
     (GPT-mode) form in the same dtype; both keep their exponent sums in float32."""
     w, u, k, v = make4(N=41, seed=9)
     ref4 = wkv4(w.double(), u.double(), k.double(), v.double(), mode="parallel")

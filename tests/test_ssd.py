@@ -9,8 +9,8 @@ from torch.testing import assert_close
 from attnlab.ops.linear import linear_attention
 from attnlab.ops.ssd import ssd, ssd_reference
 
-TOL = {"atol": 1e-5, "rtol": 1e-4}  # SPEC §5 exact algorithms, fp32
-LONG_TOL = {"atol": 1e-4, "rtol": 1e-3}  # SPEC §5: longer recurrences (N = 129)
+TOL = {"atol": 1e-5, "rtol": 1e-4}  # conventions §5 exact algorithms, fp32
+LONG_TOL = {"atol": 1e-4, "rtol": 1e-3}  # conventions §5: longer recurrences (N = 129)
 
 
 def make(Bt=2, H=4, G=2, N=13, P=5, S=6, seed=0, h0=False):
@@ -159,7 +159,7 @@ def test_factorized_and_exact_chunk_masks_agree():
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_error_at_most_twice_the_naive_path(dtype):
-    """SPEC §5: against a float64 reference, chunked in fp16/bf16 errs at most 2x the
+    """conventions §5: against a float64 reference, chunked in fp16/bf16 errs at most 2x the
     quadratic form run in the same dtype (both compute decays in float32 internally)."""
     x, dt, A, B, C, D, _ = make(N=57, seed=8)
     ref = ssd(*(t.double() for t in (x, dt, A, B, C)), D=D.double(), mode="quadratic")

@@ -1,4 +1,4 @@
-"""Input validation shared by the public boundary (SPEC §6).
+"""Input validation shared by the public boundary (conventions §6).
 
 Every check raises ValueError/TypeError naming the argument, its value and what was
 expected. Checks run once per public call, never inside inner loops.
@@ -45,7 +45,7 @@ def check_same_device_dtype(**tensors: torch.Tensor) -> None:
 
 
 def check_qkv(q, k, v) -> tuple[int, int, int, int, int, int, int]:
-    """Validate SPEC §1 layouts. Returns (B, Hq, Hkv, Nq, Nk, D, Dv)."""
+    """Validate conventions §1 layouts. Returns (B, Hq, Hkv, Nq, Nk, D, Dv)."""
     check_tensor("q", q, 4)
     check_tensor("k", k, 4)
     check_tensor("v", v, 4)

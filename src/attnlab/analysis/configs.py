@@ -1,4 +1,4 @@
-"""Attention geometry of real models, each number with its source (see FACTS.md).
+"""Attention geometry of real models, each number with its source (see docs/sources.md).
 
 An `ArchConfig` holds what the KV cache depends on: layers, query and KV heads, head
 sizes, sliding windows per layer, MLA latent sizes, and the encoder for encoder-decoder
@@ -45,7 +45,7 @@ class ArchConfig:
 
     `head_dim` is the key head size and `v_head_dim` the value head size (default equal).
     For MLA models `n_kv_heads` is None (the cache holds no per-head K/V) and `head_dim`
-    is the paper's d_h. `window`: keys seen per query including itself (SPEC §2), applied
+    is the paper's d_h. `window`: keys seen per query including itself (conventions §2), applied
     to every layer (`window_pattern="all"`) or to even layers only (`"alternate"`,
     Gemma-2). `encoder_layers > 0` marks an encoder-decoder model whose `n_layers`
     decoder layers each cross-attend to the encoder output with `n_kv_heads` heads.
@@ -66,7 +66,7 @@ class ArchConfig:
     encoder_layers: int = 0
     aliases: tuple[str, ...] = ()
     notes: str = ""
-    fp16_kib_per_token: float | None = None  # the figure FACTS.md states, for cross-checks
+    fp16_kib_per_token: float | None = None  # the figure docs/sources.md states, for cross-checks
     # derived
     kind: str = field(init=False)
     layer_windows: tuple[int | None, ...] = field(init=False, repr=False)
@@ -202,7 +202,7 @@ def list_configs() -> list[ArchConfig]:
 
 
 
-# --- built-in models (sources: /work/shared/FACTS.md, "Model configs") -------------------
+# --- built-in models (sources: docs/sources.md, "Model configs") -------------------
 _LLAMA2 = "HF config.json; Llama-2 model card (GQA only on 70B)"
 _LLAMA3 = "llama-models model cards (Meta Llama 3 / 3.1)"
 _DS_V2 = "DeepSeek-V2 report §2.1, §3.1.2 (d_c 512, d'_c 1536, d_h 128, d_R 64)"

@@ -2,7 +2,7 @@
 
 The vLLM paper (Kwon et al. 2023, §2.3, Fig. 2) finds that systems reserving contiguous
 KV memory per request use only 20.4–38.2% of it for token states (60–80% waste), while
-paging wastes only part of each sequence's last block (under 4%) (FACTS.md).
+paging wastes only part of each sequence's last block (under 4%) (docs/sources.md).
 
 Policies, on one KV memory of `memory_tokens` token slots:
 - "max":   contiguous, reserve `max_len` slots per request at admission (first-fit);

@@ -106,7 +106,7 @@ def softmax_pattern(q: torch.Tensor, k: torch.Tensor, mask: Mask | None,
                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, pattern) for q (B, H, Nq, D), k (B, H, Nk, D); bottom-right aligned mask.
 
-    Rows with no visible key give a zero pattern row (SPEC §2), never NaN.
+    Rows with no visible key give a zero pattern row (conventions §2), never NaN.
     """
     Nq, Nk = q.shape[-2], k.shape[-2]
     scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # (B, H, Nq, Nk)
@@ -129,7 +129,7 @@ def run_with_cache(model: nn.Module, tokens: torch.Tensor,
 
     Softmax layers must expose hook_q/hook_k/hook_v (+ hook_head_out), a `mask` and a
     `scale` (None = 1/sqrt(head_dim)); MLA runs its naive path while recording (same
-    output, SPEC §5) because the absorbed path never forms per-head keys.
+    output, conventions §5) because the absorbed path never forms per-head keys.
     """
     check_tensor("tokens", tokens, 2)
     mixers = mixers_of(model)

@@ -1,4 +1,4 @@
-"""KV-cache memory calculator (FACTS.md, "KV cache formulas").
+"""KV-cache memory calculator (docs/sources.md, "KV cache formulas").
 
 - Standard / GQA / MQA layer: `2 · n_kv_heads · head_dim · bytes` per token (K and V; the
   two halves use `head_dim` and `v_head_dim` when they differ).

@@ -2,7 +2,7 @@
 
 With L layers of sliding-window attention of W keys (self included), output position i
 depends on inputs `i − L·(W−1) … i`: each layer reaches W − 1 positions further back, so
-the field spans `L·(W−1) + 1` positions (SPEC §2). Mistral 7B (FACTS.md: 32 layers,
+the field spans `L·(W−1) + 1` positions (conventions §2). Mistral 7B (docs/sources.md: 32 layers,
 W = 4096) gives 32·4095 + 1 = 131,041, which the Mistral paper rounds to "≈131K"
 (32 × 4096 = 131,072 overcounts by L − 1 = 31).
 

@@ -14,7 +14,7 @@ plain forward of `train_len` tokens (a "sink" shows as mass far above 1/(i+1)).
 `bos_token` makes every training and evaluation sequence start with one fixed token, the
 setting in which LLMs develop a sink on it (StreamingLLM §3.3 also trains with a dedicated
 sink token). The paper's result (Llama-2-13B, PG19): window-only perplexity 5158 vs 5.40 with 4 sinks
-(FACTS.md). A model this small may or may not develop a sink; the function measures,
+(docs/sources.md). A model this small may or may not develop a sink; the function measures,
 it does not assume. Cost: training `steps` × O(batch·train_len·d_model²) plus
 O(eval_len) single-token forwards per cache kind.
 """
@@ -48,7 +48,7 @@ class StreamingConfig:
     train_steps: int = 300
     batch_size: int = 16
     lr: float = 3e-3
-    n_sink: int = 4  # the paper's 4 initial tokens (FACTS.md)
+    n_sink: int = 4  # the paper's 4 initial tokens (docs/sources.md)
     window: int = 28  # cache budget n_sink + window = 32 < train_len
     eval_len: int = 256
     eval_sequences: int = 4

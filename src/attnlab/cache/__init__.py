@@ -1,4 +1,4 @@
-"""KV caches behind one interface (SPEC §4)."""
+"""KV caches behind one interface (conventions §4)."""
 from .base import CacheOverflowError, CacheStack, KVCache
 from .block_allocator import BlockAllocator, PoolExhaustedError
 from .contiguous import ContiguousKVCache

@@ -1,4 +1,4 @@
-"""The one cache interface (SPEC §4).
+"""The one cache interface (conventions §4).
 
 Every cache — contiguous, rolling, sink, paged, quantized, latent, recurrent state —
 implements `update`, `seq_len`, `capacity`, `reset`, `nbytes` (bytes actually allocated)

@@ -6,7 +6,7 @@ A pool of `num_blocks` physical blocks. Every block is in exactly one state:
   (its content is intact and reusable until the allocator hands it out again).
 
 `allocate` prefers never-hashed free blocks and evicts hashed ones in LRU order, as the
-vLLM prefix-caching design doc describes (FACTS.md, PagedAttention). Prefix hashes chain:
+vLLM prefix-caching design doc describes (docs/sources.md, PagedAttention). Prefix hashes chain:
 `hash(parent hash, block tokens)`, so a block is shared only when its whole prefix matches.
 All operations are O(1) except `check_invariants` (O(num_blocks)).
 """

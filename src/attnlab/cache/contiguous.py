@@ -1,4 +1,4 @@
-"""Preallocated contiguous KV cache (SPEC §4).
+"""Preallocated contiguous KV cache (conventions §4).
 
 Every layer owns a slab of `capacity` slots allocated once. Appending T tokens writes
 exactly those T slots (O(T) element writes; the history is never copied) and returns

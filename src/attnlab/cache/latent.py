@@ -3,7 +3,7 @@
 Multi-head latent attention caches, per token and layer, only the compressed joint KV
 latent `c_KV` (kv_lora_rank elements) and the decoupled RoPE key `k_R`
 (qk_rope_head_dim elements, shared by all heads) — not per-head K and V. For DeepSeek-V2
-that is 512 + 64 = 576 elements per token per layer (FACTS.md; DeepSeek-V2 config.json).
+that is 512 + 64 = 576 elements per token per layer (docs/sources.md; DeepSeek-V2 config.json).
 
 Memory: `nbytes = n_layers · batch · (kv_lora_rank + qk_rope_head_dim) · capacity · bytes`.
 Appending T tokens writes T slots (O(T · (r + d_R))); the history is never copied.

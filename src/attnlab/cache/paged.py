@@ -13,7 +13,7 @@ so a sequence wastes at most `block_size − 1` slots (its last block).
 - `reserve` refuses (PoolExhaustedError) before changing anything; the serving engine
   answers by preempting a sequence (`swap_out` to host memory, or free and recompute).
 - `batch_view(seq_ids)` exposes a group of equal-length sequences through the KVCache
-  interface (SPEC §4) so a TinyLM forward can run on the pool.
+  interface (conventions §4) so a TinyLM forward can run on the pool.
 
 Costs: reserve/fork/free O(blocks touched); a write is O(T·Hkv·D); reading goes through
 `ops.paged.paged_attention` (no history copy).

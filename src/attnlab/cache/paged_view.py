@@ -1,6 +1,6 @@
 """A batch of equal-length sequences of a `PagedKVCache` behind the KVCache interface.
 
-Lets any model that speaks SPEC §4 (`update`, `seq_len`, `kv_positions`) run on the
+Lets any model that speaks conventions §4 (`update`, `seq_len`, `kv_positions`) run on the
 paged pool: `model(tokens, cache.batch_view([a, b]))`. Each layer's `update` reserves
 room for the new tokens on first sight (refusing before any write when the pool is
 short), writes K/V into the sequences' blocks, and returns the history gathered into a

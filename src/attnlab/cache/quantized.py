@@ -6,7 +6,7 @@
 - `KIVICache` (Liu et al. 2024, "KIVI"): asymmetric b-bit (b = 4 or 2) quantization with
   keys **per channel** (min/max over a group of `group_size` tokens, for each channel) and
   values **per token** (min/max over groups of `group_size` channels), plus a
-  full-precision residual window of the most recent tokens (FACTS.md: group 32, residual
+  full-precision residual window of the most recent tokens (docs/sources.md: group 32, residual
   128). The oldest `group_size` fp tokens are quantized as one group whenever the fp
   window holds ≥ `residual + group_size` tokens, so it always keeps ≥ `residual`. Codes are
   packed 8/b per byte; scale and zero point are fp16.

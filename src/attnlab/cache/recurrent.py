@@ -1,4 +1,4 @@
-"""Recurrent state behind the cache interface (SPEC §4): linear attention, Performer, RWKV, SSD.
+"""Recurrent state behind the cache interface (conventions §4): linear attention, Performer, RWKV, SSD.
 
 A recurrent mixer does not keep past tokens: it keeps a fixed set of named state tensors
 per layer (linear attention: S = Σ φ(k)ᵀv and z = Σ φ(k); RWKV-4: a, b, p and the

@@ -1,7 +1,7 @@
 """Rolling-buffer KV cache for sliding-window attention (Mistral 7B, Jiang et al. 2023, §2).
 
 Each layer owns W slots; the key/value of absolute position p lives in slot `p mod W`
-(FACTS.md, "Sliding window"), and every slot remembers its absolute position. Memory is
+(docs/sources.md, "Sliding window"), and every slot remembers its absolute position. Memory is
 capped at W tokens per layer whatever the sequence length: `nbytes = n_layers · batch ·
 n_kv_heads · (head_dim + v_head_dim) · W · bytes`.
 

@@ -2,7 +2,7 @@
 window of the most recent tokens, at a fixed size whatever the stream length.
 
 As in the paper, keys are cached BEFORE RoPE and rotated at read time with their
-positions *inside the cache*, not in the original text (FACTS.md, StreamingLLM: cache
+positions *inside the cache*, not in the original text (docs/sources.md, StreamingLLM: cache
 [0,1,2,3,6,7,8] decoding token 9 uses positions 0..7). So the model never sees a position
 beyond `n_sink + window`, and generation can run past its training length.
 
@@ -42,7 +42,7 @@ class SinkKVCache(KVCache):
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int, *,
                  n_sink: int = 4, window: int = 1020, v_head_dim: int | None = None,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        # defaults: 4 sinks + 1020 recent (the paper's 1024-token cache; FACTS.md)
+        # defaults: 4 sinks + 1020 recent (the paper's 1024-token cache; docs/sources.md)
         self.n_layers = check_positive_int("n_layers", n_layers)
         self.batch = check_positive_int("batch", batch)
         self.n_kv_heads = check_positive_int("n_kv_heads", n_kv_heads)

@@ -2,11 +2,11 @@
 
 - MHA (Vaswani et al. 2017): `n_kv_heads == n_heads`.
 - GQA (Ainslie et al. 2023): `n_heads % n_kv_heads == 0`; query head h reads KV head
-  `h // (n_heads // n_kv_heads)` (SPEC §1, HF `repeat_kv` grouping).
+  `h // (n_heads // n_kv_heads)` (conventions §1, HF `repeat_kv` grouping).
 - MQA (Shazeer 2019): `n_kv_heads == 1`.
 
 RoPE (Su et al. 2021) on queries and keys, optional sliding window of W keys including
-self (Mistral 7B, W = 4096 per FACTS.md), and any exact softmax backend from
+self (Mistral 7B, W = 4096 per docs/sources.md), and any exact softmax backend from
 `attnlab.ops.softmax`. Cost per forward: O(N·d_model·(H + 2·Hkv)·D) for projections plus
 O(H·Nq·Nk·D) for attention; the cache holds 2·Hkv·D elements per token.
 """
@@ -60,7 +60,7 @@ def resolve_heads(d_model: int, n_heads: int, n_kv_heads: int | None,
     """Validate a layer's head geometry; returns (n_kv_heads, head_dim).
 
     `n_kv_heads=None` means MHA (= n_heads); `head_dim=None` means d_model // n_heads,
-    which then must divide. `n_heads` must be divisible by `n_kv_heads` (SPEC §1).
+    which then must divide. `n_heads` must be divisible by `n_kv_heads` (conventions §1).
     """
     check_positive_int("d_model", d_model)
     check_positive_int("n_heads", n_heads)
@@ -258,6 +258,6 @@ class Attention(Mixer):
                                  dtype=dtype, device=device)
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
-        """2 (K and V) · n_kv_heads · head_dim · bytes (FACTS.md, KV cache formulas)."""
+        """2 (K and V) · n_kv_heads · head_dim · bytes (docs/sources.md, KV cache formulas)."""
         check_positive_int("dtype_bytes", dtype_bytes)
         return 2 * self.n_kv_heads * self.head_dim * dtype_bytes

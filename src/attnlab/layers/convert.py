@@ -2,7 +2,7 @@
 
 `mha_to_gqa`: the GQA paper's uptraining start point (Ainslie et al. 2023, §2.1): the
 key and value projection heads inside each group are **mean-pooled** (which beat keeping
-the first head and random initialisation, FACTS.md); queries and the output projection are
+the first head and random initialisation, docs/sources.md); queries and the output projection are
 copied. GQA-1 is MQA, GQA-H is MHA. The converted model is then uptrained for a small
 fraction (α = 5%) of the original steps; this module only builds the start point.
 

@@ -5,7 +5,7 @@ output is fixed for a request, so K/V are projected ONCE per request into a
 `StaticCrossCache` and reused at every decode step: a decode step costs
 O(H·S·D) attention over S encoder tokens plus one query projection, with no K/V
 projection (2·S·d_enc·Hkv·D multiply-adds saved per step and layer). The cache holds
-2·Hkv·D elements per *encoder* token per layer (FACTS.md, KV cache formulas).
+2·Hkv·D elements per *encoder* token per layer (docs/sources.md, KV cache formulas).
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def mla_path_flops(n_heads: int, n_new: int, n_kv: int, kv_lora_rank: int, qk_no
 @dataclass
 class MLASpec:
     """Config of one MLA layer. DeepSeek-V2: n_heads 128, q_lora_rank 1536, kv_lora_rank
-    512, qk_nope 128, qk_rope 64, v 128; V2-Lite: 16 heads, q_lora_rank None (FACTS.md)."""
+    512, qk_nope 128, qk_rope 64, v 128; V2-Lite: 16 heads, q_lora_rank None (docs/sources.md)."""
 
     n_heads: int
     kv_lora_rank: int
@@ -104,7 +104,7 @@ class MultiLatentAttention(Mixer):
 
     With a cache (a `LatentKVCache`), the new tokens' `c_KV` and rotated `k_R` are
     appended, and attention reads the whole cached latent. `absorb` picks the path (see
-    the module docstring); both give the same answer to SPEC §5 tolerance.
+    the module docstring); both give the same answer to conventions §5 tolerance.
     """
 
     def __init__(self, d_model: int, spec: MLASpec, *, layer_idx: int = 0,

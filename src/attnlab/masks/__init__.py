@@ -1,4 +1,4 @@
-"""Composable mask predicates (SPEC §2) and their dense / block lowering."""
+"""Composable mask predicates (conventions §2) and their dense / block lowering."""
 from .bigbird import BigBirdConfig, bigbird
 from .layout import EMPTY, FULL, PARTIAL, BlockLayout, block_layout, describe, to_dense
 from .predicates import (

@@ -3,7 +3,7 @@
 Like FlexAttention's `mask_mod`, a predicate is evaluated on broadcast index tensors, so
 one object lowers to a dense mask and to a block layout (`masks.layout`). attnlab passes
 **absolute positions**: with `Nq` queries and `Nk` keys, query row `i` is at position
-`i + Nk - Nq` (bottom-right causal alignment, SPEC §2). FlexAttention passes row indices
+`i + Nk - Nq` (bottom-right causal alignment, conventions §2). FlexAttention passes row indices
 instead; to port a FlexAttention mask_mod with `Nq != Nk`, subtract the offset.
 
 A predicate may carry `kv_bounds(q_pos) -> (lo, hi)`: keys outside `[lo, hi)` are known to
@@ -150,7 +150,7 @@ def full() -> Mask:
 
 
 def causal() -> Mask:
-    """Query at position i sees keys j <= i (bottom-right aligned, SPEC §2)."""
+    """Query at position i sees keys j <= i (bottom-right aligned, conventions §2)."""
     return Mask(lambda b, h, q, k: q >= k, "causal",
                 kv_bounds=lambda qp, nk: (torch.zeros_like(qp), qp + 1))
 
@@ -159,7 +159,7 @@ def sliding_window(window: int) -> Mask:
     """Causal band: query i sees keys j with 0 <= i - j < W (W keys including itself).
 
     FlashAttention's `window_size=(W-1, 0)`; FlexAttention-style `q_idx - kv_idx <= W-1`.
-    Mistral 7B uses W = 4096 (FACTS.md, Mistral paper §2).
+    Mistral 7B uses W = 4096 (docs/sources.md, Mistral paper §2).
     """
     check_positive_int("window", window)
     return Mask(lambda b, h, q, k: (q >= k) & (q - k < window), f"sliding_window({window})",

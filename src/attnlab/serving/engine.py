@@ -38,7 +38,7 @@ class EngineConfig:
     prefill_chunk: most prompt tokens one sequence prefills per step."""
 
     num_blocks: int
-    block_size: int = 16  # vLLM default (FACTS.md, PagedAttention)
+    block_size: int = 16  # vLLM default (docs/sources.md, PagedAttention)
     max_batch_tokens: int = 256
     max_running: int = 64
     prefill_chunk: int = 128

@@ -41,7 +41,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
         total = per_layer * cfg.n_layers
         formula = 2 * cfg.n_layers * cfg.n_heads * cfg.head_dim * 2
         ev.measurements[f"{cfg.name}: fp16 KV bytes/token (real cache)"] = total
-        ev.check(f"{cfg.name}: real cache = 2·L·H·d_h·2 = {facts_kib} KiB (FACTS.md)",
+        ev.check(f"{cfg.name}: real cache = 2·L·H·d_h·2 = {facts_kib} KiB (docs/sources.md)",
                  total == formula == facts_kib * 1024, f"{total} B")
     llama = get_config("llama-2-7b")
     seq = 2 * llama.n_layers * llama.n_heads * llama.head_dim * 2 * 4096

@@ -20,7 +20,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.measurements["Falcon-7B MQA fp16 bytes/token (real cache)"] = mqa
     ev.measurements["Falcon-7B as MHA fp16 bytes/token (real cache)"] = mha
     ev.measurements["reduction factor"] = ratio
-    ev.check("Falcon-7B MQA caches 8 KiB/token (FACTS.md)", mqa == 8 * 1024, f"{mqa} B")
+    ev.check("Falcon-7B MQA caches 8 KiB/token (docs/sources.md)", mqa == 8 * 1024, f"{mqa} B")
     ev.check("reduction factor = number of query heads (71)", ratio == falcon.n_heads,
              f"{ratio:.1f}")
 

@@ -18,7 +18,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     for k, row in table.items():
         ev.measurements[f"Llama-2-70B as {k}: fp16 bytes/token (real cache)"] = \
             row["measured_bytes_per_token"]
-    ev.check("GQA-8 caches 320 KiB/token (FACTS.md)", gqa8 == 320 * 1024, f"{gqa8} B")
+    ev.check("GQA-8 caches 320 KiB/token (docs/sources.md)", gqa8 == 320 * 1024, f"{gqa8} B")
     ev.check("reduction MHA → GQA-8 = H / G = 64 / 8 = 8", mha // gqa8 == 8, f"{mha / gqa8:.1f}×")
     ev.check("reduction MHA → MQA = 64", mha // mqa == 64, f"{mha / mqa:.1f}×")
     cfg = get_config("llama-2-70b")

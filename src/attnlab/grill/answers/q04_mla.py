@@ -19,7 +19,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.measurements["DeepSeek-V2 fp16 bytes/token (real latent cache × 60 layers)"] = \
         per_layer * ds.n_layers
     ev.check("576 = kv_lora_rank 512 + rope 64 elements", elems == 576)
-    ev.check("67.5 KiB/token in fp16 (FACTS.md)", per_layer * ds.n_layers == int(67.5 * 1024))
+    ev.check("67.5 KiB/token in fp16 (docs/sources.md)", per_layer * ds.n_layers == int(67.5 * 1024))
     d_h = ds.mla.qk_nope_head_dim
     ev.measurements["latent as multiple of d_h"] = elems / d_h
     ev.measurements["equivalent GQA groups (576 / (2·d_h))"] = elems / (2 * d_h)

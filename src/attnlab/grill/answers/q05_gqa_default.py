@@ -7,7 +7,7 @@ from ._kv_quality import add_small_scale
 from ._measure import decode_step_ms, variant_table
 
 # GQA paper (Ainslie et al. 2023), T5-XXL with 5% uptraining: average score and
-# inference time per sample (FACTS.md, "GQA").
+# inference time per sample (docs/sources.md, "GQA").
 GQA_PAPER = {"MHA": (47.2, 1.51), "GQA-8": (47.1, 0.28), "MQA": (46.6, 0.24)}
 
 

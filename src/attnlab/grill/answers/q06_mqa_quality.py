@@ -7,7 +7,7 @@ from ._kv_quality import add_small_scale
 from ._measure import decode_step_ms
 
 # GQA paper, T5-XXL uptrained 5%: average score; DeepSeek-V2 report Table 8, 7B dense
-# trained on 1.33T tokens: MMLU (FACTS.md).
+# trained on 1.33T tokens: MMLU (docs/sources.md).
 T5_XXL = {"MHA": 47.2, "MQA": 46.6}
 DEEPSEEK_7B_MMLU = {"MHA": 45.2, "GQA-8": 41.2, "MQA": 37.9}
 

@@ -37,7 +37,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     mem = kv_memory(t5, context=512, encoder_length=512)
     ev.measurements["T5-base cross K/V per encoder token (fp16)"] = mem.cross_bytes_per_encoder_token
     ev.measurements["T5-base self K/V per decoder token (fp16)"] = mem.bytes_per_token
-    ev.check("T5-base: 36 KiB per encoder token, written once (FACTS.md)",
+    ev.check("T5-base: 36 KiB per encoder token, written once (docs/sources.md)",
              mem.cross_bytes_per_encoder_token == 36 * 1024)
     saved = 2 * S * d * d * (steps - 1)
     ev.measurements["multiply-adds saved vs re-projecting every step"] = saved

@@ -37,7 +37,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
         float(v) for v in g]
     ev.check("every prompt token influences the last output", bool((g > 0).all()))
 
-    d, L = 768, 12  # T5-base decoder (FACTS.md)
+    d, L = 768, 12  # T5-base decoder (docs/sources.md)
     cross = CrossAttention(d, 12)
     per_layer = sum(p.numel() for p in cross.parameters())
     ev.measurements["cross-attention params per decoder layer (T5-base shape)"] = per_layer

@@ -29,7 +29,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.measurements["measured field (autograd, random stacks)"] = rows
     ev.check("autograd field == graph reach == L·(W−1)+1 for every (L, W)", ok, str(rows))
 
-    cfg = get_config("mistral-7b")  # FACTS.md: 32 layers, W = 4096 (Mistral paper §2)
+    cfg = get_config("mistral-7b")  # docs/sources.md: 32 layers, W = 4096 (Mistral paper §2)
     exact = theoretical_receptive_field(cfg.n_layers, cfg.window)
     seed_value = cfg.n_layers * cfg.window
     ev.measurements["Mistral 7B exact span L·(W−1)+1"] = exact

@@ -68,7 +68,7 @@ QUESTION = Question(
         "O(N²) to O(N). Because attention on GPUs was limited by memory traffic, not FLOPs, "
         "this gave 2–4× wall-clock speedups (FlashAttention paper) and made long contexts "
         "fit; FlashAttention-2 reorganised the loops and parallelism for ≈2× more and "
-        "50–73% of A100 peak (FACTS.md, Kernels)."
+        "50–73% of A100 peak (docs/sources.md, Kernels)."
     ),
     formulas=[
         "S_ij = q_i·k_j / √d;  O_i = Σ_j softmax_j(S_i·) v_j",

@@ -54,7 +54,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     t_pre = _best(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), 2)
     f_pre = 4 * d * h * n * (n + 1) / 2
     b_pre = 4 * n * h * d * 4  # read q, k, v and write o once, fp32
-    # decode: one token against a cache (Llama-3-8B shape: Hq 32, Hkv 8, D 128; FACTS.md)
+    # decode: one token against a cache (Llama-3-8B shape: Hq 32, Hkv 8, D 128; docs/sources.md)
     ctxlen, hq, hkv, dd = (65536 if ctx.full else 16384), 32, 8, 128
     qd = torch.randn(1, hq, 1, dd, generator=g)
     kd, vd = (torch.randn(1, hkv, ctxlen, dd, generator=g) for _ in range(2))

@@ -24,7 +24,7 @@ def _tied_mha_from_mqa(mqa: Attention) -> Attention:
 def evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     torch.manual_seed(ctx.seed)
-    falcon = get_config("falcon-7b")  # 71 query heads, 1 KV head of 64 (FACTS.md, HF config)
+    falcon = get_config("falcon-7b")  # 71 query heads, 1 KV head of 64 (docs/sources.md, HF config)
     mqa = kv_memory(falcon, 2048, batch=1, dtype="fp16")
     mha = kv_memory(falcon.variant("mha"), 2048, batch=1, dtype="fp16")
     ratio = mha.bytes_per_token / mqa.bytes_per_token

@@ -23,7 +23,7 @@ def _tie_within_groups(layer: Attention, groups: int) -> None:
 def evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     torch.manual_seed(ctx.seed)
-    cfg = get_config("llama-2-70b")  # 64 query heads, 8 KV heads, d_head 128 (FACTS.md)
+    cfg = get_config("llama-2-70b")  # 64 query heads, 8 KV heads, d_head 128 (docs/sources.md)
     rows = {}
     for label, v in (("MHA", cfg.variant("mha")), ("GQA-8", cfg), ("MQA", cfg.variant("mqa"))):
         rows[label] = kv_memory(v, 4096, batch=1, dtype="fp16")
@@ -60,7 +60,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
              f"{err_tied:.1e}")
     ev.check("pooling distinct heads changes the output (hence uptraining)",
              min(pool_err.values()) > 1e-3, str({g: f"{e:.2e}" for g, e in pool_err.items()}))
-    # reported by the paper (T5-XXL, 5% uptraining; not measured here, FACTS.md)
+    # reported by the paper (T5-XXL, 5% uptraining; not measured here, docs/sources.md)
     ev.measurements["paper: avg score / s per sample, MHA / GQA-8 / MQA"] = (
         "47.2 / 1.51", "47.1 / 0.28", "46.6 / 0.24")
     ev.key_figure = (f"Llama-2-70B GQA-8: {rows['GQA-8'].bytes_per_token:,} B/token vs MHA "

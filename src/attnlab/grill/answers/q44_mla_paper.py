@@ -21,7 +21,7 @@ def _decode_outputs(layer: MultiLatentAttention, x: torch.Tensor, prefill: int):
 def evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     torch.manual_seed(ctx.seed)
-    ds = get_config("deepseek-v2")  # d_c 512, d_R 64, d_h 128, 128 heads, 60 layers (FACTS.md)
+    ds = get_config("deepseek-v2")  # d_c 512, d_R 64, d_h 128, 128 heads, 60 layers (docs/sources.md)
     elems = ds.cached_elements_per_token_per_layer
     d_h = ds.mla.qk_nope_head_dim
     ev.measurements["cached elements/token/layer d_c + d_R"] = elems

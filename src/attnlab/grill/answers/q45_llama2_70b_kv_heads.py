@@ -43,7 +43,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     read = out[0, :, 0, 0].round().long()  # which KV head each query head read
     expect = torch.arange(64) // 8
     ev.measurements["KV head read by query heads 0, 7, 8, 63"] = [int(read[i]) for i in (0, 7, 8, 63)]
-    ev.check("query head h reads KV head h // 8 (SPEC §1 grouping)", bool((read == expect).all()),
+    ev.check("query head h reads KV head h // 8 (conventions §1 grouping)", bool((read == expect).all()),
              str(read.tolist()[:16]))
     ev.key_figure = (f"n_kv_heads 8 (64 query heads, groups of 8): {mem.bytes_per_token:,} B/token "
                      f"fp16, {format_bytes(mem.bytes_per_sequence)} per 4K sequence")

@@ -13,7 +13,7 @@ from ..titles import TITLES
 
 def evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
-    cfg = get_config("mistral-7b")  # FACTS.md: HF config; Mistral paper §2 (W = 4096)
+    cfg = get_config("mistral-7b")  # docs/sources.md: HF config; Mistral paper §2 (W = 4096)
     ev.measurements["window W"] = cfg.window
     ev.measurements["layers / KV heads / head_dim"] = (cfg.n_layers, cfg.n_kv_heads, cfg.head_dim)
     ev.check("config window is 4096", cfg.window == 4096, str(cfg.window))
@@ -23,12 +23,12 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     per_seq = layer_cache.nbytes * cfg.n_layers
     ev.measurements["rolling cache bytes per layer (fp16)"] = layer_cache.nbytes
     ev.measurements["per sequence, 32 layers"] = per_seq
-    ev.check("32 rolling layers hold 512 MiB per sequence (FACTS.md)", per_seq == 512 * 2**20,
+    ev.check("32 rolling layers hold 512 MiB per sequence (docs/sources.md)", per_seq == 512 * 2**20,
              f"{per_seq / 2**20:.1f} MiB")
     full32k = kv_memory(cfg.scaled(window=None), 32768).bytes_per_sequence
     win32k = kv_memory(cfg, 32768).bytes_per_sequence
     ev.measurements["fp16 KV at 32K tokens: full vs window"] = (full32k, win32k)
-    ev.check("8x saving at 32K tokens (FACTS.md)", full32k == 8 * win32k == 8 * per_seq,
+    ev.check("8x saving at 32K tokens (docs/sources.md)", full32k == 8 * win32k == 8 * per_seq,
              f"{full32k / win32k:.1f}x")
     span = theoretical_receptive_field(cfg.n_layers, cfg.window)
     ev.measurements["theoretical span L·(W−1)+1"] = span
@@ -56,7 +56,7 @@ QUESTION = Question(
     seed_note=(
         "The seed's 4096 is right for Mistral 7B v0.1. Later Mistral releases (v0.2 onward) "
         "and Mixtral's official config have no sliding window; copies that say 4096 for "
-        "Mixtral are stale (FACTS.md)."
+        "Mixtral are stale (docs/sources.md)."
     ),
     evidence=evidence,
 )

@@ -5,10 +5,10 @@
     bidirectional: O = φ(Q) (φ(K)ᵀ V) / (φ(Q) φ(K)ᵀ 1 + eps)
 in O(N·F·Dv) instead of softmax's O(N²·D). `normalize=False` drops the denominator.
 
-Layouts follow SPEC §1: q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); query
-head h reads KV head h // (Hq // Hkv). Causal alignment is bottom-right (SPEC §2): query i
+Layouts follow conventions §1: q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); query
+head h reads KV head h // (Hq // Hkv). Causal alignment is bottom-right (conventions §2): query i
 sits at position i + Nk − Nq; rows that see no key read only the initial state (zero
-output without one). Recurrent returns follow SPEC §3: `initial_state` is a
+output without one). Recurrent returns follow conventions §3: `initial_state` is a
 `LinearState(S (B, Hkv, F, Dv), z (B, Hkv, F) or None)` holding keys before position 0,
 and `output_final_state=True` returns `(out, LinearState)` after the last key.
 Works in float32/float64 (and in fp16/bf16 wherever torch's matmul does).

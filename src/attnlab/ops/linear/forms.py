@@ -10,7 +10,7 @@ With features qf = φ(q), kf = φ(k) the causal output at step t is
 - recurrent: one state update per token — O(N·F·Dv) time, O(F·Dv) memory, a Python loop.
 
 Layouts: qf (B, Hkv, G, N, F) — the G query heads sharing one key/value head sit on their
-own axis (SPEC §1 grouping); kf (B, Hkv, N, F); v (B, Hkv, N, Dv). The state is per KV
+own axis (conventions §1 grouping); kf (B, Hkv, N, F); v (B, Hkv, N, Dv). The state is per KV
 head: S (B, Hkv, F, Dv), z (B, Hkv, F) (z is None without the normaliser).
 Queries and keys are aligned (query t reads keys ≤ t); the public boundary in
 `attention.py` handles Nq != Nk and initial states.

@@ -2,7 +2,7 @@
 
 The softmax kernel exp(q·k/√d) is estimated with positive random features
     φ(x) = exp(ωᵢᵀx̂ − |x̂|²/2)/√m,  x̂ = x · d^{-1/4},  ωᵢ ~ N(0, I_d),  i = 1..m
-(FACTS.md "Performer"; the paper's Lemma 1, positive features), so that
+(docs/sources.md "Performer"; the paper's Lemma 1, positive features), so that
 E[φ(q)·φ(k)] = exp(q̂·k̂) = exp(q·k/√d) and attention becomes normalised linear attention
 with φ — O(N·m·Dv) instead of O(N²·D). Orthogonal random features (ORF, §2.4) draw the
 ωᵢ in blocks of d mutually orthogonal directions with Gaussian-like lengths; they lower
@@ -70,7 +70,7 @@ def performer_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega
                         *, causal: bool = True, mode: str = "chunked", chunk_size: int = 64,
                         initial_state: LinearState | None = None,
                         output_final_state: bool = False, eps: float = 1e-6):
-    """FAVOR+ approximation of softmax attention with scale 1/√D (SPEC §1 layouts).
+    """FAVOR+ approximation of softmax attention with scale 1/√D (conventions §1 layouts).
 
     Causal uses the chunked linear-attention path (or "parallel"/"recurrent"); the state is
     a LinearState over the m features. Error vs exact softmax falls like 1/√m.

@@ -1,7 +1,7 @@
 """Naive float32 references for the linear family's linear attention: a plain loop per query.
 
 Obviously correct by construction: for each query row, sum the kernel weights φ(q_i)·φ(k_j)
-of the keys it may see (bottom-right causal alignment, SPEC §2) plus the initial state.
+of the keys it may see (bottom-right causal alignment, conventions §2) plus the initial state.
 O(Nq·Nk·(F + Dv)); use only on small inputs.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def linear_attention_reference(q, k, v, *, feature_map: str | FeatureMap = "elu+
         z0 = initial_state[1].float() if initial_state[1] is not None else torch.zeros(B, Hkv, Fd)
     out = torch.zeros(B, Hq, Nq, Dv)
     for h in range(Hq):
-        g = h // G  # SPEC §1 grouping
+        g = h // G  # conventions §1 grouping
         for i in range(Nq):
             last = i + Nk - Nq if causal else Nk - 1  # last visible key (bottom-right)
             num = torch.einsum("bf,bfd->bd", qf[:, h, i], S0[:, g])  # (B, Dv)

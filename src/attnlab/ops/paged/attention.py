@@ -5,7 +5,7 @@ physical blocks listed by a block table. Here the table is cut into ranges of
 `blocks_per_chunk` logical blocks; each range gives a partial `(o_c, lse_c)` — with
 torch's fused CPU flash kernel when every key of the range is visible to every query, with
 the masked split-KV chunk kernel of `ops.softmax.decode` (Flash-Decoding) otherwise — and
-the partials are combined exactly by `merge_many` (SPEC §3). Slots past the longest
+the partials are combined exactly by `merge_many` (conventions §3). Slots past the longest
 sequence are dropped, not masked. The whole history is never copied:
 - a range whose physical blocks are consecutive (the usual case right after allocation)
   is read in place through a view;
@@ -113,7 +113,7 @@ def paged_attention(q, k_pool, v_pool, block_tables, seq_lens, *, scale: float |
     block_tables (B, max_blocks) integer (entries past a sequence's last block are ignored
     but must be valid ids); seq_lens (B,) tokens stored per sequence, including the Nq new
     ones. Query i of sequence b sits at position seq_lens[b] − Nq + i and sees keys
-    0..that position (bottom-right causal, SPEC §2). Returns out (B, Hq, Nq, Dv) or
+    0..that position (bottom-right causal, conventions §2). Returns out (B, Hq, Nq, Dv) or
     (out, lse) with lse float32 (B, Hq, Nq).
     """
     B, Hq, Hkv, Nq, D, Dv, bs, _ = check_paged_inputs(q, k_pool, v_pool, block_tables, seq_lens)

@@ -14,7 +14,7 @@ Two implementations, the same answer:
   call into torch's fused CPU flash kernel
   (`aten._scaled_dot_product_flash_attention_for_cpu`, which returns `lse`) with a small
   additive mask that is -inf only inside the run's PARTIAL blocks. Runs merge exactly
-  with `merge_many` (SPEC §3). GQA folds the G query heads of a group into the rows of one
+  with `merge_many` (conventions §3). GQA folds the G query heads of a group into the rows of one
   call, so each key/value block is read once per KV head. The backward calls the fused
   flash backward per run with the merged `out`/`lse` (P = exp(S − lse) and
   Δ = rowsum(dO ∘ O) are global quantities, so per-run gradients simply add up).

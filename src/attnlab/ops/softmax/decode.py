@@ -2,7 +2,7 @@
 
 A few query tokens against a long cache: the cache is cut into chunks, each chunk gives a
 partial `(o_c, lse_c)` independently, and the partials are combined exactly with
-`merge_many` (SPEC §3):  lse = log Σ_c exp(lse_c),  o = Σ_c exp(lse_c − lse) · o_c.
+`merge_many` (conventions §3):  lse = log Σ_c exp(lse_c),  o = Σ_c exp(lse_c − lse) · o_c.
 
 GQA-aware: the G = Hq/Hkv query heads that share a KV head are folded into the rows of one
 matmul, q (B, Hq, Nq, D) -> (B, Hkv, G·Nq, D), so every key/value byte is read once per

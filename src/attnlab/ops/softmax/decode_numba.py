@@ -2,7 +2,7 @@
 
 Same algorithm and contract as `decode.py` (Flash-Decoding, Dao, Haziza, Massa, Sizov
 2023): the cache is cut into chunks, each (batch, kv-head, chunk) work item gives a
-partial (o_c, lse_c), and the partials are combined with `merge_many` (SPEC §3). What
+partial (o_c, lse_c), and the partials are combined with `merge_many` (conventions §3). What
 changes is the chunk kernel: instead of two skinny GEMMs (which pack their operands and
 stream the cache at ~half the read bandwidth, kernels_notes.md), each key row is read
 once and used at once by the G·Nq query rows of its group — a GEMV-like pass:

@@ -6,7 +6,7 @@ masks lower to a dense boolean mask unless the pattern is plain full/causal with
 layout, `block_sparse.py`), "decode" (split-KV, `decode.py`), and "auto" (`choose_backend`:
 SDPA's fused kernel for plain full/causal with Nq == Nk, split-KV for decode shapes, the
 block-sparse executor for any other `Mask`, SDPA for a dense bool tensor). Every backend
-returns the same answer to SPEC §5 tolerances (tests/test_dispatch.py).
+returns the same answer to conventions §5 tolerances (tests/test_dispatch.py).
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _sdpa(q, k, v, *, mask, scale, return_lse, q_pos, kv_pos):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     m = dense_mask(mask, B, Hq, Nq, Nk, q_pos=q_pos, kv_pos=kv_pos)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale, enable_gqa=gqa)
-    # SPEC §2: a row with no visible key returns 0 (SDPA's math path may give NaN there)
+    # conventions §2: a row with no visible key returns 0 (SDPA's math path may give NaN there)
     empty = ~m.any(-1, keepdim=True)  # (B|1, H|1, Nq, 1)
     if bool(empty.any()):
         out = out.masked_fill(empty, 0.0)

@@ -63,7 +63,7 @@ class TilePlan:
 
 
 def positions(nq: int, nk: int, q_pos, kv_pos) -> tuple[torch.Tensor, torch.Tensor]:
-    """Absolute positions (SPEC §2 default: query i at i + Nk − Nq, key j at j)."""
+    """Absolute positions (conventions §2 default: query i at i + Nk − Nq, key j at j)."""
     qp = torch.arange(nq) + (nk - nq) if q_pos is None else torch.as_tensor(q_pos).long()
     kp = torch.arange(nk) if kv_pos is None else torch.as_tensor(kv_pos).long()
     if qp.shape != (nq,):

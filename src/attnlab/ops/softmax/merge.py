@@ -1,4 +1,4 @@
-"""Exact merge of partial attention results over disjoint key sets (SPEC §3).
+"""Exact merge of partial attention results over disjoint key sets (conventions §3).
 
 lse = logaddexp(lse1, lse2); o = exp(lse1 − lse)·o1 + exp(lse2 − lse)·o2, with -inf
 meaning "no keys". Associative and commutative; split-KV decoding, LSH hash rounds, the

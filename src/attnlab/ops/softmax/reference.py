@@ -104,9 +104,9 @@ def attention_reference(
     - Rows with no visible key return 0 and lse = -inf (never NaN).
 
     Dtypes: float16, bfloat16 and float32 inputs are computed in float32, float64 in
-    float64; `out` has q's dtype, `lse` is float32 (SPEC §3). Integer inputs raise.
+    float64; `out` has q's dtype, `lse` is float32 (conventions §3). Integer inputs raise.
 
-    Non-finite inputs (SPEC §6) are not rejected: the oracle propagates them exactly,
+    Non-finite inputs (conventions §6) are not rejected: the oracle propagates them exactly,
     pair by pair. A masked (query, key) pair contributes nothing even when its k or v is
     NaN/inf; a visible score of -inf acts as a masked key; a visible NaN or +inf score
     makes that row's out NaN (lse NaN or +inf); a visible non-finite v entry reaches only

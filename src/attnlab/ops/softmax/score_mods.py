@@ -1,6 +1,6 @@
 """Score modifiers `score_mod(score, b, h, q_idx, kv_idx) -> score` (FlexAttention style).
 
-Indices are absolute positions (bottom-right aligned, SPEC §2) and broadcast like masks.
+Indices are absolute positions (bottom-right aligned, conventions §2) and broadcast like masks.
 """
 from __future__ import annotations
 

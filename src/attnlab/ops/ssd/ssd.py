@@ -1,10 +1,10 @@
 """Public entry point of Mamba-2's SSD (Dao & Gu 2024), with validation and layouts.
 
-Layouts (attnlab heads-first, SPEC §1 style): x (B, H, N, P), dt (B, H, N) (Δ after
+Layouts (attnlab heads-first, conventions §1 style): x (B, H, N, P), dt (B, H, N) (Δ after
 softplus, ≥ 0), A (H,) (≤ 0), B and C (B, G, N, S) with head h reading group
 h // (H // G) (Mamba-2's n_groups, the SSM analogue of GQA), D (H,) optional skip.
 State (B, H, S, P) — Mamba-2 stores (B, H, P, S); transpose to convert.
-`mode`: "chunked" (default), "quadratic" or "recurrent"; all agree to SPEC §5 tolerances.
+`mode`: "chunked" (default), "quadratic" or "recurrent"; all agree to conventions §5 tolerances.
 fp16/bf16 inputs are computed in float32 (exp(±cumulative log decay) overflows fp16 and
 loses bf16's few mantissa bits) and the outputs cast back to the input dtype.
 """
