@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[dev,viz,train,fast]"
+	$(BIN)/pip install --quiet -e ".[dev,viz,train,fast,hf]"
 	touch $(STAMP)
 
 demo: $(STAMP)
