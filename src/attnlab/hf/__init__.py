@@ -1,0 +1,17 @@
+"""attnlab inside Hugging Face transformers (optional extra `attnlab[hf]`).
+
+    import attnlab.hf
+    attnlab.hf.register()
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="attnlab")
+
+runs every attention call of the model through `attnlab.attention` (docs/conventions.md
+§9): `backend` (the attention function and `register`), `masks` (attnlab masks from what
+transformers passes), `convert` (KV-layout conversions on HF models).
+"""
+from .backend import FAST_SCORE_MOD, NAME, attnlab_attention_forward, register
+from .convert import ConversionReport, gqa_sweep, kv_cache_bytes, logit_kl, mha_to_gqa
+from .masks import HFMask, HFMaskInfo, attnlab_mask
+
+__all__ = ["FAST_SCORE_MOD", "NAME", "ConversionReport", "HFMask", "HFMaskInfo",
+           "attnlab_attention_forward", "attnlab_mask", "gqa_sweep", "kv_cache_bytes", "logit_kl",
+           "mha_to_gqa", "register"]
