@@ -78,8 +78,8 @@ def test_batched_shapes_and_head_table():
 
 
 def test_bad_patterns():
-    with pytest.raises(ValueError, match="square"):
-        previous_token_score(torch.rand(4, 5))
+    with pytest.raises(ValueError, match="Nq <= Nk"):
+        previous_token_score(torch.rand(5, 4))
     with pytest.raises(ValueError, match="above the diagonal"):
         previous_token_score(torch.full((4, 4), 0.25))
     assert float(previous_token_score(torch.full((4, 4), 0.25), causal=False)) == 0.1875
