@@ -10,6 +10,7 @@ transformers passes), `convert` (KV-layout conversions on HF models).
 """
 from .backend import FAST_SCORE_MOD, NAME, attnlab_attention_forward, register
 from .convert import ConversionReport, gqa_sweep, kv_cache_bytes, logit_kl, mha_to_gqa
+from .from_pretrained import from_hf_model, from_pretrained_attention, from_pretrained_lm  # noqa: F401
 from .masks import HFMask, HFMaskInfo, attnlab_mask
 
 __all__ = ["FAST_SCORE_MOD", "NAME", "ConversionReport", "HFMask", "HFMaskInfo",

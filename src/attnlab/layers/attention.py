@@ -5,13 +5,18 @@
   `h // (n_heads // n_kv_heads)` (conventions §1, HF `repeat_kv` grouping).
 - MQA (Shazeer 2019): `n_kv_heads == 1`.
 
-RoPE (Su et al. 2021) on queries and keys, optional sliding window of W keys including
-self (Mistral 7B, W = 4096 per docs/sources.md), and any exact softmax backend from
+RoPE (Su et al. 2021) on queries and keys with optional frequency scaling
+(`ops.rope_scaling`: linear, dynamic NTK, YaRN, Llama 3), optional RMSNorm on queries and
+keys (per head as in Qwen3, or over the whole projection as in OLMo-2), a bias per
+projection (Qwen2: q/k/v only), optional sliding window of W keys including self
+(Mistral 7B, W = 4096 per docs/sources.md), Hugging Face-style `position_ids` and
+`attention_mask` (padding; `layers.positions`), and any exact softmax backend from
 `attnlab.ops.softmax`. Cost per forward: O(N·d_model·(H + 2·Hkv)·D) for projections plus
 O(H·Nq·Nk·D) for attention; the cache holds 2·Hkv·D elements per token.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,9 +28,11 @@ from ..cache.contiguous import ContiguousKVCache
 from ..cache.rolling import RollingKVCache
 from ..masks import Mask, causal, sliding_window
 from ..ops.rope import apply_rope
+from ..ops.rope_scaling import RopeScaling
 from ..ops.softmax import BACKENDS, attention
 from .base import Mixer
 from .hooks import HookPoint
+from .positions import check_position_ids, with_padding
 
 
 def check_backend(backend) -> str:
@@ -74,15 +81,46 @@ def resolve_heads(d_model: int, n_heads: int, n_kv_heads: int | None,
     return n_kv_heads, head_dim
 
 
+def projection_biases(bias) -> tuple[bool, bool, bool, bool]:
+    """`bias`: one bool for all four projections, or four bools (q, k, v, o), e.g. Qwen2's
+    (True, True, True, False)."""
+    if isinstance(bias, bool):
+        return (bias,) * 4
+    if (isinstance(bias, Sequence) and len(bias) == 4
+            and all(isinstance(b, bool) for b in bias)):
+        return tuple(bias)
+    raise TypeError(f"bias must be a bool or four bools (q, k, v, o), got {bias!r}")
+
+
+QK_NORMS = ("head", "proj")
+
+
+def check_qk_norm(qk_norm) -> str | None:
+    """None, "head" (RMSNorm over head_dim, Qwen3) or "proj" (over the whole q / k
+    projection, OLMo-2)."""
+    if qk_norm is not None and qk_norm not in QK_NORMS:
+        raise ValueError(f"qk_norm ({qk_norm!r}) must be None or one of {list(QK_NORMS)}")
+    return qk_norm
+
+
+def check_rope_scaling(rope_scaling) -> RopeScaling | None:
+    if rope_scaling is not None and not isinstance(rope_scaling, RopeScaling):
+        raise TypeError(f"rope_scaling must be a RopeScaling or None, got "
+                        f"{type(rope_scaling).__name__}")
+    return rope_scaling
+
+
 def add_projections(module: nn.Module, d_model: int, d_kv_in: int, n_heads: int,
-                    n_kv_heads: int, head_dim: int, bias: bool) -> None:
+                    n_kv_heads: int, head_dim: int, bias) -> None:
     """Give `module` the q/k/v/o projections of multi-head attention and its hook points
     `hook_q`, `hook_k`, `hook_v`, `hook_head_out` (identity unless hooked). Keys and
-    values are projected from width `d_kv_in` (d_model, or the encoder's for cross)."""
-    module.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-    module.k_proj = nn.Linear(d_kv_in, n_kv_heads * head_dim, bias=bias)
-    module.v_proj = nn.Linear(d_kv_in, n_kv_heads * head_dim, bias=bias)
-    module.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+    values are projected from width `d_kv_in` (d_model, or the encoder's for cross).
+    `bias`: a bool, or four bools (q, k, v, o)."""
+    bq, bk, bv, bo = projection_biases(bias)
+    module.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bq)
+    module.k_proj = nn.Linear(d_kv_in, n_kv_heads * head_dim, bias=bk)
+    module.v_proj = nn.Linear(d_kv_in, n_kv_heads * head_dim, bias=bv)
+    module.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bo)
     module.hook_q = HookPoint("q")
     module.hook_k = HookPoint("k")
     module.hook_v = HookPoint("v")
@@ -124,7 +162,9 @@ def positions_are_slots(cache: KVCache, layer_idx: int) -> bool:
 class AttentionSpec:
     """Config of one self-attention layer; `build(d_model, layer_idx)` makes it.
 
-    `n_kv_heads=None` means MHA; `head_dim=None` means d_model // n_heads.
+    `n_kv_heads=None` means MHA; `head_dim=None` means d_model // n_heads. `bias`: a bool
+    or four bools (q, k, v, o). `rope_scaling`: a `RopeScaling` (None = plain RoPE).
+    `qk_norm`: None, "head" or "proj" (RMSNorm with eps `norm_eps`).
     """
 
     n_heads: int
@@ -134,10 +174,13 @@ class AttentionSpec:
     rope: bool = True
     rope_base: float = 10000.0
     rope_interleaved: bool = False
-    bias: bool = False
+    bias: bool | tuple[bool, bool, bool, bool] = False
     scale: float | None = None
     backend: str = "auto"
     kv_cache: str = "contiguous"
+    rope_scaling: RopeScaling | None = None
+    qk_norm: str | None = None
+    norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
         check_positive_int("n_heads", self.n_heads)
@@ -151,30 +194,51 @@ class AttentionSpec:
             check_positive_int("window", self.window)
         check_backend(self.backend)
         check_kv_cache(self.kv_cache, self.window)
+        projection_biases(self.bias)
+        check_rope_scaling(self.rope_scaling)
+        check_qk_norm(self.qk_norm)
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps ({self.norm_eps}) must be > 0")
 
     def build(self, d_model: int, layer_idx: int) -> Attention:
         return Attention(d_model, self.n_heads, self.n_kv_heads, self.head_dim,
                          rope=self.rope, rope_base=self.rope_base,
                          rope_interleaved=self.rope_interleaved, window=self.window,
                          bias=self.bias, scale=self.scale, backend=self.backend,
-                         layer_idx=layer_idx, kv_cache=self.kv_cache)
+                         layer_idx=layer_idx, kv_cache=self.kv_cache,
+                         rope_scaling=self.rope_scaling, qk_norm=self.qk_norm,
+                         norm_eps=self.norm_eps)
 
 
 class Attention(Mixer):
     """Self-attention with `n_kv_heads` key/value heads shared by groups of query heads.
 
-    forward(x (B, N, d_model), cache=None) -> (B, N, d_model). With a cache, the N new
-    tokens sit at positions `cache.seq_len(layer_idx) + arange(N)`; keys are rotated
-    before they are cached, and the mask is evaluated on the absolute positions of the
-    queries and of the slots the cache returns (`cache.kv_positions`).
+    forward(x (B, N, d_model), cache=None, *, attention_mask=None, position_ids=None)
+    -> (B, N, d_model). With a cache, the N new tokens sit in slots
+    `cache.seq_len(layer_idx) + arange(N)`; keys are rotated before they are cached, and
+    the mask is evaluated on the absolute slots of the queries and of the keys the cache
+    returns (`cache.kv_positions`). `position_ids` (N,) or (B, N) set the RoPE positions
+    (default: the slots); `attention_mask` (B, cached + N) marks padding
+    (`layers.positions`).
+
+    `attention_fn`: the softmax attention function called as
+    `fn(q, k, v, mask=, scale=, backend=, q_pos=, kv_pos=)` with q (B, H, N, D) and
+    k, v (B, Hkv, L, D); None (default) means `attnlab.attention`. Assign another
+    function (e.g. a context-parallel one, docs/conventions.md §8) to route this layer's
+    attention through it; it must return (B, H, N, D).
     """
+
+    attention_fn = None
+    takes_positions = True  # forward accepts attention_mask / position_ids
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int | None = None,
                  head_dim: int | None = None, *, rope: bool = True,
                  rope_base: float = 10000.0, rope_interleaved: bool = False,
-                 window: int | None = None, causal: bool = True, bias: bool = False,
+                 window: int | None = None, causal: bool = True,
+                 bias: bool | tuple[bool, bool, bool, bool] = False,
                  scale: float | None = None, backend: str = "auto", layer_idx: int = 0,
-                 kv_cache: str = "contiguous"):
+                 kv_cache: str = "contiguous", rope_scaling: RopeScaling | None = None,
+                 qk_norm: str | None = None, norm_eps: float = 1e-6):
         super().__init__()
         n_kv_heads, head_dim = resolve_heads(d_model, n_heads, n_kv_heads, head_dim)
         if rope and head_dim % 2:
@@ -195,8 +259,18 @@ class Attention(Mixer):
         self.layer_idx = layer_idx
         self.kv_cache = check_kv_cache(kv_cache, window)
         self.mask = self_attention_mask(window, causal)
+        self.rope_scaling = check_rope_scaling(rope_scaling)
+        self.qk_norm = check_qk_norm(qk_norm)
+        if not norm_eps > 0:
+            raise ValueError(f"norm_eps ({norm_eps}) must be > 0")
 
         add_projections(self, d_model, d_model, n_heads, n_kv_heads, head_dim, bias)
+        if qk_norm == "head":  # Qwen3: RMSNorm over each head's D entries
+            self.q_norm = nn.RMSNorm(head_dim, eps=norm_eps)
+            self.k_norm = nn.RMSNorm(head_dim, eps=norm_eps)
+        elif qk_norm == "proj":  # OLMo-2: RMSNorm over the whole projection
+            self.q_norm = nn.RMSNorm(n_heads * head_dim, eps=norm_eps)
+            self.k_norm = nn.RMSNorm(n_kv_heads * head_dim, eps=norm_eps)
 
     @property
     def n_groups(self) -> int:
@@ -206,44 +280,74 @@ class Attention(Mixer):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
                 f"head_dim={self.head_dim}, rope={self.rope}, window={self.window}, "
-                f"causal={self.causal}, backend={self.backend!r}, layer_idx={self.layer_idx}")
+                f"causal={self.causal}, backend={self.backend!r}, layer_idx={self.layer_idx}"
+                + (f", rope_scaling={self.rope_scaling.kind}" if self.rope_scaling else "")
+                + (f", qk_norm={self.qk_norm}" if self.qk_norm else ""))
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """RoPE of this layer (base, layout, scaling) on x (B, H, N, D) at `positions`
+        (N,) or (B, N); identity when rope=False."""
+        if not self.rope:
+            return x
+        return apply_rope(x, positions, base=self.rope_base, interleaved=self.rope_interleaved,
+                          scaling=self.rope_scaling)
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, N, D), k, v (B, Hkv, N, D) of x (B, N, d_model): projections and
+        q/k norm, before RoPE."""
+        B, N, _ = x.shape
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k = self.q_proj(x), self.k_proj(x)  # (B, N, H·D), (B, N, Hkv·D)
+        if self.qk_norm == "proj":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.view(B, N, H, D), k.view(B, N, Hkv, D)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        v = self.v_proj(x).view(B, N, Hkv, D).transpose(1, 2)  # (B, Hkv, N, D)
+        return q.transpose(1, 2), k.transpose(1, 2), v  # (B, H, N, D), (B, Hkv, N, D)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *,
+                attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         check_hidden("x", x, self.d_model, self.q_proj.weight.dtype, self.q_proj.weight.device)
         check_cache(cache)
         B, N, _ = x.shape
-        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        H, D = self.n_heads, self.head_dim
         start = 0 if cache is None else cache.seq_len(self.layer_idx)
-        positions = torch.arange(start, start + N, device=x.device)  # (N,)
-
-        q = self.q_proj(x).view(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
-        k = self.k_proj(x).view(B, N, Hkv, D).transpose(1, 2)  # (B, Hkv, N, D)
-        v = self.v_proj(x).view(B, N, Hkv, D).transpose(1, 2)  # (B, Hkv, N, D)
+        positions = torch.arange(start, start + N, device=x.device)  # (N,) slots
         # caches with `rope_in_cache` (StreamingLLM sink cache) store keys before RoPE and
         # define positions themselves: rotate after `update`, with the cache's positions
         rope_in_cache = getattr(cache, "rope_in_cache", False)
-        if self.rope and not rope_in_cache:
-            q = apply_rope(q, positions, base=self.rope_base, interleaved=self.rope_interleaved)
-            k = apply_rope(k, positions, base=self.rope_base, interleaved=self.rope_interleaved)
+        if rope_in_cache and (position_ids is not None or attention_mask is not None):
+            raise ValueError(f"{type(cache).__name__} assigns positions itself; position_ids "
+                             "and attention_mask are not supported with it")
+        rope_pos = positions if position_ids is None else check_position_ids(
+            position_ids, B, N, x.device)  # (N,) or (B, N)
+        mask = with_padding(self.mask, attention_mask, B, start + N, x.device)
+
+        q, k, v = self.project_qkv(x)  # (B, H, N, D), (B, Hkv, N, D), (B, Hkv, N, D)
+        if not rope_in_cache:
+            q, k = self.rotate(q, rope_pos), self.rotate(k, rope_pos)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
 
-        if cache is None:  # default positions (0..N-1) let fused backends use their causal path
-            q_pos = kv_pos = None
+        if cache is None and mask is self.mask:  # default positions (0..N-1) let fused
+            q_pos = kv_pos = None  # backends use their causal path
+        elif cache is None:
+            q_pos = kv_pos = positions
         else:
             k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, L, D) views
             q_pos, kv_pos = positions, cache.kv_positions(self.layer_idx)
             if rope_in_cache:  # queries sit at the last N in-cache positions
                 q_pos = kv_pos[-N:]
-                if self.rope:
-                    rot = {"base": self.rope_base, "interleaved": self.rope_interleaved}
-                    q, k = apply_rope(q, q_pos, **rot), apply_rope(k, kv_pos, **rot)
+                q, k = self.rotate(q, q_pos), self.rotate(k, kv_pos)
             if self.window is not None and positions_are_slots(cache, self.layer_idx):
                 # keys before the first query's window are masked for every query: skip
                 # them, so a decode step reads W keys, not the whole history (exact)
                 lo = max(0, start - self.window + 1)
                 k, v, kv_pos = k[:, :, lo:], v[:, :, lo:], kv_pos[lo:]  # (B, Hkv, L - lo, D)
-        out = attention(q, k, v, mask=self.mask, scale=self.scale, backend=self.backend,
-                        q_pos=q_pos, kv_pos=kv_pos)  # (B, H, N, D)
+        fn = attention if self.attention_fn is None else self.attention_fn
+        out = fn(q, k, v, mask=mask, scale=self.scale, backend=self.backend,
+                 q_pos=q_pos, kv_pos=kv_pos)  # (B, H, N, D)
         out = self.hook_head_out(out)
         return self.o_proj(out.transpose(1, 2).reshape(B, N, H * D))  # (B, N, d_model)
 

@@ -10,7 +10,12 @@ sits on a separate, decoupled part: per-head `q_R = RoPE(W_QR c_Q)` and ONE key
 Module layout as released (DeepSeek-V2 code, HF `DeepseekV2Attention`), so checkpoints map
 one-to-one: `q_proj` (no query compression, V2-Lite) or `q_a_proj` → `q_a_layernorm` →
 `q_b_proj`; `kv_a_proj_with_mqa` gives `[c_KV; k_R]` in one matmul; `kv_a_layernorm` on
-`c_KV`; `kv_b_proj` gives `[k_C; v_C]` per head; RoPE in the interleaved convention.
+`c_KV`; `kv_b_proj` gives `[k_C; v_C]` per head; RoPE in the interleaved convention
+(DeepSeek-V3 checkpoints may use rotate-half: `rope_interleaved=False`), optionally
+scaled (`rope_scaling`, YaRN for DeepSeek: with `mscale_all_dim` the softmax scale is
+multiplied by `(0.1·mscale_all_dim·ln(factor) + 1)²`, as the released code does), and
+`attention_bias` on q_a_proj / kv_a_proj_with_mqa / o_proj. Hugging Face-style
+`position_ids` and `attention_mask` as in `layers.positions`.
 
 Two paths, selected by `absorb`:
 - naive: up-project the cached latent to per-head K/V (B, H, L, ·), then attend;
@@ -40,10 +45,12 @@ from ..cache.base import KVCache
 from ..cache.latent import LatentKVCache
 from ..masks import causal
 from ..ops.rope import apply_rope
+from ..ops.rope_scaling import RopeScaling, yarn_mscale
 from ..ops.softmax import attention
-from .attention import check_backend, check_cache, check_hidden
+from .attention import check_backend, check_cache, check_hidden, check_rope_scaling
 from .base import Mixer
 from .hooks import HookPoint
+from .positions import check_position_ids, with_padding
 
 ABSORB_MODES = (False, True, "auto")
 
@@ -61,7 +68,12 @@ def mla_path_flops(n_heads: int, n_new: int, n_kv: int, kv_lora_rank: int, qk_no
 @dataclass
 class MLASpec:
     """Config of one MLA layer. DeepSeek-V2: n_heads 128, q_lora_rank 1536, kv_lora_rank
-    512, qk_nope 128, qk_rope 64, v 128; V2-Lite: 16 heads, q_lora_rank None (docs/sources.md)."""
+    512, qk_nope 128, qk_rope 64, v 128; V2-Lite: 16 heads, q_lora_rank None (docs/sources.md).
+
+    `scale=None` means `1/sqrt(qk_nope + qk_rope)`, times `yarn_mscale(factor,
+    mscale_all_dim)²` when `rope_scaling` carries `mscale_all_dim` (DeepSeek's rule);
+    `softmax_scale` is the resolved value.
+    """
 
     n_heads: int
     kv_lora_rank: int
@@ -73,7 +85,12 @@ class MLASpec:
     absorb: bool | str = False  # False (naive), True (absorbed) or "auto"
     norm_eps: float = 1e-6
     backend: str = "auto"
+    rope_scaling: RopeScaling | None = None
+    rope_interleaved: bool = True
+    attention_bias: bool = False
+    scale: float | None = None
     qk_head_dim: int = 0  # derived: qk_nope_head_dim + qk_rope_head_dim
+    softmax_scale: float = 0.0  # derived: the scale attention uses
 
     def __post_init__(self) -> None:
         for name in ("n_heads", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
@@ -87,10 +104,24 @@ class MLASpec:
             raise ValueError(f"norm_eps ({self.norm_eps}) must be > 0")
         check_absorb(self.absorb)
         check_backend(self.backend)
+        check_rope_scaling(self.rope_scaling)
+        if self.scale is not None and not self.scale > 0:
+            raise ValueError(f"scale ({self.scale}) must be > 0 or None")
         self.qk_head_dim = self.qk_nope_head_dim + self.qk_rope_head_dim
+        self.softmax_scale = self.scale if self.scale is not None else mla_scale(
+            self.qk_head_dim, self.rope_scaling)
 
     def build(self, d_model: int, layer_idx: int) -> MultiLatentAttention:
         return MultiLatentAttention(d_model, self, layer_idx=layer_idx)
+
+
+def mla_scale(qk_head_dim: int, rope_scaling: RopeScaling | None) -> float:
+    """DeepSeek-V2 §2.1.3: 1/sqrt(d_h + d_R); with scaled RoPE carrying `mscale_all_dim`,
+    times `yarn_mscale(factor, mscale_all_dim)²` (DeepSeek's released YaRN rule)."""
+    scale = 1.0 / math.sqrt(qk_head_dim)
+    if rope_scaling is not None and rope_scaling.kind != "default" and rope_scaling.mscale_all_dim:
+        scale *= yarn_mscale(rope_scaling.factor, rope_scaling.mscale_all_dim) ** 2
+    return scale
 
 
 def check_absorb(absorb) -> bool | str:
@@ -107,6 +138,8 @@ class MultiLatentAttention(Mixer):
     the module docstring); both give the same answer to conventions §5 tolerance.
     """
 
+    takes_positions = True  # forward accepts attention_mask / position_ids
+
     def __init__(self, d_model: int, spec: MLASpec, *, layer_idx: int = 0,
                  absorb: bool | str | None = None):
         super().__init__()
@@ -118,20 +151,21 @@ class MultiLatentAttention(Mixer):
         self.absorb = spec.absorb if absorb is None else check_absorb(absorb)
         self.backend = spec.backend
         H, s = spec.n_heads, spec
-        self.scale = 1.0 / math.sqrt(s.qk_head_dim)  # DeepSeek-V2 §2.1.3: 1/sqrt(d_h + d_R)
+        self.scale = s.softmax_scale  # DeepSeek-V2 §2.1.3: 1/sqrt(d_h + d_R) (see mla_scale)
         self.mask = causal()
+        bias = s.attention_bias
         if s.q_lora_rank is None:
             self.q_proj = nn.Linear(d_model, H * s.qk_head_dim, bias=False)
         else:
-            self.q_a_proj = nn.Linear(d_model, s.q_lora_rank, bias=False)
+            self.q_a_proj = nn.Linear(d_model, s.q_lora_rank, bias=bias)
             self.q_a_layernorm = nn.RMSNorm(s.q_lora_rank, eps=s.norm_eps)
             self.q_b_proj = nn.Linear(s.q_lora_rank, H * s.qk_head_dim, bias=False)
         self.kv_a_proj_with_mqa = nn.Linear(d_model, s.kv_lora_rank + s.qk_rope_head_dim,
-                                            bias=False)
+                                            bias=bias)
         self.kv_a_layernorm = nn.RMSNorm(s.kv_lora_rank, eps=s.norm_eps)
         self.kv_b_proj = nn.Linear(s.kv_lora_rank, H * (s.qk_nope_head_dim + s.v_head_dim),
                                    bias=False)
-        self.o_proj = nn.Linear(H * s.v_head_dim, d_model, bias=False)
+        self.o_proj = nn.Linear(H * s.v_head_dim, d_model, bias=bias)
         self.hook_q = HookPoint("q")  # (B, H, N, qk_nope + qk_rope), RoPE part rotated
         self.hook_k = HookPoint("k")  # naive path only: (B, H, L, qk_nope + qk_rope)
         self.hook_v = HookPoint("v")  # naive path only: (B, H, L, v_head_dim)
@@ -169,26 +203,34 @@ class MultiLatentAttention(Mixer):
                                        s.kv_lora_rank)  # (H, nope + v, r)
         return w[:, : s.qk_nope_head_dim], w[:, s.qk_nope_head_dim:]
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *,
+                attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         check_hidden("x", x, self.d_model, self.o_proj.weight.dtype, self.o_proj.weight.device)
         check_cache(cache)
         s = self.spec
         B, N, _ = x.shape
         H, r, dn, dr = s.n_heads, s.kv_lora_rank, s.qk_nope_head_dim, s.qk_rope_head_dim
         start = 0 if cache is None else cache.seq_len(self.layer_idx)
-        positions = torch.arange(start, start + N, device=x.device)  # (N,)
+        positions = torch.arange(start, start + N, device=x.device)  # (N,) slots
+        rope_pos = positions if position_ids is None else check_position_ids(
+            position_ids, B, N, x.device)  # (N,) or (B, N)
+        mask = with_padding(self.mask, attention_mask, B, start + N, x.device)
+        rot = {"base": s.rope_base, "interleaved": s.rope_interleaved, "scaling": s.rope_scaling}
 
         q = self._queries(x)  # (B, H, N, dn + dr)
-        q_pe = apply_rope(q[..., dn:], positions, base=s.rope_base, interleaved=True)
+        q_pe = apply_rope(q[..., dn:], rope_pos, **rot)
         q = self.hook_q(torch.cat([q[..., :dn], q_pe], dim=-1))  # (B, H, N, dn + dr)
         q_nope, q_pe = q[..., :dn], q[..., dn:]
 
         ckv = self.kv_a_proj_with_mqa(x)  # (B, N, r + dr) = [c_KV; k_R]
         c_kv = self.kv_a_layernorm(ckv[..., :r])  # (B, N, r)
-        k_pe = apply_rope(ckv[..., r:].unsqueeze(1), positions, base=s.rope_base,
-                          interleaved=True).squeeze(1)  # (B, N, dr), rotated before caching
-        if cache is None:
+        k_pe = apply_rope(ckv[..., r:].unsqueeze(1), rope_pos,
+                          **rot).squeeze(1)  # (B, N, dr), rotated before caching
+        if cache is None and mask is self.mask:
             q_pos = kv_pos = None
+        elif cache is None:
+            q_pos = kv_pos = positions
         else:
             c_kv, k_pe = cache.update(self.layer_idx, c_kv, k_pe)  # (B, L, r), (B, L, dr)
             q_pos, kv_pos = positions, cache.kv_positions(self.layer_idx)
@@ -204,7 +246,7 @@ class MultiLatentAttention(Mixer):
             k_abs = torch.cat([c_kv, k_pe], dim=-1).unsqueeze(1)  # (B, 1, L, r + dr)
             q_rows = (positions if q_pos is None else q_pos).repeat(H)  # (H·N,)
             kv_rows = torch.arange(L, device=x.device) if kv_pos is None else kv_pos  # (L,)
-            o_lat = attention(q_abs, k_abs, c_kv.unsqueeze(1), mask=self.mask,
+            o_lat = attention(q_abs, k_abs, c_kv.unsqueeze(1), mask=mask,
                               scale=self.scale, backend=self.backend,
                               q_pos=q_rows, kv_pos=kv_rows)  # (B, 1, H·N, r)
             o_lat = o_lat.view(B, H, N, r)  # (B, H, N, r)
@@ -214,7 +256,7 @@ class MultiLatentAttention(Mixer):
             k_nope, v = kv[..., :dn], kv[..., dn:]  # (B, H, L, dn), (B, H, L, v)
             k = torch.cat([k_nope, k_pe.unsqueeze(1).expand(B, H, L, dr)], dim=-1)
             k, v = self.hook_k(k), self.hook_v(v)  # (B, H, L, dn + dr), (B, H, L, v)
-            out = attention(q, k, v, mask=self.mask, scale=self.scale, backend=self.backend,
+            out = attention(q, k, v, mask=mask, scale=self.scale, backend=self.backend,
                             q_pos=q_pos, kv_pos=kv_pos)  # (B, H, N, v)
         out = self.hook_head_out(out)
         return self.o_proj(out.transpose(1, 2).reshape(B, N, H * s.v_head_dim))

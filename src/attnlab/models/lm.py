@@ -55,18 +55,22 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint("mlp_out")
         self.hook_resid_post = HookPoint("resid_post")
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, **positions) -> torch.Tensor:
+        """`positions`: `attention_mask` / `position_ids` for mixers that take them."""
         x = self.hook_resid_pre(x)
-        x = x + self.hook_mixer_out(self.mixer(self.norm1(x), cache=cache))
+        x = x + self.hook_mixer_out(self.mixer(self.norm1(x), cache=cache, **positions))
         return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.norm2(x))))
 
 
 class TinyLM(nn.Module):
-    """forward(tokens (B, N) long, cache=None) -> logits (B, N, vocab_size).
+    """forward(tokens (B, N) long, cache=None, *, attention_mask=None, position_ids=None)
+    -> logits (B, N, vocab_size).
 
     With a cache (from `new_cache`), `tokens` are the next N tokens of every sequence;
     prefill + token-by-token decoding equals one parallel forward
-    (`models.conformance.check_parallel_equals_decode`).
+    (`models.conformance.check_parallel_equals_decode`). `attention_mask` (B, cached + N)
+    and `position_ids` (N,) or (B, N) follow Hugging Face (left-padded batches,
+    `layers.positions`); every mixer must then be softmax attention or MLA.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -90,7 +94,9 @@ class TinyLM(nn.Module):
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, *,
+                attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
         check_tensor("tokens", tokens, 2)
         if tokens.dtype != torch.long:
             raise TypeError(f"tokens must have dtype torch.long, got {tokens.dtype}")
@@ -109,14 +115,32 @@ class TinyLM(nn.Module):
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
             raise ValueError(f"tokens must lie in [0, {self.cfg.vocab_size}), got range "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
+        positions = self._positions(attention_mask, position_ids)
         if cache is not None:  # refuse before layer 0 writes: a full layer 3 must not
             cache.check_append(tokens.shape[1])  # leave layers 0–2 one step ahead
         x = self.embed(tokens)  # (B, N, d_model)
         for block in self.blocks:
-            x = block(x, cache)
+            x = block(x, cache, **positions)
         x = self.norm(x)
         w = self.embed.weight if self.head is None else self.head.weight
         return x @ w.T  # (B, N, vocab)
+
+    def _positions(self, attention_mask, position_ids) -> dict:
+        """The keyword arguments every mixer gets; only mixers with `takes_positions`
+        (softmax attention, MLA) accept padding masks and explicit positions."""
+        given = {k: v for k, v in (("attention_mask", attention_mask),
+                                   ("position_ids", position_ids)) if v is not None}
+        if given:
+            for i, block in enumerate(self.blocks):
+                if not getattr(block.mixer, "takes_positions", False):
+                    raise ValueError(f"{' and '.join(given)} given, but blocks[{i}].mixer "
+                                     f"({type(block.mixer).__name__}) does not take them; "
+                                     "expected softmax attention or MLA layers")
+        if position_ids is not None and check_tensor("position_ids", position_ids).numel() \
+                and int(position_ids.max()) >= self.cfg.max_seq_len:
+            raise ValueError(f"position_ids up to {int(position_ids.max())} exceed "
+                             f"max_seq_len ({self.cfg.max_seq_len})")
+        return given
 
     def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu") -> CacheStack:
