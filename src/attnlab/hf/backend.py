@@ -19,10 +19,12 @@ offset does not. `attention_mask=None` means the layer's `is_causal` decides
 additive float, FlexAttention `BlockMask`) are converted. Softcap (Gemma-2), learned sinks
 (gpt-oss `s_aux`), `scaling` and additive `position_bias` pass through.
 
-Packed documents: `position_ids` that restart inside a row with no padding mask, in a
-prefill from position 0, are read as packed sequences (transformers' rule) and become a
-`document` mask. transformers applies that rule only when no cache object is passed; with
-a cache it masks plain causally across the documents. attnlab applies it in both cases.
+Packed documents: `position_ids` that restart inside a row (no padding mask, a prefill
+from position 0) are packed sequences and become a `document` mask, exactly where
+transformers reads them as such: when the model hands `position_ids` to its mask builder
+and no cache object is passed (transformers then refuses to skip the mask, and the mask
+builder records that). Without a mask from transformers at all, restarting `position_ids`
+always mean packed documents.
 
 Attention dropout is not supported (a ValueError when a training model asks for it).
 """
@@ -93,7 +95,8 @@ def _mask_and_positions(attention_mask, *, is_causal, window, position_ids, B, N
             raise ValueError(f"sliding_window ({window}) differs from the window the mask was "
                              f"built for ({info.local_size})")
         docs = None
-        if is_causal and info.padding is None and info.q_offset == 0 and Nq == Nk:
+        if (is_causal and info.may_pack and info.padding is None and info.q_offset == 0
+                and Nq == Nk):
             docs = packed_documents(_rows(position_ids, B))
         mask = structural_mask(is_causal=is_causal, window=window, padding=info.padding,
                                doc_ids=docs)

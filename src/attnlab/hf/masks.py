@@ -40,7 +40,11 @@ class HFMaskInfo:
     True = a real token, indexed by absolute position; None = no padding mask was given.
     `local_size` is the window transformers built the mask for (None for full layers).
     `custom` marks masks with extra predicates (`or_mask_function` / `and_mask_function`)
-    that only the dense closure describes.
+    that only the dense closure describes. `may_pack` is False when transformers declared
+    the mask plain (it allowed skipping it for `is_causal`), which it never does once it has
+    found packed sequences in `position_ids`: packed documents are read only where
+    transformers itself read them (models that pass `position_ids` to their mask builder,
+    with no cache object).
     """
 
     batch_size: int
@@ -51,6 +55,7 @@ class HFMaskInfo:
     padding: Tensor | None
     local_size: int | None
     custom: bool
+    may_pack: bool
 
 
 class HFMask(torch.Tensor):
@@ -77,13 +82,15 @@ class HFMask(torch.Tensor):
         return self._dense_fn()
 
     _KEEP = frozenset({Tensor.contiguous, Tensor.clone, Tensor.detach})
+    _META = frozenset({Tensor.size, Tensor.dim, Tensor.stride, Tensor.numel, Tensor.element_size,
+                       Tensor.is_contiguous})
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in cls._KEEP:
             return args[0]
-        if getattr(func, "__name__", "") == "__get__":  # shape, dtype, device, ndim...
+        if func in cls._META or getattr(func, "__name__", "") == "__get__":  # shape, dtype...
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
 
@@ -97,18 +104,20 @@ class HFMask(torch.Tensor):
 
 def attnlab_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset: int = 0,
                  mask_function=None, attention_mask: Tensor | None = None,
-                 local_size: int | None = None, use_vmap: bool = False, **kwargs) -> HFMask:
+                 local_size: int | None = None, use_vmap: bool = False,
+                 allow_is_causal_skip: bool = True, **kwargs) -> HFMask:
     """The `AttentionMaskInterface` entry registered as "attnlab" (same signature as
     transformers' `sdpa_mask`). Returns an `HFMask`; never None, so padding always reaches
     the attention function."""
-    from transformers.masking_utils import prepare_padding_mask, sdpa_mask
+    from transformers.masking_utils import causal_mask_function, prepare_padding_mask, sdpa_mask
 
+    mask_function = causal_mask_function if mask_function is None else mask_function
     q_offset = int(q_offset)  # a static cache hands a 0-d tensor
     padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
     if padding is not None:
         padding = padding.to(torch.bool)
     info = HFMaskInfo(batch_size, q_length, kv_length, q_offset, int(kv_offset), padding,
-                      local_size, bool(use_vmap))
+                      local_size, bool(use_vmap), not allow_is_causal_skip)
     device = kwargs.get("device", "cpu")
 
     def dense():
