@@ -15,7 +15,9 @@ state dict uses HF's parameter names (docs/conventions.md §9), either a whole m
 | qwen2 | Attention | q, k, v | – | `layer_types` | rotate-half |
 | qwen3 | Attention | `attention_bias` | per head | `layer_types` | rotate-half |
 | olmo2 | Attention (layer only) | `attention_bias` | whole projection | – | rotate-half |
-| deepseek_v2 / v3 | MultiLatentAttention | `attention_bias` | latent norms | – | interleaved (v3: `rope_interleave`) |
+| deepseek_v2 / v3 | MLA | `attention_bias` | latent norms | – | interleaved (1) |
+
+(1) DeepSeek-V3 configs choose with `rope_interleave`; MLA = `MultiLatentAttention`.
 
 RoPE scaling (linear, dynamic NTK, YaRN with its attention factor and `truncate`, Llama 3)
 comes from `rope_parameters` / `rope_scaling` (`hf.rope_config`). `head_dim` may differ
@@ -127,14 +129,17 @@ def _load(module: nn.Module, weights: dict, what: str) -> nn.Module:
 
 
 def from_pretrained_attention(config, state_dict: dict, layer_idx: int = 0, *,
-                              backend: str = "auto",
-                              absorb: bool | str = False) -> Attention | MultiLatentAttention:
-    """attnlab's `Attention` (Llama family) or `MultiLatentAttention` (DeepSeek) for layer
-    `layer_idx`, with the checkpoint's weights (copied; dtype and device as given)."""
+                              backend: str = "auto", absorb: bool | str = False,
+                              cache_layer_idx: int = 0) -> Attention | MultiLatentAttention:
+    """attnlab's `Attention` (Llama family) or `MultiLatentAttention` (DeepSeek) for
+    checkpoint layer `layer_idx`, with its weights (copied; dtype and device as given).
+
+    The layer addresses slot `cache_layer_idx` of a cache: 0 suits its own `new_cache`."""
     config = _config(config)
     spec = attention_spec(config, layer_idx, backend=backend, absorb=absorb)
+    check_positive_int("cache_layer_idx", cache_layer_idx, minimum=0)
     with torch.device("meta"):
-        layer = spec.build(config.hidden_size, layer_idx)
+        layer = spec.build(config.hidden_size, cache_layer_idx)
     return _load(layer, _attention_weights(state_dict, layer_idx),
                  f"layer {layer_idx} of {type(layer).__name__}")
 

@@ -49,13 +49,15 @@ class RopeScaling:
     and "llama3". `factor`: the extension ratio (yarn: None means
     `max_position / original_max_position`, which then must be given).
 
-    Dynamic NTK makes frequencies a function of the call (`seq_len` = largest position + 1),
-    so keys cached by an earlier, shorter call were rotated with other frequencies than a
-    parallel forward over the whole sequence uses: parallel and cached decode agree while
-    every position is below L and differ past it (Hugging Face behaves the same way; it
-    also keeps the largest `seq_len` seen until a call falls below L, where attnlab is
-    stateless; the two agree for any single call and for generation, whose positions only
-    grow).
+    Dynamic NTK makes frequencies a function of the call (`seq_len` = its largest position
+    + 1, at least L): a parallel forward over a sequence longer than L rotates EVERY
+    position with the scaled frequencies, while cached decode keeps the keys each earlier
+    call rotated with its own. Parallel and cached decode therefore agree for sequences
+    within L and differ past it; Hugging Face behaves the same way (each matches its HF
+    counterpart). HF also keeps the largest `seq_len` seen until a call falls below L,
+    where attnlab is stateless: they agree on any single call and on generation, whose
+    positions only grow; they differ when a shorter call (still past L) follows a longer
+    one on the same HF model.
     """
 
     kind: str = "default"
@@ -127,10 +129,10 @@ def default_inv_freq(dim: int, base: float) -> torch.Tensor:
 def rope_inv_freq(dim: int, base: float, scaling: RopeScaling | None = None,
                   seq_len: int | None = None) -> torch.Tensor:
     """Inverse frequencies (dim/2,) float64 of RoPE with `scaling` (None = unscaled)."""
+    if scaling is not None and not isinstance(scaling, RopeScaling):
+        raise TypeError(f"scaling must be a RopeScaling or None, got {type(scaling).__name__}")
     if scaling is None or scaling.kind == "default":
         return default_inv_freq(dim, base)
-    if not isinstance(scaling, RopeScaling):
-        raise TypeError(f"scaling must be a RopeScaling or None, got {type(scaling).__name__}")
     s, f = scaling, scaling.factor
     if s.kind == "linear":
         return default_inv_freq(dim, base) / f
