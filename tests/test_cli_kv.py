@@ -96,3 +96,20 @@ def test_bad_input_fails_with_clear_message(args, message):
 def test_context_beyond_max_is_flagged():
     res = _run("gpt2", "--context", "4096")
     assert res.exit_code == 0 and "exceeds" in res.output
+
+
+def test_mla_compare_states_what_transformers_caches():
+    out = " ".join(_run("deepseek-v2", "--context", "4096", "--compare").output.split())
+    assert "expanded K/V" in out and "holds the latent and the RoPE key" in out
+    assert "caches the expanded K/V" not in out  # the stale claim about transformers
+    doc = json.loads(_run("deepseek-v2", "-c", "4096", "--compare", "--json").stdout)
+    by = {v["label"]: v for v in doc["variants"]}
+    assert by["MLA"]["released"] and by["MLA"]["cached_elements_per_token_per_layer"] == 576
+    assert 71 < by["expanded K/V"]["ratio_to_released"] < 71.2
+
+
+def test_hf_cache_count_for_a_name():
+    doc = json.loads(_run("mistral-7b", "--context", "32768", "--hf-cache", "--json").stdout)
+    assert doc["counted"] == "hf" and doc["tokens_per_layer"] == [4095] * 32
+    assert doc["other_count"]["bytes_per_sequence"] == 512 * 2**20
+    assert json.loads(_run("gpt2", "-c", "9", "--json").stdout)["counted"] == "model"

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from .._checks import check_divisible, check_positive_int
 
 KINDS = ("mha", "gqa", "mqa", "mla")
-WINDOW_PATTERNS = ("all", "alternate")  # alternate: even layers local (layer 0 local), odd global
+# all: every layer local; alternate: even layers local (layer 0 local), odd global;
+# layers: the layers listed in `local_layers` are local (e.g. HF `layer_types`)
+WINDOW_PATTERNS = ("all", "alternate", "layers")
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,9 @@ class ArchConfig:
     `head_dim` is the key head size and `v_head_dim` the value head size (default equal).
     For MLA models `n_kv_heads` is None (the cache holds no per-head K/V) and `head_dim`
     is the paper's d_h. `window`: keys seen per query including itself (conventions §2), applied
-    to every layer (`window_pattern="all"`) or to even layers only (`"alternate"`,
-    Gemma-2). `encoder_layers > 0` marks an encoder-decoder model whose `n_layers`
+    to every layer (`window_pattern="all"`), to even layers only (`"alternate"`,
+    Gemma-2), or to the layers in `local_layers` (`"layers"`, any mix such as Gemma-3's
+    five local to one global). `encoder_layers > 0` marks an encoder-decoder model whose `n_layers`
     decoder layers each cross-attend to the encoder output with `n_kv_heads` heads.
     """
 
@@ -62,6 +65,7 @@ class ArchConfig:
     v_head_dim: int | None = None
     window: int | None = None
     window_pattern: str = "all"
+    local_layers: tuple[int, ...] = ()  # window_pattern "layers": the local layers
     mla: MLAGeometry | None = None
     encoder_layers: int = 0
     aliases: tuple[str, ...] = ()
@@ -83,6 +87,11 @@ class ArchConfig:
         if self.window_pattern not in WINDOW_PATTERNS:
             raise ValueError(f"window_pattern ({self.window_pattern!r}) must be one of "
                              f"{list(WINDOW_PATTERNS)}")
+        if (self.window_pattern == "layers") != bool(self.local_layers) or any(
+                not 0 <= i < self.n_layers for i in self.local_layers):
+            raise ValueError(f"local_layers ({self.local_layers}) must list layers in "
+                             f"[0, {self.n_layers}) exactly when window_pattern is 'layers' "
+                             f"(got {self.window_pattern!r})")
         if self.mla is not None:
             if self.n_kv_heads is not None:
                 raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must be None for an MLA "
@@ -98,9 +107,9 @@ class ArchConfig:
             kind = ("mha" if self.n_kv_heads == self.n_heads
                     else "mqa" if self.n_kv_heads == 1 else "gqa")
         object.__setattr__(self, "kind", kind)
-        windows = tuple(
-            self.window if self.window_pattern == "all" or i % 2 == 0 else None
-            for i in range(self.n_layers))
+        local = {"all": range(self.n_layers), "alternate": range(0, self.n_layers, 2),
+                 "layers": self.local_layers}[self.window_pattern]
+        windows = tuple(self.window if i in local else None for i in range(self.n_layers))
         object.__setattr__(self, "layer_windows", windows)
 
     # --- derived quantities ------------------------------------------------------------
@@ -261,8 +270,10 @@ register(ArchConfig(
     max_context=131072, source=_DS_V2, aliases=("deepseek-v2-236b", "deepseekv2"),
     mla=MLAGeometry(kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=128,
                     v_head_dim=128, q_lora_rank=1536),
-    notes="HF config's num_key_value_heads: 128 is meaningless under MLA; HF transformers "
-          "caches the expanded K/V (about 71x MLA's bytes)", fp16_kib_per_token=67.5))
+    notes="HF config's num_key_value_heads: 128 is meaningless under MLA; transformers 5.x "
+          "caches the latent and the RoPE key too (576 elements per token per layer, measured "
+          "with 5.24); a decode that caches expanded per-head K/V holds about 71x",
+    fp16_kib_per_token=67.5))
 register(ArchConfig(
     "DeepSeek-V2-Lite", n_layers=27, d_model=2048, n_heads=16, n_kv_heads=None, head_dim=128,
     max_context=32768, source="DeepSeek config_16B.json (V2-Lite)",

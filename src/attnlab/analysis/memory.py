@@ -130,14 +130,19 @@ def kv_memory(cfg: ArchConfig, context: int, batch: int = 1, dtype: str = "fp16"
         exceeds_max_context=context > cfg.max_context or S > cfg.max_context)
 
 
+EXPANDED_MLA = "expanded K/V"  # per-head K/V of a naive MLA decode
+
+
 def compare_variants(cfg: ArchConfig, context: int, batch: int = 1, dtype: str = "fp16",
                      encoder_length: int | None = None) -> list[tuple[str, bool, KVMemory]]:
     """The model re-headed as MHA, GQA-g, MQA and MLA: `(label, is_released, memory)` rows.
 
     GQA rows: the model's own group count and 8 groups where 8 divides the heads. The
     MLA row uses the model's own latent, or DeepSeek-V2's 4.5·d_h ratio otherwise (not
-    offered for encoder-decoder models). MLA models also get the MHA row HF transformers
-    actually caches (K of d_h + d_R, V of d_v per head, uncompressed).
+    offered for encoder-decoder models). MLA models also get the row of a decode that
+    caches expanded per-head K/V (K of d_h + d_R, V of d_v per head, uncompressed: what a
+    naive MLA implementation holds). transformers 5.x does not: its `DynamicCache` holds
+    the latent and the RoPE key, the released MLA row (measured with 5.24, tested).
     """
     H = cfg.n_heads
     kinds: list[tuple[str, int | None]] = [("mha", None)]
@@ -155,10 +160,10 @@ def compare_variants(cfg: ArchConfig, context: int, batch: int = 1, dtype: str =
         rows.append((v.label, released, kv_memory(v, context, batch, dtype, encoder_length)))
     if cfg.mla is not None:
         m = cfg.mla
-        hf = cfg.scaled(name=f"{cfg.name} (MHA, expanded K/V)", mla=None, n_kv_heads=H,
+        ex = cfg.scaled(name=f"{cfg.name} (MHA, expanded K/V)", mla=None, n_kv_heads=H,
                         head_dim=m.qk_nope_head_dim + m.qk_rope_head_dim,
                         v_head_dim=m.v_head_dim, aliases=(), notes="", fp16_kib_per_token=None)
-        rows.append(("MHA as HF caches", False, kv_memory(hf, context, batch, dtype)))
+        rows.append((EXPANDED_MLA, False, kv_memory(ex, context, batch, dtype)))
     return rows
 
 
