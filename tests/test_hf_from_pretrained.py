@@ -263,3 +263,25 @@ def test_bad_inputs_are_refused():
                               mixers=RWKVSpec(n_heads=2)))
     with pytest.raises(ValueError, match=r"attention_mask given, but blocks\[0\].mixer"):
         rwkv(torch.zeros(1, 3, dtype=torch.long), attention_mask=torch.ones(1, 3))
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name", ["qwen2_bias", "qwen3_qk_norm", "llama_gqa_llama3"])
+def test_kv_layout_conversions_keep_bias_norm_and_scaling(name):
+    """layers.convert on checkpoint layers: GQA -> MHA is exact and MHA -> GQA of the tied
+    heads returns the same layer (per-projection bias, per-head q/k norm and RoPE scaling
+    carried over)."""
+    from attnlab.layers.convert import gqa_to_mha, mha_to_gqa
+
+    model = hf_model(name)
+    layer = from_pretrained_attention(model.config, model.state_dict(), layer_idx=0)
+    x = torch.randn(2, 6, COMMON["hidden_size"], generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        mha = gqa_to_mha(layer)
+        back = mha_to_gqa(mha, layer.n_kv_heads)
+        torch.testing.assert_close(mha(x), layer(x), atol=1e-6, rtol=0)
+        torch.testing.assert_close(back(x), layer(x), atol=1e-6, rtol=0)
+    olmo = hf_model("olmo2_qk_norm")
+    proj = from_pretrained_attention(olmo.config, olmo.state_dict(), layer_idx=0)
+    with pytest.raises(ValueError, match=r"qk_norm \('proj'\) normalises over all KV heads"):
+        gqa_to_mha(proj)

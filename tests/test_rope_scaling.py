@@ -140,7 +140,7 @@ def test_bad_scaling_configs(kwargs, err, match):
 
 def test_bad_positions_and_unsupported_configs():
     x = torch.randn(2, 1, 4, 8)
-    with pytest.raises(ValueError, match=r"positions must have shape \(4,\) or \(B, 4\)"):
+    with pytest.raises(ValueError, match=r"shape \(B, 4\) with B = x.shape\[0\] \(2\)"):
         apply_rope(x, torch.zeros(3, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="positions must hold integers"):
         apply_rope(x, torch.zeros(4))

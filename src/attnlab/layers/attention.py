@@ -263,6 +263,7 @@ class Attention(Mixer):
         self.qk_norm = check_qk_norm(qk_norm)
         if not norm_eps > 0:
             raise ValueError(f"norm_eps ({norm_eps}) must be > 0")
+        self.norm_eps = float(norm_eps)
 
         add_projections(self, d_model, d_model, n_heads, n_kv_heads, head_dim, bias)
         if qk_norm == "head":  # Qwen3: RMSNorm over each head's D entries

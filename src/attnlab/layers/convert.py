@@ -30,10 +30,15 @@ def _like(layer: Attention, n_kv_heads: int) -> Attention:
                     rope_base=layer.rope_base, rope_interleaved=layer.rope_interleaved,
                     window=layer.window, causal=layer.causal, bias=layer.bias,
                     scale=layer.scale, backend=layer.backend, layer_idx=layer.layer_idx,
-                    kv_cache=layer.kv_cache)
+                    kv_cache=layer.kv_cache, rope_scaling=layer.rope_scaling,
+                    qk_norm=layer.qk_norm, norm_eps=layer.norm_eps)
     new = new.to(device=layer.q_proj.weight.device, dtype=layer.q_proj.weight.dtype)
     new.q_proj.load_state_dict(layer.q_proj.state_dict())
     new.o_proj.load_state_dict(layer.o_proj.state_dict())
+    if layer.qk_norm is not None:
+        new.q_norm.load_state_dict(layer.q_norm.state_dict())
+        if layer.qk_norm == "head":  # one weight shared by every KV head: unchanged
+            new.k_norm.load_state_dict(layer.k_norm.state_dict())
     new.train(layer.training)
     return new
 
@@ -51,10 +56,13 @@ def mha_to_gqa(layer: Attention, n_kv_heads: int) -> Attention:
     check_positive_int("n_kv_heads", n_kv_heads)
     check_divisible("layer.n_kv_heads", layer.n_kv_heads, "n_kv_heads", n_kv_heads)
     new = _like(layer, n_kv_heads)
+    if layer.qk_norm == "proj":  # OLMo-2's norm over the whole key projection
+        raise ValueError("qk_norm ('proj') normalises over all KV heads together; mean-pooling "
+                         "heads has no equivalent norm. Expected qk_norm None or 'head'")
     for name in ("k_proj", "v_proj"):
         src, dst = getattr(layer, name), getattr(new, name)
         dst.weight.copy_(_pool_heads(src.weight, layer.n_kv_heads, n_kv_heads, layer.head_dim))
-        if layer.bias:
+        if src.bias is not None:
             dst.bias.copy_(_pool_heads(src.bias, layer.n_kv_heads, n_kv_heads, layer.head_dim))
     return new
 
@@ -68,11 +76,14 @@ def gqa_to_mha(layer: Attention) -> Attention:
     if not isinstance(layer, Attention):
         raise TypeError(f"layer must be an Attention, got {type(layer).__name__}")
     new = _like(layer, layer.n_heads)
+    if layer.qk_norm == "proj":  # the copied heads would change the norm's mean square
+        raise ValueError("qk_norm ('proj') normalises over all KV heads together; copying "
+                         "heads changes it. Expected qk_norm None or 'head'")
     for name in ("k_proj", "v_proj"):
         src, dst = getattr(layer, name), getattr(new, name)
         w = src.weight.view(layer.n_kv_heads, 1, layer.head_dim, layer.d_model)  # (Hkv, 1, D, d)
         dst.weight.copy_(w.expand(-1, layer.n_groups, -1, -1).reshape_as(dst.weight))
-        if layer.bias:
+        if src.bias is not None:
             b = src.bias.view(layer.n_kv_heads, 1, layer.head_dim)  # (Hkv, 1, D)
             dst.bias.copy_(b.expand(-1, layer.n_groups, -1).reshape_as(dst.bias))
     return new

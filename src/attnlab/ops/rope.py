@@ -32,8 +32,10 @@ def _check_positions(positions, x: torch.Tensor) -> torch.Tensor:
     N = x.shape[-2]
     ok = positions.shape == (N,) or (positions.ndim == 2 and x.ndim >= 3
                                      and positions.shape == (x.shape[0], N))
+    if not ok and positions.ndim != 2:
+        raise ValueError(f"positions must have shape ({N},), got {tuple(positions.shape)}")
     if not ok:
-        raise ValueError(f"positions must have shape ({N},) or (B, {N}) with B = x.shape[0] "
+        raise ValueError(f"positions must have shape (B, {N}) with B = x.shape[0] "
                          f"({x.shape[0]}), got {tuple(positions.shape)}")
     return positions
 
