@@ -2,31 +2,29 @@
 mask objects it accepts, softcap / sinks / position bias, errors (docs/conventions.md §9)."""
 import pytest
 import torch
-
-pytest.importorskip("transformers")
-from transformers import AttentionInterface  # noqa: E402
-from transformers.masking_utils import (  # noqa: E402
+from transformers import AttentionInterface
+from transformers.masking_utils import (
     AttentionMaskInterface,
     causal_mask_function,
     eager_mask,
     sdpa_mask,
     sliding_window_causal_mask_function,
 )
-from transformers.models.gemma2.modeling_gemma2 import (  # noqa: E402
+from transformers.models.gemma2.modeling_gemma2 import (
     eager_attention_forward as gemma2_eager,
 )
-from transformers.models.gpt_oss.modeling_gpt_oss import (  # noqa: E402
+from transformers.models.gpt_oss.modeling_gpt_oss import (
     eager_attention_forward as gpt_oss_eager,
 )
-from transformers.models.llama.modeling_llama import (  # noqa: E402
+from transformers.models.llama.modeling_llama import (
     eager_attention_forward as llama_eager,
 )
 
-import attnlab.hf as ah  # noqa: E402
-from attnlab.hf import backend  # noqa: E402
-from attnlab.hf.conformance import build, packed_batch, padded_batch  # noqa: E402
-from attnlab.masks import Mask  # noqa: E402
-from attnlab.ops.softmax.dispatch import choose_backend  # noqa: E402
+import attnlab.hf as ah
+from attnlab.hf import backend
+from attnlab.hf.conformance import build, packed_batch, padded_batch
+from attnlab.masks import Mask
+from attnlab.ops.softmax.dispatch import choose_backend
 
 ATOL, RTOL = 1e-5, 1e-4  # conventions §5, exact algorithms in float32
 
@@ -170,8 +168,8 @@ def test_packed_documents_equal_documents_run_alone():
 # ---- the attention function on transformers' own mask objects ------------------------
 
 def _hf_masks(B, Nq, Nk, pad):
-    kw = dict(batch_size=B, q_length=Nq, kv_length=Nk, q_offset=Nk - Nq,
-              mask_function=causal_mask_function, attention_mask=pad)
+    kw = {"batch_size": B, "q_length": Nq, "kv_length": Nk, "q_offset": Nk - Nq,
+              "mask_function": causal_mask_function, "attention_mask": pad}
     return sdpa_mask(allow_is_causal_skip=False, **kw), eager_mask(dtype=torch.float32, **kw)
 
 
@@ -185,8 +183,7 @@ def test_accepts_bool_and_additive_float_masks(Nq, Nk):
     want, _ = llama_eager(mod, q, k, v, float_m, scaling=0.3)
     rows = bool_m.any(-1).view(2, 1, Nq).transpose(1, 2)  # rows with a visible key
     for m in (bool_m, float_m, float_m.masked_fill(~bool_m, float("-inf")),
-              ah.attnlab_mask(**dict(batch_size=2, q_length=Nq, kv_length=Nk,
-                                     q_offset=Nk - Nq, attention_mask=pad))):
+              ah.attnlab_mask(batch_size=2, q_length=Nq, kv_length=Nk, q_offset=Nk - Nq, attention_mask=pad)):
         got, w = ah.attnlab_attention_forward(mod, q, k, v, m, scaling=0.3)
         assert w is None and got.shape == (2, Nq, 4, 8)  # (B, N, H, D)
         torch.testing.assert_close(got * rows[..., None], want * rows[..., None],
@@ -209,7 +206,7 @@ def test_additive_bias_in_float_mask_is_added():
 @pytest.mark.parametrize("causal", [True, False])
 def test_none_mask_follows_module_is_causal(causal):
     q, k, v = qkv(Nq=3, Nk=7)
-    kw = dict(batch_size=2, q_length=3, kv_length=7, q_offset=4)
+    kw = {"batch_size": 2, "q_length": 3, "kv_length": 7, "q_offset": 4}
     m = (sdpa_mask(allow_is_causal_skip=False, **kw) if causal
          else torch.ones(2, 1, 3, 7, dtype=torch.bool))
     want, _ = llama_eager(Module(), q, k, v, torch.zeros(()).masked_fill(~m, -1e30), scaling=0.4)
@@ -239,8 +236,8 @@ def test_softcap_and_sinks_pass_through(window):
     fn = sliding_window_causal_mask_function(window) if window else causal_mask_function
     pad = torch.ones(2, 9, dtype=torch.bool)
     pad[0, :2] = False
-    kw = dict(batch_size=2, q_length=4, kv_length=9, q_offset=5, mask_function=fn,
-              attention_mask=pad)
+    kw = {"batch_size": 2, "q_length": 4, "kv_length": 9, "q_offset": 5, "mask_function": fn,
+              "attention_mask": pad}
     float_m, ours = eager_mask(dtype=torch.float32, **kw), ah.attnlab_mask(local_size=window, **kw)
     mod = Module()
     want, _ = gemma2_eager(mod, q, k, v, float_m, scaling=0.3, softcap=2.0)

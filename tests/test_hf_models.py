@@ -11,12 +11,12 @@ random routers have near-ties that can flip a greedy token on rounding).
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-from attnlab.hf.conformance import (  # noqa: E402
+from attnlab.hf.conformance import (
     FAMILIES,
     NAME,
     build,
     generate_tokens,
+    hidden_error,
     logit_error,
     packed_batch,
     padded_batch,
@@ -81,3 +81,12 @@ def test_teacher_forced_decode_equal_eager(name, cache, models):
     out = teacher_forced(model, NAME, ids, mask, cont, cache)
     assert ref.shape == (3, STEPS, model.config.vocab_size)
     torch.testing.assert_close(out, ref, atol=TOL, rtol=TOL)
+
+
+def test_real_minilm_checkpoint_equals_eager():
+    from attnlab.analysis.pretrained import SENTENCES, load_minilm
+
+    model, tok = load_minilm()
+    enc = dict(tok(list(SENTENCES), return_tensors="pt", padding=True))
+    assert not bool(enc["attention_mask"].all())  # right padding is exercised
+    assert hidden_error(model, **enc) < TOL

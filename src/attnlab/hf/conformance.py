@@ -32,9 +32,9 @@ class Family:
 
 
 def _common(**kw):
-    base = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    base = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+                "initializer_range": 0.2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
     base.update(kw)
     return base
 
@@ -148,6 +148,7 @@ def right_padded_batch(seed: int = 2, n: int = 11, pads=(0, 4)) -> tuple[torch.T
 
 
 def _logits(model, impl: str, **inputs) -> torch.Tensor:
+    register()
     model.set_attn_implementation(impl)
     with torch.no_grad():
         return model(**inputs).logits
@@ -233,3 +234,25 @@ def conformance_row(name: str, model=None, steps: int = 32) -> Row:
                 for c in (None, "static")]
         gen = "identical (dynamic, static)" if all(same) else f"DIFFERS {same}"
     return Row(name, fam.feature, err, packed, gen, dec)
+
+
+def hidden_error(model, **inputs) -> float:
+    """max |last_hidden_state(attnlab) - (eager)| over positions whose attention_mask is 1
+    (encoders without an LM head, e.g. a sentence-embedding checkpoint)."""
+    register()
+    outs = []
+    for impl in ("eager", NAME):
+        model.set_attn_implementation(impl)
+        with torch.no_grad():
+            outs.append(model(**inputs).last_hidden_state)
+    return float((outs[0] - outs[1]).abs()[inputs["attention_mask"].bool()].max())
+
+
+def sentence_embeddings(model, **inputs) -> torch.Tensor:
+    """Mean-pooled, L2-normalised last hidden states over real tokens (B, d): the
+    sentence-transformers pooling of all-MiniLM-L6-v2."""
+    with torch.no_grad():
+        h = model(**inputs).last_hidden_state  # (B, N, d)
+    m = inputs["attention_mask"].unsqueeze(-1).to(h.dtype)  # (B, N, 1)
+    e = (h * m).sum(1) / m.sum(1)
+    return torch.nn.functional.normalize(e, dim=-1)

@@ -9,6 +9,12 @@ contains the KV head it read before. Works on the Llama family layout (`q_proj`,
 `v_proj`, `o_proj`, `num_key_value_heads`: Llama, Mistral, Qwen2/3, Gemma-2, ...). The
 result is a start point: the paper uptrains it for ~5% of the original steps.
 
+`pool_kv_heads(model, n_kv_heads)`: the same pooling for architectures transformers gives
+no KV-head setting (BERT's `key` / `value`): each group's heads are replaced by their mean
+inside the MHA layout, which computes exactly what the GQA model would (every query head of
+a group reads the same pooled head), so the damage pooling does to a real checkpoint can be
+measured on encoders too (tests/test_hf_convert.py on all-MiniLM-L6-v2).
+
 `logit_kl` and `kv_cache_bytes` measure the two sides: the KL divergence of the converted
 model's next-token distribution from the original's, and the bytes a real `DynamicCache`
 holds after a prefill (so the saving is measured, not computed from a formula).
@@ -24,13 +30,50 @@ from .._checks import check_divisible, check_positive_int
 from ..layers.convert import _pool_heads
 
 
-def _attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    mods = [m for m in model.modules()
-            if all(hasattr(m, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))]
+def _attention_modules(model: torch.nn.Module, names=("q_proj", "k_proj", "v_proj")):
+    mods = [m for m in model.modules() if all(hasattr(m, p) for p in names)]
     if not mods:
-        raise ValueError(f"model ({type(model).__name__}) has no attention layer with q_proj / "
-                         "k_proj / v_proj / o_proj; expected a Llama-family transformers model")
+        raise ValueError(f"model ({type(model).__name__}) has no attention layer with "
+                         f"{' / '.join(names)}; expected a transformers model with per-head "
+                         "key and value projections")
     return mods
+
+
+def _heads(cfg) -> tuple[int, int]:
+    n_heads = cfg.num_attention_heads
+    return n_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+
+
+@torch.no_grad()
+def pool_kv_heads(model: torch.nn.Module, n_kv_heads: int) -> torch.nn.Module:
+    """A copy of an MHA transformers model in which the key and value heads of each of
+    `n_kv_heads` groups (consecutive heads) are replaced by their mean: GQA's computation
+    inside the MHA layout. Projections named `k_proj`/`v_proj` or `key`/`value`. O(params)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "num_attention_heads"):
+        raise ValueError(f"model ({type(model).__name__}) has no config.num_attention_heads")
+    n_heads, head_dim = _heads(cfg)
+    if getattr(cfg, "num_key_value_heads", n_heads) != n_heads:
+        raise ValueError(f"pool_kv_heads expects MHA (num_key_value_heads == {n_heads}), got "
+                         f"{cfg.num_key_value_heads}; use mha_to_gqa")
+    check_positive_int("n_kv_heads", n_kv_heads)
+    check_divisible("num_attention_heads", n_heads, "n_kv_heads", n_kv_heads)
+    new = copy.deepcopy(model)
+    names = ("k_proj", "v_proj") if _has_any(new, ("k_proj", "v_proj")) else ("key", "value")
+    rep = n_heads // n_kv_heads
+    for mod in _attention_modules(new, names):
+        for proj in names:
+            lin = getattr(mod, proj)
+            for t in (lin.weight, lin.bias):
+                if t is not None:
+                    pooled = _pool_heads(t, n_heads, n_kv_heads, head_dim)  # (G·D, ...)
+                    g = pooled.view(n_kv_heads, 1, head_dim, *t.shape[1:])
+                    t.copy_(g.expand(-1, rep, *g.shape[2:]).reshape_as(t))
+    return new
+
+
+def _has_any(model, names) -> bool:
+    return any(all(hasattr(m, p) for p in names) for m in model.modules())
 
 
 @torch.no_grad()
@@ -45,13 +88,12 @@ def mha_to_gqa(model: torch.nn.Module, n_kv_heads: int) -> torch.nn.Module:
                          "expected a Llama-family transformers model")
     check_positive_int("n_kv_heads", n_kv_heads)
     check_divisible("config.num_key_value_heads", old, "n_kv_heads", n_kv_heads)
-    n_heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    _, head_dim = _heads(cfg)
     new_cfg = copy.deepcopy(cfg)
     new_cfg.num_key_value_heads = n_kv_heads
     new = type(model)(new_cfg).to(dtype=next(model.parameters()).dtype)
     state = model.state_dict()
-    attn = {id(m) for m in _attention_modules(model)}
+    attn = {id(m) for m in _attention_modules(model, ("q_proj", "k_proj", "v_proj", "o_proj"))}
     for name, mod in model.named_modules():
         if id(mod) in attn:
             for proj in ("k_proj", "v_proj"):
@@ -60,6 +102,12 @@ def mha_to_gqa(model: torch.nn.Module, n_kv_heads: int) -> torch.nn.Module:
                     if t is not None:
                         key = f"{name}.{proj}.{p}"
                         state[key] = _pool_heads(t, old, n_kv_heads, head_dim)
+    shapes = {k: v.shape for k, v in new.state_dict().items()}
+    bad = [k for k, v in state.items() if k in shapes and shapes[k] != v.shape]
+    if bad:  # e.g. OLMo-2's k_norm spans every KV head together: no per-head pooling
+        raise ValueError(f"cannot pool {bad[0]} (shape {tuple(state[bad[0]].shape)}) to "
+                         f"{n_kv_heads} KV heads (expected {tuple(shapes[bad[0]])}); only "
+                         "per-head key/value parameters can be mean-pooled")
     missing, unexpected = new.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
         raise ValueError(f"state dict does not fit the converted model: missing {missing}, "

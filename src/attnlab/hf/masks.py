@@ -21,6 +21,7 @@ FlexAttention `BlockMask`s) for the attention function.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 from torch.utils._pytree import tree_map
@@ -69,7 +70,7 @@ class HFMask(torch.Tensor):
     _dense_fn: object
 
     @staticmethod
-    def __new__(cls, info: HFMaskInfo, dense_fn) -> HFMask:
+    def __new__(cls, info: HFMaskInfo, dense_fn) -> Self:
         shape = (info.batch_size, 1, info.q_length, info.kv_length)
         base = torch.ones((), dtype=torch.bool).expand(*shape)  # zero strides: O(1) memory
         t = torch.Tensor._make_subclass(cls, base)
