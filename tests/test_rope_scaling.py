@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import DeepseekV2Config, LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.deepseek_v2.modeling_deepseek_v2 import (
@@ -154,3 +156,38 @@ def test_bad_positions_and_unsupported_configs():
     partial.rope_parameters["partial_rotary_factor"] = 0.5
     with pytest.raises(ValueError, match=r"partial_rotary_factor \(0.5\) is not supported"):
         rope_from_config(partial)
+
+
+@st.composite
+def rope_params(draw):
+    kind = draw(st.sampled_from(["linear", "dynamic", "yarn", "llama3"]))
+    p = {"rope_type": kind, "rope_theta": draw(st.sampled_from([500.0, 1e4, 5e5])),
+         "factor": draw(st.floats(1.0, 64.0))}
+    if kind in ("yarn", "llama3"):
+        p["original_max_position_embeddings"] = draw(st.sampled_from([8, 16, 48]))
+    if kind == "yarn":
+        p["beta_fast"] = draw(st.sampled_from([8.0, 32.0]))
+        p["beta_slow"] = draw(st.sampled_from([0.5, 1.0, 2.0]))
+        p["truncate"] = draw(st.booleans())
+        if draw(st.booleans()):
+            p["mscale"], p["mscale_all_dim"] = draw(st.floats(0.1, 1.0)), draw(st.floats(0.1, 1.0))
+    if kind == "llama3":
+        p["low_freq_factor"] = draw(st.floats(0.5, 2.0))
+        p["high_freq_factor"] = p["low_freq_factor"] * draw(st.floats(1.5, 8.0))
+    return p
+
+
+@pytest.mark.filterwarnings("ignore")
+@settings(max_examples=40, deadline=None)
+@given(params=rope_params(), head_dim=st.sampled_from([8, 16, 64]),
+       seq_len=st.sampled_from([None, 30, 500]))
+def test_fuzz_scaled_frequencies_against_transformers(params, head_dim, seq_len):
+    """Differential property test: any scaling config read from an HF config gives
+    transformers' inverse frequencies and attention factor."""
+    cfg = LlamaConfig(hidden_size=64, num_attention_heads=2, head_dim=head_dim,
+                      max_position_embeddings=MAX_POS, rope_parameters=dict(params))
+    base, scaling = rope_from_config(cfg)
+    ref, ref_factor = ROPE_INIT_FUNCTIONS[params["rope_type"]](cfg, None, seq_len=seq_len)
+    torch.testing.assert_close(scaling.inv_freq(head_dim, base, seq_len), ref.double(),
+                               rtol=1e-6, atol=0)
+    assert scaling.rope_factor == pytest.approx(ref_factor, rel=1e-9)
