@@ -132,7 +132,7 @@ def test_int8_keeps_relative_precision_over_magnitudes(mag):
     g = torch.Generator().manual_seed(0)
     k = torch.randn(1, 2, 5, 16, generator=g) * mag
     c = Int8KVCache(1, 1, 2, 16, 8)
-    kk, vv = c.update(0, k, k)
+    kk, _ = c.update(0, k, k)
     err = (kk - k).abs().amax(-1) / k.abs().amax(-1)
     assert torch.isfinite(kk).all() and (err <= 0.5 / 127 + 1e-6).all()
 
