@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from attnlab.analysis.machine import Machine, cpu_info
 from attnlab.grill.runner import machine_line
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -62,8 +63,13 @@ def load_line() -> str:
     return f"load average {load1:.2f} on {os.cpu_count()} cores at the start of the run"
 
 
-def header(title: str, peak_flops: float | None = None, bandwidth: float | None = None) -> str:
-    lines = [f"# {title}", "", f"Machine: {machine_line()}", "", f"Load: {load_line()}", ""]
+def header(title: str, peak_flops: float | None = None, bandwidth: float | None = None,
+           machine: Machine | None = None) -> str:
+    """Results-file header: the machine line (CPU model, ISA, threads; with `machine`, its
+    per-dtype matmul peaks and read bandwidth), the software line and the load."""
+    line = machine.line() if machine is not None else cpu_info().describe()
+    lines = [f"# {title}", "", f"Machine: {line}", "", f"Software: {machine_line()}", "",
+             f"Load: {load_line()}", ""]
     if peak_flops is not None:
         lines.append(f"Measured fp32 matmul peak: {peak_flops / 1e9:.1f} GFLOP/s (2048³, best of 7)")
     if bandwidth is not None:

@@ -1,10 +1,13 @@
-"""Hypothesis stress test of the paged cache: random allocate / fork / append / free /
-preempt (swap out) / resume (swap in) with prefix caching, invariants after every op.
+"""Hypothesis state machine of the paged cache against a simple model: random allocate /
+fork / append (with and without token ids) / batch-view steps / free / preempt (swap out)
+/ resume (swap in) with prefix caching, invariants after every op.
 
 Each stored key is a function of the token prefix it belongs to (like a real model's K),
 so every check compares a sequence's gathered keys with what its tokens imply: a wrong
 prefix-cache hit, a missed copy-on-write or a write into someone else's block fails.
 """
+import os
+
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -33,9 +36,9 @@ class PagedMachine(RuleBasedStateMachine):
         self.next_id = 0
         self.ops = 0
 
-    def _append(self, sid: int, toks: list[int]) -> bool:
+    def _append(self, sid: int, toks: list[int], tracked: bool = True) -> bool:
         try:
-            slots = self.c.reserve(sid, len(toks), tokens=toks)
+            slots = self.c.reserve(sid, len(toks), tokens=toks if tracked else None)
         except PoolExhaustedError:
             return False
         base = self.tokens[sid]
@@ -65,6 +68,36 @@ class PagedMachine(RuleBasedStateMachine):
     def append(self, pick, toks):
         sid = sorted(self.tokens)[pick % len(self.tokens)]
         self._append(sid, toks)
+
+    @precondition(lambda self: self.tokens)
+    @rule(pick=st.integers(0, 10 ** 6),
+          toks=st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=6))
+    def append_untracked(self, pick, toks):
+        """The cache is not told the token ids (as a batch view's update does): it must
+        stop sharing this sequence's later blocks, never misalign them."""
+        sid = sorted(self.tokens)[pick % len(self.tokens)]
+        self._append(sid, toks, tracked=False)
+
+    @precondition(lambda self: len(self.tokens) >= 2)
+    @rule(pick=st.integers(0, 10 ** 6))
+    def batch_step(self, pick):
+        """One decode token for every live sequence of the longest equal-length group
+        through a batch view (copy-on-write counted as reserve does)."""
+        by_len: dict[int, list[int]] = {}
+        for sid, toks in self.tokens.items():
+            by_len.setdefault(len(toks), []).append(sid)
+        group = max(by_len.values(), key=len)
+        view = self.c.batch_view(group)
+        need = view.blocks_needed(1)
+        k = torch.stack([torch.tensor([key_of(self.tokens[s] + [pick % VOCAB])])
+                         for s in group]).view(len(group), 1, 1, 1)  # (B, Hkv, 1, D)
+        try:
+            view.update(0, k, -k)
+        except PoolExhaustedError:
+            assert need > self.c.allocator.n_free
+            return
+        for s in group:
+            self.tokens[s].append(pick % VOCAB)
 
     @precondition(lambda self: self.tokens)
     @rule(pick=st.integers(0, 10 ** 6))
@@ -115,7 +148,10 @@ class PagedMachine(RuleBasedStateMachine):
             assert torch.equal(got, torch.tensor([key_of(toks[:i + 1]) for i in range(len(toks))]))
 
 
+# `make fuzz` sets ATTNLAB_FUZZ_PAGED_EXAMPLES for a long randomised run (400 examples ×
+# 50 steps = 20,000 steps); the default run is short and derandomised for CI.
+_DEEP = int(os.environ.get("ATTNLAB_FUZZ_PAGED_EXAMPLES", "0"))
 PagedMachine.TestCase.settings = settings(
-    max_examples=80, stateful_step_count=50, deadline=None, derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow])
+    max_examples=_DEEP or 80, stateful_step_count=50, deadline=None, derandomize=not _DEEP,
+    database=None, suppress_health_check=[HealthCheck.too_slow])
 TestPagedStress = PagedMachine.TestCase

@@ -82,10 +82,16 @@ def test_per_channel_keys_isolate_an_outlier_channel():
 def test_memory_saved():
     fp32 = ContiguousKVCache(1, B, H, D, 1024)
     int8 = Int8KVCache(1, B, H, D, 1024)
-    # int8 codes + one fp16 scale per token and head: 4·D / (D + 2) = 3.88× at D = 64
-    assert fp32.nbytes / int8.nbytes == pytest.approx(4 * D / (D + 2))
+    # int8 codes + one float32 scale per token and head: 4·D / (D + 4) = 3.76× at D = 64
+    assert fp32.nbytes / int8.nbytes == pytest.approx(4 * D / (D + 4))
     k2 = KIVICache(1, B, H, D, 1024, bits=2, group_size=32, residual=128)
-    assert fp32.nbytes / k2.nbytes > 3.5
+    # per token: 2-bit codes of K and V (D/4 bytes each) + float32 scale and zero of K per
+    # channel per 32-token group and of V per 32-channel group per token; plus a float32
+    # residual window of 128 + 2·32 tokens
+    G, cap, win = 32, 1024, 128 + 2 * 32
+    per_token = 2 * D // 4 + 2 * 4 * D // G + 2 * 4 * D // G
+    assert k2.nbytes == B * H * (cap * per_token + win * 2 * D * 4)
+    assert fp32.nbytes / k2.nbytes == pytest.approx(3.2)
     assert KIVICache(1, B, H, D, 1024, bits=2, residual=0).nbytes < \
         KIVICache(1, B, H, D, 1024, bits=4, residual=0).nbytes < int8.nbytes
 
@@ -115,3 +121,77 @@ def test_bad_input():
     with pytest.raises(ValueError, match="shape"):
         c.update(0, torch.zeros(1, 2, 1, 8), torch.zeros(1, 2, 1, 8))
     assert c.seq_len(0) == 0
+
+
+# --- range, non-finite locality, dtype/device (regressions of fp16 scales) -----------------
+
+@pytest.mark.parametrize("mag", [1e-8, 1e-4, 1.0, 7e4, 8.4e6, 1e8])
+def test_int8_keeps_relative_precision_over_magnitudes(mag):
+    """fp16 scales overflowed above ~8.3e6 (whole row NaN) and flushed rows below ~7.6e-6
+    to 0; float32 scales keep every magnitude to 1/254 of the row's max."""
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(1, 2, 5, 16, generator=g) * mag
+    c = Int8KVCache(1, 1, 2, 16, 8)
+    kk, _ = c.update(0, k, k)
+    err = (kk - k).abs().amax(-1) / k.abs().amax(-1)
+    assert torch.isfinite(kk).all() and (err <= 0.5 / 127 + 1e-6).all()
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("mag", [1e-8, 1.0, 7e4, 1e8])
+def test_kivi_keeps_relative_precision_over_magnitudes(bits, mag):
+    """fp16 scale and zero point turned 7e4 into NaN; float32 keeps the range."""
+    g = torch.Generator().manual_seed(1)
+    k = torch.randn(1, 1, 64, 32, generator=g) * mag
+    c = KIVICache(1, 1, 1, 32, 64, bits=bits, group_size=16, residual=0)
+    kk, vv = c.update(0, k, k)
+    assert torch.isfinite(kk).all() and torch.isfinite(vv).all()
+    spread = k.amax() - k.amin()
+    assert (kk - k).abs().amax() <= spread / (2 ** bits - 1)
+
+
+def test_int8_non_finite_entries_stay_local():
+    k = torch.randn(1, 1, 3, 8)
+    k[0, 0, 1, 2] = float("nan")
+    k[0, 0, 1, 5] = float("inf")
+    k[0, 0, 2, 0] = float("-inf")
+    c = Int8KVCache(1, 1, 1, 8, 4)
+    kk, _ = c.update(0, k, k.clone())
+    bad = ~torch.isfinite(k)
+    assert torch.isfinite(kk[~bad]).all()  # the rest of each row is intact
+    assert torch.isnan(kk[0, 0, 1, 2]) and kk[0, 0, 1, 5] == float("inf") and \
+        kk[0, 0, 2, 0] == float("-inf")
+    ok = ~bad
+    assert ((kk - k)[ok].abs() <= k[ok].abs().amax() / 254 + 1e-6).all()
+    kk2, _ = c.update(0, torch.ones(1, 1, 1, 8), torch.ones(1, 1, 1, 8))  # later read keeps them
+    assert torch.isnan(kk2[0, 0, 1, 2]) and kk2[0, 0, 2, 0] == float("-inf")
+    c.reset()
+    kk3, _ = c.update(0, torch.ones(1, 1, 3, 8), torch.ones(1, 1, 3, 8))
+    assert torch.isfinite(kk3).all()  # reset forgets the side table
+
+
+def test_kivi_non_finite_entries_stay_local():
+    g = torch.Generator().manual_seed(2)
+    k = torch.randn(1, 1, 32, 16, generator=g)
+    k[0, 0, 3, 4] = float("nan")
+    v = k.clone()
+    v[0, 0, 3, 4] = float("inf")
+    c = KIVICache(1, 1, 1, 16, 32, bits=4, group_size=16, residual=0)
+    kk, vv = c.update(0, k, v)
+    assert torch.isnan(kk[0, 0, 3, 4]) and vv[0, 0, 3, 4] == float("inf")
+    mask = torch.ones_like(k, dtype=torch.bool)
+    mask[0, 0, 3, 4] = False
+    assert torch.isfinite(kk[mask]).all() and torch.isfinite(vv[mask]).all()
+
+
+@pytest.mark.parametrize("make", [lambda: Int8KVCache(1, 1, 1, 8, 4),
+                                  lambda: KIVICache(1, 1, 1, 8, 16, group_size=8)])
+def test_quantized_caches_check_dtype_and_device(make):
+    c = make()
+    with pytest.raises(TypeError, match="floating"):
+        c.update(0, torch.ones(1, 1, 1, 8, dtype=torch.int32), torch.ones(1, 1, 1, 8))
+    with pytest.raises(TypeError, match="dtype"):
+        c.update(0, torch.ones(1, 1, 1, 8, dtype=torch.float64), torch.ones(1, 1, 1, 8))
+    with pytest.raises(ValueError, match="device"):
+        c.update(0, torch.ones(1, 1, 1, 8, device="meta"), torch.ones(1, 1, 1, 8))
+    assert c.seq_len(0) == 0  # nothing was written

@@ -38,6 +38,9 @@ class BlockAllocator:
         self._free_cached: OrderedDict[int, None] = OrderedDict()
         self.block_hash: dict[int, int] = {}  # block id -> prefix hash (owned or free)
         self.by_hash: dict[int, int] = {}  # prefix hash -> block id
+        # what a registered block holds: (parent block or None, its token ids); a prefix
+        # hit is reused only when these match (hashes are keys, not proofs)
+        self.content: dict[int, tuple[int | None, tuple[int, ...]]] = {}
 
     # --- queries ---------------------------------------------------------------------
     @property
@@ -68,6 +71,7 @@ class BlockAllocator:
             else:  # evict the least recently freed cached block
                 b, _ = self._free_cached.popitem(last=False)
                 del self.by_hash[self.block_hash.pop(b)]
+                self.content.pop(b, None)
             self.ref[b] = 1
             out.append(b)
         return out
@@ -95,8 +99,10 @@ class BlockAllocator:
                 self._free_plain.append(block)
 
     # --- prefix cache ----------------------------------------------------------------
-    def register(self, block: int, h: int) -> int:
-        """Record that owned `block` holds the full block with prefix hash `h`.
+    def register(self, block: int, h: int, *, parent: int | None = None,
+                 tokens: tuple[int, ...] = ()) -> int:
+        """Record that owned `block` holds the full block with prefix hash `h`, following
+        block `parent` (None for a first block) and holding token ids `tokens`.
 
         Returns the block the index now maps `h` to (an earlier identical block wins)."""
         self._check_id(block)
@@ -108,14 +114,20 @@ class BlockAllocator:
             return self.by_hash[h]
         self.block_hash[block] = h
         self.by_hash[h] = block
+        self.content[block] = (parent, tuple(tokens))
         return block
 
     def lookup(self, h: int) -> int | None:
         return self.by_hash.get(h)
 
+    def verify(self, block: int, parent: int | None, tokens: tuple[int, ...]) -> bool:
+        """Whether registered `block` really holds `tokens` right after block `parent`."""
+        return self.content.get(block) == (parent, tuple(tokens))
+
     def forget(self, block: int) -> None:
         """Drop a block's hash (its content is about to change)."""
         h = self.block_hash.pop(block, None)
+        self.content.pop(block, None)
         if h is not None:
             del self.by_hash[h]
             if block in self._free_cached:
@@ -148,3 +160,5 @@ class BlockAllocator:
                 raise AssertionError(f"hash index does not map back to block {b}")
         if len(self.by_hash) != len(self.block_hash):
             raise AssertionError("hash index and block hashes differ in size")
+        if set(self.content) != set(self.block_hash):
+            raise AssertionError("registered contents and block hashes name different blocks")

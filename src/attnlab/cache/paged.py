@@ -9,7 +9,12 @@ so a sequence wastes at most `block_size − 1` slots (its last block).
   shared, partially filled last block copies that one block (copy-on-write).
 - Prefix caching: a full block is indexed by hash(parent hash, its tokens);
   `add_sequence(seq, tokens)` reuses matching blocks, even ones already freed but not yet
-  evicted (LRU eviction in `BlockAllocator`).
+  evicted (LRU eviction in `BlockAllocator`). A hit is verified before reuse: the block's
+  stored token ids and its parent block must equal the prompt's (a hash is only a key).
+- Token tracking cannot drift: a sequence's token list always covers a prefix of its
+  positions. `reserve(seq, n)` without token ids makes the sequence *untracked* from that
+  position on — later token ids are not recorded and no block past that point is ever
+  registered — so an untracked append can never misalign hashes with contents.
 - `reserve` refuses (PoolExhaustedError) before changing anything; the serving engine
   answers by preempting a sequence (`swap_out` to host memory, or free and recompute).
 - `batch_view(seq_ids)` exposes a group of equal-length sequences through the KVCache
@@ -43,7 +48,8 @@ class SwappedSequence:
     k: torch.Tensor  # (n_layers, Hkv, n_blocks, block_size, D) on the host
     v: torch.Tensor  # (n_layers, Hkv, n_blocks, block_size, Dv)
     length: int
-    tokens: list[int]
+    tokens: list[int]  # ids of a prefix of the positions (all of them when tracked)
+    tracked: bool = True
 
     @property
     def nbytes(self) -> int:
@@ -72,7 +78,8 @@ class PagedKVCache:
         self.allocator = BlockAllocator(num_blocks)
         self.tables: dict[Hashable, list[int]] = {}
         self.lens: dict[Hashable, int] = {}
-        self.tokens: dict[Hashable, list[int]] = {}  # token ids, for prefix hashes
+        self.tokens: dict[Hashable, list[int]] = {}  # token ids of positions 0..len-1
+        self.tracked: dict[Hashable, bool] = {}  # False once an untracked reserve happened
         self._hashed: dict[Hashable, list[int]] = {}  # chain hashes of registered blocks
 
     @classmethod
@@ -117,15 +124,19 @@ class PagedKVCache:
             bs = self.block_size
             for i in range((len(tokens) - 1) // bs):
                 h = block_hash(hashes[-1] if hashes else None, tuple(tokens[i * bs:(i + 1) * bs]))
+                block_tokens = tuple(tokens[i * bs:(i + 1) * bs])
                 b = self.allocator.lookup(h)
-                if b is None:
+                if b is None or not self.allocator.verify(b, table[-1] if table else None,
+                                                          block_tokens):
                     break
                 self.allocator.incref(b)
                 table.append(b)
                 hashes.append(h)
         self.tables[seq_id] = table
         self.lens[seq_id] = len(table) * self.block_size
-        self.tokens[seq_id] = list(tokens[: self.lens[seq_id]]) if tokens is not None else []
+        self.tokens[seq_id] = [int(t) for t in tokens[: self.lens[seq_id]]] \
+            if tokens is not None else []
+        self.tracked[seq_id] = tokens is not None
         self._hashed[seq_id] = hashes
         return self.lens[seq_id]
 
@@ -146,6 +157,7 @@ class PagedKVCache:
         self.tables[child] = list(table)
         self.lens[child] = self.lens[parent]
         self.tokens[child] = list(self.tokens[parent])
+        self.tracked[child] = self.tracked[parent]
         self._hashed[child] = list(self._hashed[parent])
 
     def free(self, seq_id) -> None:
@@ -153,7 +165,7 @@ class PagedKVCache:
         table = self._seq(seq_id)
         for b in reversed(table):  # tail first: LRU evicts a chain's end before its head
             self.allocator.decref(b)
-        for d in (self.tables, self.lens, self.tokens, self._hashed):
+        for d in (self.tables, self.lens, self.tokens, self.tracked, self._hashed):
             del d[seq_id]
 
     # --- appending -------------------------------------------------------------------
@@ -170,7 +182,9 @@ class PagedKVCache:
 
         Allocates blocks on demand and copies a shared last block before it is written
         (copy-on-write). Raises PoolExhaustedError before changing anything if the pool
-        is short; the caller then writes K/V with `write` for every layer.
+        is short; the caller then writes K/V with `write` for every layer. `tokens` are
+        the ids of the n new tokens; without them the sequence stops being tracked for
+        prefix caching (its later blocks are never registered or shared).
         """
         table = self._seq(seq_id)
         check_positive_int("n", n, minimum=0)
@@ -193,7 +207,9 @@ class PagedKVCache:
         if extra > 0:
             table.extend(self.allocator.allocate(extra))
         self.lens[seq_id] = L + n
-        if tokens is not None:
+        if n and tokens is None:
+            self.tracked[seq_id] = False  # positions from L on have no recorded ids
+        if tokens is not None and self.tracked[seq_id]:
             self.tokens[seq_id].extend(int(t) for t in tokens)
         if n == 1:  # decode: one slot, no tensor indexing
             return torch.tensor([table[L // bs] * bs + L % bs])
@@ -251,8 +267,10 @@ class PagedKVCache:
         bs = self.block_size
         full = min(self.lens[seq_id], len(toks)) // bs
         for i in range(len(hashes), full):
-            h = block_hash(hashes[-1] if hashes else None, tuple(toks[i * bs:(i + 1) * bs]))
-            self.allocator.register(table[i], h)
+            block_tokens = tuple(toks[i * bs:(i + 1) * bs])
+            h = block_hash(hashes[-1] if hashes else None, block_tokens)
+            self.allocator.register(table[i], h, parent=table[i - 1] if i else None,
+                                    tokens=block_tokens)
             hashes.append(h)
 
     # --- reading ---------------------------------------------------------------------
@@ -278,7 +296,8 @@ class PagedKVCache:
         idx = torch.tensor(self._seq(seq_id), dtype=torch.long, device=self.device)
         saved = SwappedSequence(k=self.k_pool.index_select(2, idx).to("cpu"),
                                 v=self.v_pool.index_select(2, idx).to("cpu"),
-                                length=self.lens[seq_id], tokens=list(self.tokens[seq_id]))
+                                length=self.lens[seq_id], tokens=list(self.tokens[seq_id]),
+                                tracked=self.tracked[seq_id])
         self.free(seq_id)
         return saved
 
@@ -294,6 +313,7 @@ class PagedKVCache:
         self.tables[seq_id] = blocks
         self.lens[seq_id] = saved.length
         self.tokens[seq_id] = list(saved.tokens)
+        self.tracked[seq_id] = saved.tracked
         self._hashed[seq_id] = []
         self.register_full_blocks(seq_id)
 
@@ -331,6 +351,10 @@ class PagedKVCache:
             if len(table) != -(-self.lens[s] // self.block_size):
                 raise AssertionError(f"sequence {s!r}: {len(table)} blocks for length "
                                      f"{self.lens[s]}")
+            if len(self.tokens[s]) > self.lens[s] or \
+                    (self.tracked[s] and len(self.tokens[s]) != self.lens[s]):
+                raise AssertionError(f"sequence {s!r}: {len(self.tokens[s])} token ids for "
+                                     f"{self.lens[s]} positions (tracked={self.tracked[s]})")
             for b in table:
                 owners[b] = owners.get(b, 0) + 1
         self.allocator.check_invariants(owners)

@@ -25,6 +25,10 @@ class PagedBatchView(KVCache):
             raise TypeError(f"cache must be a PagedKVCache, got {type(cache).__name__}")
         if not seq_ids:
             raise ValueError("seq_ids must name at least one sequence")
+        dup = sorted({repr(s) for s in seq_ids if list(seq_ids).count(s) > 1})
+        if dup:
+            raise ValueError(f"seq_ids must be distinct; {', '.join(dup)} appear more than "
+                             "once")
         lens = {s: cache.seq_len(s) for s in seq_ids}
         if len(set(lens.values())) != 1:
             raise ValueError(f"sequences must have equal lengths for one batch, got {lens}")
@@ -52,9 +56,29 @@ class PagedBatchView(KVCache):
         self._lens[layer_idx] = start + T
         return torch.stack(ks), torch.stack(vs)  # (B, Hkv, L, D)
 
+    def blocks_needed(self, extra: int) -> int:
+        """Fresh blocks reserving `extra` tokens for every sequence takes, in order.
+
+        A last block shared by several sequences of the view is copied by all but the
+        last of them to write (its ref count drops with each copy), so copy-on-write is
+        counted as `reserve` will really do it, not once per sharer."""
+        c, bs = self.cache, self.cache.block_size
+        refs: dict[int, int] = {}
+        need = 0
+        for s in self.seq_ids:
+            table, L = c.block_table(s), c.seq_len(s)
+            need += -(-(L + extra) // bs) - len(table)
+            if extra > 0 and L % bs:
+                last = table[-1]
+                r = refs.get(last, c.allocator.ref[last])
+                if r > 1:
+                    need += 1
+                    refs[last] = r - 1
+        return need
+
     def _check_blocks(self, extra: int) -> None:
         c = self.cache
-        need = sum(c.blocks_needed(s, extra) for s in self.seq_ids)
+        need = self.blocks_needed(extra)
         if need > c.allocator.n_free:
             raise PoolExhaustedError(f"pool exhausted: {need} blocks needed for {extra} "
                                      f"tokens × {len(self.seq_ids)} sequences, "

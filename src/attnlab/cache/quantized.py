@@ -1,20 +1,31 @@
 """Quantized KV caches: int8 per-token symmetric, and KIVI-style 4/2-bit.
 
-- `Int8KVCache`: every token's K and V row (per head) is stored as int8 with one fp16
-  scale `s = max|x| / 127` (symmetric, per token). Bytes/token/head: (D + 2) per tensor
-  instead of 4·D (fp32) or 2·D (fp16), i.e. 2× smaller than fp16 up to the scale.
+- `Int8KVCache`: every token's K and V row (per head) is stored as int8 codes with one
+  float32 scale `s = max|x| / 127` over the row's finite entries (symmetric, per token):
+  `x ≈ code · s`. Bytes per token and head: D + 4 per tensor instead of 4·D (fp32) or 2·D
+  (fp16). This is the int8 layout of docs/conventions.md §4 that int8 decode kernels read.
 - `KIVICache` (Liu et al. 2024, "KIVI"): asymmetric b-bit (b = 4 or 2) quantization with
   keys **per channel** (min/max over a group of `group_size` tokens, for each channel) and
   values **per token** (min/max over groups of `group_size` channels), plus a
-  full-precision residual window of the most recent tokens (docs/sources.md: group 32, residual
-  128). The oldest `group_size` fp tokens are quantized as one group whenever the fp
-  window holds ≥ `residual + group_size` tokens, so it always keeps ≥ `residual`. Codes are
-  packed 8/b per byte; scale and zero point are fp16.
+  full-precision residual window of the most recent tokens (docs/sources.md: group 32,
+  residual 128). The oldest `group_size` fp tokens are quantized as one group whenever the
+  fp window holds ≥ `residual + group_size` tokens, so it always keeps ≥ `residual`. Codes
+  are packed 8/b per byte; scale and zero point are float32.
 
-`update` returns dequantized K/V of the whole history (B, Hkv, L, D): without a fused
-dequant-attention kernel the read costs O(L·D) dequantization per step — the memory, not
-the read traffic, is what these caches save. Error vs an fp32 cache: see
-`attention_error` and tests/test_quantized_cache.py.
+Representable range: scales and zero points are float32 and computed in float32, so any
+row (int8) or group (KIVI) whose largest finite magnitude lies between about 1e-36 and
+float32's maximum (3.4e38) keeps its relative resolution — `max|x| / 127` per element for
+int8, `(max − min) / (2^b − 1)` for KIVI; rows below ~1e-36 lose precision in subnormal
+scales, and an all-zero row is stored exactly. Non-finite entries stay where they came
+from: statistics use the finite entries only, and each NaN/±inf is kept verbatim in a
+sparse side table (`NonFinite`) that dequantisation puts back (int8 marks them with the
+otherwise unused code −128), so one NaN never spreads over its row or group.
+
+Inputs must be floating tensors of the cache's dtype on the cache's device (clear
+`TypeError` / `ValueError` otherwise). `update` returns dequantized K/V of the whole
+history (B, Hkv, L, D): without a fused dequant-attention kernel the read costs O(L·D)
+dequantization per step — the memory, not the read traffic, is what these caches save.
+Error vs an fp32 cache: see `attention_error` and tests/test_quantized_cache.py.
 """
 from __future__ import annotations
 
@@ -22,35 +33,88 @@ import torch
 
 from .._checks import check_divisible, check_positive_int
 from .base import CountedCache, KVCache
-from .contiguous import _check_dtype_device
+from .contiguous import _check_dtype_device, _same_device
+
+NONFINITE_CODE = -128  # int8 code of an entry kept verbatim in the side table
 
 # --- pure quantization functions ---------------------------------------------------------
 
 
 def quantize_symmetric_int8(x: torch.Tensor):
-    """Per-row (last dim) symmetric int8: returns (codes int8, scale fp16 (..., 1))."""
-    scale = (x.abs().amax(-1, keepdim=True).float() / 127.0).to(torch.float16)
-    s = scale.float().clamp_min(torch.finfo(torch.float16).tiny)
-    codes = torch.round(x.float() / s).clamp_(-127, 127).to(torch.int8)
+    """Per-row (last dim) symmetric int8: returns (codes int8, scale float32 (..., 1)).
+
+    The scale uses the row's finite entries; non-finite entries get `NONFINITE_CODE`."""
+    xf = x.float()
+    finite = torch.isfinite(xf)
+    amax = torch.where(finite, xf.abs(), 0.0).amax(-1, keepdim=True)  # (..., 1)
+    scale = amax / 127.0
+    s = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round(torch.where(finite, xf, 0.0) / s).clamp_(-127, 127).to(torch.int8)
+    codes[~finite] = NONFINITE_CODE
     return codes, scale
 
 
 def dequantize_symmetric_int8(codes: torch.Tensor, scale: torch.Tensor, dtype=torch.float32):
-    return (codes.float() * scale.float()).to(dtype)
+    """code · scale; `NONFINITE_CODE` entries come back NaN (the cache restores their
+    exact value from its side table)."""
+    out = codes.float() * scale.float()
+    return out.masked_fill(codes == NONFINITE_CODE, float("nan")).to(dtype)
 
 
 def quantize_asymmetric(x: torch.Tensor, bits: int, dim: int):
-    """Min/max asymmetric b-bit codes (uint8, unpacked) with fp16 scale and zero along `dim`."""
-    lo = x.amin(dim, keepdim=True).to(torch.float16)
-    hi = x.amax(dim, keepdim=True).to(torch.float16)
-    scale = ((hi.float() - lo.float()) / (2 ** bits - 1)).to(torch.float16)
-    s = scale.float().clamp_min(1e-8)
-    codes = torch.round((x.float() - lo.float()) / s).clamp_(0, 2 ** bits - 1).to(torch.uint8)
-    return codes, scale, lo
+    """Min/max asymmetric b-bit codes (uint8, unpacked) with float32 scale and zero along
+    `dim`, over the finite entries (non-finite entries get code 0; keep them aside)."""
+    xf = x.float()
+    finite = torch.isfinite(xf)
+    lo = torch.where(finite, xf, float("inf")).amin(dim, keepdim=True)
+    hi = torch.where(finite, xf, float("-inf")).amax(dim, keepdim=True)
+    none = ~torch.isfinite(lo)  # no finite entry in the group
+    lo, hi = lo.masked_fill(none, 0.0), hi.masked_fill(none, 0.0)
+    scale = (hi - lo) / (2 ** bits - 1)
+    s = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round((torch.where(finite, xf, lo) - lo) / s).clamp_(0, 2 ** bits - 1)
+    return codes.to(torch.uint8), scale, lo
 
 
 def dequantize_asymmetric(codes, scale, zero, dtype=torch.float32):
     return (codes.float() * scale.float() + zero.float()).to(dtype)
+
+
+class NonFinite:
+    """Sparse side table of the non-finite entries of one quantized tensor, per layer:
+    their (b, h, t, d) indices and exact values. O(#non-finite) memory."""
+
+    def __init__(self, n_layers: int):
+        self._idx: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+        self._val: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+
+    def record(self, layer: int, x: torch.Tensor, t0: int) -> None:
+        """Keep the non-finite entries of x (B, H, T, D), whose token 0 is position t0."""
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            idx = bad.nonzero()  # (n, 4): b, h, t, d
+            self._val[layer].append(x[bad].float())
+            idx[:, 2] += t0
+            self._idx[layer].append(idx)
+
+    def restore(self, layer: int, out: torch.Tensor) -> torch.Tensor:
+        """Put the recorded values back into out (B, H, L, D) (positions < L only)."""
+        if not self._idx[layer]:
+            return out
+        idx, val = torch.cat(self._idx[layer]), torch.cat(self._val[layer])
+        keep = idx[:, 2] < out.shape[2]
+        idx, val = idx[keep], val[keep]
+        out[idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]] = val.to(out.dtype)
+        return out
+
+    def reset(self) -> None:
+        for lst in (*self._idx, *self._val):
+            lst.clear()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for lst in (*self._idx, *self._val)
+                   for t in lst)
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -76,6 +140,9 @@ class _QuantBase(CountedCache):
         self.n_kv_heads = check_positive_int("n_kv_heads", n_kv_heads)
         self.head_dim = check_positive_int("head_dim", head_dim)
         self.dtype, self.device = _check_dtype_device(dtype, device)
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype ({dtype}) must be a floating dtype")
+        self._k_bad, self._v_bad = NonFinite(n_layers), NonFinite(n_layers)
 
     def _check_kv(self, layer_idx, k, v) -> int:
         self._check_layer(layer_idx)
@@ -86,6 +153,16 @@ class _QuantBase(CountedCache):
                 raise ValueError(f"{name} must have shape (B={want[0]}, Hkv={want[1]}, T, "
                                  f"D={want[2]}), got "
                                  f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)}")
+        for name, x in (("k", k), ("v", v)):
+            if not x.is_floating_point():
+                raise TypeError(f"{name} has dtype {x.dtype}; expected a floating tensor of "
+                                f"the cache's dtype {self.dtype}")
+            if x.dtype != self.dtype:
+                raise TypeError(f"{name} has dtype {x.dtype}; expected the cache's dtype "
+                                f"{self.dtype}")
+            if not _same_device(x.device, self.device):
+                raise ValueError(f"{name} is on {x.device}; expected the cache's device "
+                                 f"{self.device}")
         if k.shape[2] != v.shape[2]:
             raise ValueError(f"k has {k.shape[2]} new tokens but v has {v.shape[2]}")
         T = k.shape[2]
@@ -97,11 +174,13 @@ class _QuantBase(CountedCache):
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._bufs())
+        """Bytes of the preallocated buffers plus the side table of non-finite entries."""
+        return sum(t.numel() * t.element_size() for t in self._bufs()) + \
+            self._k_bad.nbytes + self._v_bad.nbytes
 
 
 class Int8KVCache(_QuantBase):
-    """Per-token symmetric int8 K and V with fp16 scales; capacity preallocated."""
+    """Per-token symmetric int8 K and V with float32 scales; capacity preallocated."""
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int,
                  capacity: int, *, dtype: torch.dtype = torch.float32,
@@ -110,24 +189,28 @@ class Int8KVCache(_QuantBase):
         shape = (n_layers, batch, n_kv_heads, capacity)
         self.k_codes = torch.zeros((*shape, head_dim), dtype=torch.int8, device=self.device)
         self.v_codes = torch.zeros((*shape, head_dim), dtype=torch.int8, device=self.device)
-        self.k_scale = torch.zeros((*shape, 1), dtype=torch.float16, device=self.device)
-        self.v_scale = torch.zeros((*shape, 1), dtype=torch.float16, device=self.device)
+        self.k_scale = torch.zeros((*shape, 1), dtype=torch.float32, device=self.device)
+        self.v_scale = torch.zeros((*shape, 1), dtype=torch.float32, device=self.device)
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
         T = self._check_kv(layer_idx, k, v)
         a, b = self._lens[layer_idx], self._lens[layer_idx] + T
-        for codes, scale, x in ((self.k_codes, self.k_scale, k), (self.v_codes, self.v_scale, v)):
+        for codes, scale, bad, x in ((self.k_codes, self.k_scale, self._k_bad, k),
+                                     (self.v_codes, self.v_scale, self._v_bad, v)):
             c, s = quantize_symmetric_int8(x)  # (B, Hkv, T, D), (B, Hkv, T, 1)
             codes[layer_idx, :, :, a:b] = c
             scale[layer_idx, :, :, a:b] = s
+            bad.record(layer_idx, x, a)
         self._lens[layer_idx] = b
-        return (dequantize_symmetric_int8(self.k_codes[layer_idx, :, :, :b],
-                                          self.k_scale[layer_idx, :, :, :b], self.dtype),
-                dequantize_symmetric_int8(self.v_codes[layer_idx, :, :, :b],
-                                          self.v_scale[layer_idx, :, :, :b], self.dtype))
+        return tuple(bad.restore(layer_idx, dequantize_symmetric_int8(
+            codes[layer_idx, :, :, :b], scale[layer_idx, :, :, :b], self.dtype))
+            for codes, scale, bad in ((self.k_codes, self.k_scale, self._k_bad),
+                                      (self.v_codes, self.v_scale, self._v_bad)))
 
     def reset(self) -> None:
         self._lens = [0] * self.n_layers
+        self._k_bad.reset()
+        self._v_bad.reset()
 
     @property
     def used_nbytes(self) -> int:
@@ -155,11 +238,11 @@ class KIVICache(_QuantBase):
         # keys: per-channel stats per token group; codes packed along the channel axis
         self.k_packed = torch.zeros((*base, n_groups * G, head_dim // per), dtype=torch.uint8,
                                     device=dev)
-        self.k_scale = torch.zeros((*base, n_groups, head_dim), dtype=torch.float16, device=dev)
+        self.k_scale = torch.zeros((*base, n_groups, head_dim), dtype=torch.float32, device=dev)
         self.k_zero = torch.zeros_like(self.k_scale)
         # values: per-token stats per channel group
         self.v_packed = torch.zeros_like(self.k_packed)
-        self.v_scale = torch.zeros((*base, n_groups * G, head_dim // G), dtype=torch.float16,
+        self.v_scale = torch.zeros((*base, n_groups * G, head_dim // G), dtype=torch.float32,
                                    device=dev)
         self.v_zero = torch.zeros_like(self.v_scale)
         win = min(capacity, residual + 2 * G)  # fp window: residual ≤ r < residual + 2G
@@ -180,6 +263,8 @@ class KIVICache(_QuantBase):
         self.v_packed[li, :, :, a:a + G] = pack(vc.reshape(v.shape), self.bits)
         self.v_scale[li, :, :, a:a + G] = vs[..., 0]
         self.v_zero[li, :, :, a:a + G] = vz[..., 0]
+        self._k_bad.record(li, k, a)  # non-finite entries kept verbatim
+        self._v_bad.record(li, v, a)
         n_res = self._lens[li] - a
         self.k_res[li, :, :, : n_res - G] = self.k_res[li, :, :, G:n_res].clone()
         self.v_res[li, :, :, : n_res - G] = self.v_res[li, :, :, G:n_res].clone()
@@ -210,13 +295,17 @@ class KIVICache(_QuantBase):
         vc = vc.view(*vc.shape[:3], D // G, G)  # (B, Hkv, nq, D/G, G)
         vq = dequantize_asymmetric(vc, self.v_scale[li, :, :, :nq, :, None],
                                    self.v_zero[li, :, :, :nq, :, None], self.dtype)
-        k = torch.cat([kq.reshape(*kq.shape[:2], nq, D), self.k_res[li, :, :, :n_res]], 2)
-        v = torch.cat([vq.reshape(*vq.shape[:2], nq, D), self.v_res[li, :, :, :n_res]], 2)
+        kq = self._k_bad.restore(li, kq.reshape(*kq.shape[:2], nq, D))  # (B, Hkv, nq, D)
+        vq = self._v_bad.restore(li, vq.reshape(*vq.shape[:2], nq, D))
+        k = torch.cat([kq, self.k_res[li, :, :, :n_res]], 2)
+        v = torch.cat([vq, self.v_res[li, :, :, :n_res]], 2)
         return k, v  # (B, Hkv, L, D)
 
     def reset(self) -> None:
         self._lens = [0] * self.n_layers
         self._nq = [0] * self.n_layers
+        self._k_bad.reset()
+        self._v_bad.reset()
 
 
 def attention_error(cache: KVCache, k: torch.Tensor, v: torch.Tensor, q: torch.Tensor,

@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..._checks import check_finite as check_finite_tensor
 from ..._checks import check_qkv
 from ...masks import Mask
 from .block_sparse import block_sparse_attention
@@ -115,16 +116,28 @@ def choose_backend(q, k, v, mask, q_pos=None, kv_pos=None) -> str:
     return "sdpa"  # a dense bool tensor: SDPA with attn_mask
 
 
-def attention(q, k, v, *, mask=None, scale: float | None = None, backend: str = "auto",
-              return_lse: bool = False, q_pos=None, kv_pos=None):
+def attention(q, k, v, *, mask=None, scale: float | None = None, score_mod=None, sink=None,
+              return_lse: bool = False, q_pos=None, kv_pos=None, backend: str = "auto",
+              check_finite: bool = False):
     """Exact softmax attention. q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv).
 
     `mask` is a `Mask` predicate or a bool tensor (True = attend); causal alignment is
-    bottom-right. Returns `out` or `(out, lse)`.
+    bottom-right. `score_mod(score, b, h, q_idx, kv_idx)` and a learned `sink` (Hq,) follow
+    `attention_reference`. `check_finite=True` raises ValueError on NaN/inf in q, k or v.
+    Returns `out` or `(out, lse)`.
     """
     check_qkv(q, k, v)
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if check_finite:
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            check_finite_tensor(name, t)
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend ({backend!r}) must be 'auto' or one of {sorted(BACKENDS)}")
+    if score_mod is not None or sink is not None:  # every backend's answer is the reference's
+        return attention_reference(q, k, v, mask=mask, scale=scale, score_mod=score_mod,
+                                   sink=sink, return_lse=return_lse, q_pos=q_pos,
+                                   kv_pos=kv_pos)
     name = choose_backend(q, k, v, mask, q_pos, kv_pos) if backend == "auto" else backend
     if name not in BACKENDS:
         known = sorted(BACKENDS)
