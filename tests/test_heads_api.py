@@ -2,6 +2,8 @@
 masks, token-based duplicate/induction targets, sinks on any key set, 4-D/5-D tables."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attnlab.analysis.heads import (
     duplicate_token_score,
@@ -161,3 +163,68 @@ def test_head_table_4d_5d_optional_period_and_top_heads():
     assert {"duplicate", "induction"} <= set(with_period)
     with pytest.raises(ValueError, match="patterns"):
         head_table(heads, causal=False)
+
+
+# --- property tests: every detector against a plain loop (random shapes and padding) -------
+
+
+def loop_reference(P, pad, nq, target_of):
+    """(B, H) mean over real query rows with a target of the mass on `target_of(b, p)`
+    (p = the query's position; None or [] = row not scored, where noted)."""
+    B, H, _, nk = P.shape
+    out = torch.full((B, H), float("nan"))
+    for b in range(B):
+        for h in range(H):
+            tot, rows = 0.0, 0
+            for i in range(nq):
+                p = nk - nq + i
+                if not pad[b, p]:
+                    continue
+                keys = target_of(b, p)
+                if keys is None:
+                    continue
+                tot += float(P[b, h, i, [k for k in keys if pad[b, k]]].sum())
+                rows += 1
+            out[b, h] = tot / rows if rows else float("nan")
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 2), st.integers(2, 9), st.data())
+def test_detectors_match_a_loop(B, H, nk, data):
+    nq = data.draw(st.integers(1, nk))
+    seed = data.draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    P = torch.softmax(torch.randn(B, H, nq, nk, generator=g), -1)
+    lengths = [data.draw(st.integers(nk - nq + 1, nk)) for _ in range(B)]
+    pad = torch.zeros(B, nk, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        pad[b, :n] = True
+    toks = torch.randint(0, 3, (B, nk), generator=g)
+    k = data.draw(st.integers(-3, 3))
+    kw = {"causal": False, "padding_mask": pad}
+
+    def offset_keys(b, p):
+        return [p - k] if 0 <= p - k < nk else []
+    ref = loop_reference(P, pad, nq, offset_keys)  # every real row scored
+    torch.testing.assert_close(offset_score(P, k, **kw), ref, atol=1e-5, rtol=0)
+
+    def offset_keys_only(b, p):
+        j = p - k
+        return [j] if 0 <= j < nk and pad[b, j] else None
+    ref = loop_reference(P, pad, nq, offset_keys_only)
+    if not torch.isnan(ref).any():
+        got = offset_score(P, k, target_rows_only=True, **kw)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+    def earlier_copies(b, p):
+        return [j for j in range(p) if toks[b, j] == toks[b, p] and pad[b, j]] or None
+    ref = loop_reference(P, pad, nq, earlier_copies)
+    if not torch.isnan(ref).any():
+        torch.testing.assert_close(duplicate_token_score(P, tokens=toks, **kw), ref,
+                                   atol=1e-5, rtol=0)
+
+    sinks = sorted(set(data.draw(st.lists(st.integers(0, nk - 1), min_size=1, max_size=3))))
+    ref = loop_reference(P, pad, nq, lambda b, p: None if p in sinks else sinks)
+    if not torch.isnan(ref).any():
+        torch.testing.assert_close(sink_score(P, keys=sinks, **kw), ref, atol=1e-5, rtol=0)
