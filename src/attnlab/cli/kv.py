@@ -129,7 +129,7 @@ def _resolve(model: str, context: int | None, dtype: str | None, hf_cache: bool 
     from ..analysis.configs import get_config
     from ..analysis.hf_config import hf_cached, read_hf_config
 
-    if model.endswith(".json") or Path(model).exists():
+    if model.endswith(".json") or (Path(model) / "config.json").is_file():
         r = read_hf_config(model, context)
         hf = True if hf_cache is None else hf_cache
         cfg, other = (r.cached, r.arch) if hf else (r.arch, r.cached)
