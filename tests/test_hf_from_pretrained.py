@@ -190,6 +190,12 @@ def test_generate_and_run_with_cache_on_converted_model(name):
     with torch.no_grad():
         ref = model.generate(tokens, max_new_tokens=8, do_sample=False, min_new_tokens=8)
     assert torch.equal(ours, ref)
+    tokens, mask, _ = padded_batch(n=6)  # prompts of 6 and 3 tokens, left-padded
+    ours = generate(lm, tokens, max_new_tokens=8, attention_mask=mask)
+    with torch.no_grad():
+        ref = model.generate(tokens, attention_mask=mask, max_new_tokens=8, do_sample=False,
+                             min_new_tokens=8)
+    assert torch.equal(ours, ref)
     acts = run_with_cache(lm, tokens)
     torch.testing.assert_close(acts.logits, model(tokens).logits, atol=ATOL, rtol=0)
     torch.testing.assert_close(acts.patterns(), hf_patterns(model, tokens), atol=1e-5, rtol=0)

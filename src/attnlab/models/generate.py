@@ -15,11 +15,14 @@ from .lm import TinyLM
 @torch.no_grad()
 def generate(model: TinyLM, prompt: torch.Tensor, max_new_tokens: int,
              temperature: float = 0.0, seed: int | None = None, *,
-             top_k: int | None = None) -> torch.Tensor:
+             top_k: int | None = None, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Extend `prompt` (B, N0) by `max_new_tokens`; returns (B, N0 + max_new_tokens).
 
     temperature 0 = greedy (argmax); > 0 samples from softmax(logits / temperature),
     optionally restricted to the `top_k` largest logits, from a generator seeded by `seed`.
+    `attention_mask` (B, N0), 0 on padding: a left-padded batch of prompts of different
+    lengths, as Hugging Face's generate takes it; each sequence's positions start at its
+    first real token (position_ids = cumsum(mask) − 1) and padding is never attended.
     """
     check_tensor("prompt", prompt, 2)
     check_positive_int("max_new_tokens", max_new_tokens, minimum=0)
@@ -44,12 +47,24 @@ def generate(model: TinyLM, prompt: torch.Tensor, max_new_tokens: int,
     was_training = model.training
     model.eval()
     out = [prompt]
-    logits = model(prompt, cache)[:, -1]  # (B, vocab)
+    pad = {}
+    if attention_mask is not None:
+        check_tensor("attention_mask", attention_mask, 2)
+        if attention_mask.shape != prompt.shape:
+            raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        mask = attention_mask.to(device=prompt.device, dtype=torch.long)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, N0): 0 at each first real token
+        pad = {"attention_mask": mask, "position_ids": pos}
+    logits = model(prompt, cache, **pad)[:, -1]  # (B, vocab)
     for step in range(max_new_tokens):
         nxt = _pick(logits, temperature, top_k, gen)  # (B, 1)
         out.append(nxt)
         if step + 1 < max_new_tokens:
-            logits = model(nxt, cache)[:, -1]
+            if pad:
+                mask = torch.cat([pad["attention_mask"], torch.ones_like(nxt)], 1)  # (B, L+1)
+                pad = {"attention_mask": mask, "position_ids": pad["position_ids"][:, -1:] + 1}
+            logits = model(nxt, cache, **pad)[:, -1]
     model.train(was_training)
     return torch.cat(out, dim=1)
 
