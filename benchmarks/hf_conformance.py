@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from attnlab.hf import FAST_SCORE_MOD, gqa_sweep, pool_kv_heads, register
+from attnlab.hf import gqa_sweep, pool_kv_heads, register
 from attnlab.hf.conformance import (
     FAMILIES,
     conformance_row,
@@ -31,11 +31,9 @@ SETUP = ("Max |attnlab − eager| over logits at non-padding positions (float32,
          "configs: 2 layers, d_model 64, random weights (initializer_range 0.2), vocab 96; "
          "prompt of 3 rows left-padded by 0 / 5 / 2 of 13 tokens; packed: documents of 5, 7 "
          "and 4 tokens in one row with restarting position_ids (use_cache=False).")
-FAST_PATHS = "Every call, softcap and learned sinks included, ran on attnlab.attention."
-REFERENCE_PATHS = ("Calls with a softcap or a learned sink ran on attnlab.attention_reference "
-                   "(this revision's attention() takes no score_mod / sink); every other call "
-                   "on attnlab.attention (block-sparse executor for windows, padding and "
-                   "documents).")
+PATHS = ("Every call, softcap and learned sinks included, went through attnlab.attention "
+         "(its dispatch picks the backend; windows, padding and documents arrive as Mask "
+         "predicates and run on the block-sparse executor).")
 LLAMA_NOTE = ("## Tiny random Llama (8 heads, head_dim 8, 2 layers), attnlab.hf.mha_to_gqa\n\n"
               "KL(original || converted) of next-token distributions, mean over 2 × 32 "
               "positions; KV bytes held by a transformers DynamicCache after the 32-token "
@@ -69,9 +67,8 @@ def conformance() -> str:
     rows.append(f"| all-MiniLM-L6-v2 (real weights) | BERT encoder, 6 right-padded sentences | "
                 f"{err:.1e} (hidden states) | – | – | n/a (encoder) |")
     head = [TABLE_HEAD, "|" + "---|" * 6]
-    paths = FAST_PATHS if FAST_SCORE_MOD else REFERENCE_PATHS
     return "\n".join([header("attnlab backend in transformers: conformance against eager "
-                             "attention"), SETUP, "", paths, "", *head, *rows, ""])
+                             "attention"), SETUP, "", PATHS, "", *head, *rows, ""])
 
 
 def convert() -> str:

@@ -66,14 +66,12 @@ def test_hfmask_is_a_lazy_4d_bool_tensor():
 
 
 class Spy:
-    """Wraps backend.attention / attention_reference; checks every call's attnlab mask
-    against the dense mask transformers built from its own closure."""
+    """Wraps backend.attention; checks every call's attnlab mask against the dense mask
+    transformers built from its own closure."""
 
     def __init__(self, monkeypatch):
         self.calls = []
-        for name in ("attention", "attention_reference"):
-            real = getattr(backend, name)
-            monkeypatch.setattr(backend, name, self._wrap(real))
+        monkeypatch.setattr(backend, "attention", self._wrap(backend.attention))
         real_masks = backend._mask_and_positions
 
         def masks(attention_mask, **kw):

@@ -10,7 +10,7 @@ from what transformers passes), `conformance` (tiny models of each family checke
 eager attention), `convert` (KV-layout conversions on HF models), `from_pretrained`
 (attnlab layers and TinyLM from HF configs and state dicts).
 """
-from .backend import FAST_SCORE_MOD, NAME, attnlab_attention_forward, register
+from .backend import NAME, attnlab_attention_forward, register
 from .convert import (
     ConversionReport,
     gqa_sweep,
@@ -22,7 +22,7 @@ from .convert import (
 from .from_pretrained import from_hf_model, from_pretrained_attention, from_pretrained_lm
 from .masks import HFMask, HFMaskInfo, attnlab_mask
 
-__all__ = ["FAST_SCORE_MOD", "NAME", "ConversionReport", "HFMask", "HFMaskInfo",
+__all__ = ["NAME", "ConversionReport", "HFMask", "HFMaskInfo",
            "attnlab_attention_forward", "attnlab_mask", "from_hf_model",
            "from_pretrained_attention", "from_pretrained_lm", "gqa_sweep", "kv_cache_bytes",
            "logit_kl", "mha_to_gqa", "pool_kv_heads", "register"]

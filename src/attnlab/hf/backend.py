@@ -30,11 +30,9 @@ Attention dropout is not supported (a ValueError when a training model asks for 
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
-from ..ops.softmax import attention, attention_reference
+from ..ops.softmax import attention
 from ..ops.softmax.score_mods import softcap as softcap_mod
 from .masks import (
     HFMask,
@@ -45,12 +43,6 @@ from .masks import (
 )
 
 NAME = "attnlab"
-
-# attention() gained score_mod / sink on every fast backend in a later revision of the op;
-# with an older attention(), calls that need them go to the dense reference (exact, slower)
-_ATTN_PARAMS = frozenset(inspect.signature(attention).parameters)
-FAST_SCORE_MOD = {"score_mod", "sink"} <= _ATTN_PARAMS
-
 
 def _bias_mod(bias: torch.Tensor, q0: int, k0: int, prev=None):
     """score_mod adding `bias[b, h, q - q0, k - k0]` (an additive mask or T5 position bias
@@ -65,18 +57,6 @@ def _bias_mod(bias: torch.Tensor, q0: int, k0: int, prev=None):
         return score + bb[bi, hi, q - q0, k - k0].to(score.dtype)
 
     return mod
-
-
-def _run(q, k, v, *, mask, scale, score_mod, sink, q_pos, kv_pos):
-    if (score_mod is None and sink is None) or FAST_SCORE_MOD:
-        kw = {}
-        if score_mod is not None:
-            kw["score_mod"] = score_mod
-        if sink is not None:
-            kw["sink"] = sink
-        return attention(q, k, v, mask=mask, scale=scale, q_pos=q_pos, kv_pos=kv_pos, **kw)
-    return attention_reference(q, k, v, mask=mask, scale=scale, score_mod=score_mod, sink=sink,
-                               q_pos=q_pos, kv_pos=kv_pos)
 
 
 def _mask_and_positions(attention_mask, *, is_causal, window, position_ids, B, Nq, Nk):
@@ -158,8 +138,8 @@ def attnlab_attention_forward(module: torch.nn.Module, query: torch.Tensor, key:
         if extra is not None:
             score_mod = _bias_mod(extra, q0, k0, prev=score_mod)
     sink = s_aux.to(query.dtype) if s_aux is not None else None
-    out = _run(query, key, value, mask=mask, scale=scaling, score_mod=score_mod, sink=sink,
-               q_pos=q_pos, kv_pos=kv_pos)  # (B, Hq, Nq, Dv)
+    out = attention(query, key, value, mask=mask, scale=scaling, score_mod=score_mod, sink=sink,
+                    q_pos=q_pos, kv_pos=kv_pos)  # (B, Hq, Nq, Dv)
     return out.transpose(1, 2).contiguous(), None  # (B, Nq, Hq, Dv)
 
 
