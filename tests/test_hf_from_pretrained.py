@@ -291,3 +291,20 @@ def test_kv_layout_conversions_keep_bias_norm_and_scaling(name):
     proj = from_pretrained_attention(olmo.config, olmo.state_dict(), layer_idx=0)
     with pytest.raises(ValueError, match=r"qk_norm \('proj'\) normalises over all KV heads"):
         gqa_to_mha(proj)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_config_dict_and_checkpoint_dtype():
+    """A config.json-style dict works like the config object; the layer takes the
+    checkpoint's dtype (weights copied, not shared)."""
+    model = hf_model("qwen2_bias")
+    sd = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    layer = from_pretrained_attention(model.config.to_dict(), sd, layer_idx=1)
+    assert layer.q_proj.weight.dtype == torch.bfloat16 and layer.o_proj.bias is None
+    assert layer.q_proj.bias is not None and layer.q_proj.weight.data_ptr() != \
+        sd["model.layers.1.self_attn.q_proj.weight"].data_ptr()
+    x = torch.randn(1, 4, COMMON["hidden_size"], dtype=torch.bfloat16)
+    ref = from_pretrained_attention(model.config, model.state_dict(), layer_idx=1)
+    with torch.no_grad():
+        err = (layer(x).float() - ref(x.float())).abs().max()
+    assert float(err) < 0.1  # bf16 weights and activations against float32
