@@ -51,10 +51,9 @@ def _bias_mod(bias: torch.Tensor, q0: int, k0: int, prev=None):
     def mod(score, b, h, q, k):
         if prev is not None:
             score = prev(score, b, h, q, k)
-        bb = bias.expand(score.shape[0] if bias.shape[0] == 1 else bias.shape[0], *bias.shape[1:])
+        bi = b if bias.shape[0] != 1 else torch.zeros_like(b)  # broadcast dims read row 0
         hi = h if bias.shape[1] != 1 else torch.zeros_like(h)
-        bi = b if bias.shape[0] != 1 else torch.zeros_like(b)
-        return score + bb[bi, hi, q - q0, k - k0].to(score.dtype)
+        return score + bias[bi, hi, q - q0, k - k0].to(score.dtype)
 
     return mod
 
