@@ -302,8 +302,8 @@ def test_rebuilt_mask_property(B, nq, extra, q_off, kv_off, window, causal, pad_
     else:
         fn = (sliding_window_bidirectional_mask_function(window) if window
               else bidirectional_mask_function)
-    kw = dict(batch_size=B, q_length=nq, kv_length=nk, q_offset=q_off, kv_offset=kv_off,
-              mask_function=fn, attention_mask=pad)
+    kw = {"batch_size": B, "q_length": nq, "kv_length": nk, "q_offset": q_off, "kv_offset": kv_off,
+              "mask_function": fn, "attention_mask": pad}
     want = sdpa_mask(allow_is_causal_skip=False, **kw).expand(B, 1, nq, nk)
     m = ah.attnlab_mask(local_size=window if causal else None, **kw)
     mask, q_pos, kv_pos, _ = backend._mask_and_positions(
