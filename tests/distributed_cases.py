@@ -1,0 +1,185 @@
+"""Cases run inside spawned gloo ranks by tests/test_distributed*.py (one spawn per world
+size, every case inside it). Each case returns None (pass) or a failure message; the
+parent test asserts on them, so a failing case names itself."""
+from __future__ import annotations
+
+import torch
+
+from attnlab import masks as M
+from attnlab.distributed import context_parallel_attention, record_comm, shard_positions
+from attnlab.ops.softmax import attention, merge
+
+N = 37  # not divisible by 2, 3 or 4
+D, DV = 8, 6
+F32 = {"atol": 1e-5, "rtol": 1e-4}
+
+
+def f64_tol() -> dict:
+    """float64 paths match to 1e-10 (docs/conventions.md §5) when `merge` weighs in the
+    lse's dtype (§3); a merge with float32 weights limits any merged result to ~1e-7."""
+    lse = torch.zeros(1, 1, dtype=torch.float64)
+    o = torch.zeros(1, 1, 1, dtype=torch.float64)
+    exact = merge(o, lse, o, lse)[1].dtype == torch.float64
+    return {"atol": 1e-10, "rtol": 1e-10} if exact else {"atol": 1e-6, "rtol": 1e-6}
+
+
+def masks(n: int, world: int) -> dict:
+    shard = n // world
+    doc = torch.tensor([0] * 9 + [1] * 14 + [2] * (n - 23))
+    return {"causal": M.causal(), "full": None,
+            "window_small": M.sliding_window(max(2, shard // 3)),  # W < a shard
+            "window_large": M.sliding_window(shard + 5),  # W > a shard
+            "document": M.causal() & M.document(doc)}
+
+
+def problem(hq: int, hkv: int, dtype=torch.float32, n: int = N, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, hq, n, D, generator=g, dtype=torch.float64).to(dtype)
+    k = torch.randn(2, hkv, n, D, generator=g, dtype=torch.float64).to(dtype)
+    v = torch.randn(2, hkv, n, DV, generator=g, dtype=torch.float64).to(dtype)
+    do = torch.randn(2, hq, n, DV, generator=g, dtype=torch.float64).to(dtype)
+    return q, k, v, do
+
+
+def check(name: str, got, want, tol) -> str | None:
+    try:
+        torch.testing.assert_close(got, want.to(got.dtype), **tol)
+    except AssertionError as exc:
+        return f"{name}: {str(exc).splitlines()[0]} {str(exc).splitlines()[-1]}"
+    return None
+
+
+def exact_case(rank, world, method, mask, hq=4, hkv=2, dtype=torch.float32, pu=None):
+    """Forward out, lse and grads of q, k, v of this rank's shard vs the single-process
+    reference (backend="reference") on the whole sequence."""
+    q, k, v, do = problem(hq, hkv, dtype)
+    layout = "zigzag" if method == "zigzag" else "contiguous"
+    pos = shard_positions(N, world, rank, layout)
+    ql, kl, vl = (x.index_select(2, pos).clone().requires_grad_() for x in (q, k, v))
+    out, lse = context_parallel_attention(ql, kl, vl, mask=mask, method=method,
+                                          return_lse=True, ulysses_size=pu, q_block=8,
+                                          kv_block=8)
+    out.backward(do.index_select(2, pos))
+    qf, kf, vf = (x.clone().requires_grad_() for x in (q, k, v))
+    ro, rl = attention(qf, kf, vf, mask=mask, backend="reference", return_lse=True)
+    ro.backward(do)
+    tol = F32 if dtype == torch.float32 else f64_tol()
+    lse_tol = tol if rl.dtype == lse.dtype else F32  # the reference's lse may be float32
+    for nm, got, want, t in [("out", out, ro, tol), ("lse", lse, rl, lse_tol),
+                             ("dq", ql.grad, qf.grad, tol), ("dk", kl.grad, kf.grad, tol),
+                             ("dv", vl.grad, vf.grad, tol)]:
+        bad = check(nm, got, want.index_select(2, pos), t)
+        if bad:
+            return bad
+    return None
+
+
+def exactness_suite(rank, world, specs) -> dict:
+    """specs: list of (method, hq, hkv, dtype, pu); every mask of `masks` for each."""
+    res = {}
+    for method, hq, hkv, dtype, pu in specs:
+        for mname, mask in masks(N, world).items():
+            key = f"{method}-P{world}-Hq{hq}-Hkv{hkv}-{str(dtype)[6:]}-{mname}"
+            try:
+                res[key] = exact_case(rank, world, method, mask, hq, hkv, dtype, pu)
+            except Exception as exc:  # a failure inside a case is that case's result
+                res[key] = f"{type(exc).__name__}: {exc}"
+    return res
+
+
+def comm_case(rank, world, method, mask, hq=4, hkv=2, backward=False, pu=None):
+    """Bytes this rank sent, per kind, for one call (and its backward)."""
+    q, k, v, do = problem(hq, hkv)
+    layout = "zigzag" if method == "zigzag" else "contiguous"
+    pos = shard_positions(N, world, rank, layout)
+    ql, kl, vl = (x.index_select(2, pos).clone().requires_grad_(backward) for x in (q, k, v))
+    with record_comm() as stats:
+        out = context_parallel_attention(ql, kl, vl, mask=mask, method=method, ulysses_size=pu,
+                                         q_block=8, kv_block=8)
+        if backward:
+            out.backward(do.index_select(2, pos))
+    return dict(stats.bytes_sent)
+
+
+def mismatch_case(rank, world, what: str) -> str:
+    """One rank differs in `what`; every rank must raise ValueError up front."""
+    q, k, v, _ = problem(4, 2)
+    pos = shard_positions(N, world, rank)
+    ql, kl, vl = (x.index_select(2, pos) for x in (q, k, v))
+    method, mask = "ring", M.causal()
+    if rank == world - 1:
+        if what == "shape":
+            ql = ql[..., :4]
+            kl = kl[..., :4]
+        elif what == "method":
+            method = "ulysses"
+        elif what == "mask":
+            mask = M.sliding_window(3)
+        elif what == "same_mask_other_name":  # equal layouts: must NOT raise
+            mask = M.sliding_window(N + 10)
+    try:
+        context_parallel_attention(ql, kl, vl, mask=mask, method=method,
+                                   layout="contiguous", q_block=8, kv_block=8)
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+    return "ok"
+
+
+def divisibility_case(rank, world, hq, hkv) -> str:
+    q, k, v, _ = problem(hq, hkv)
+    pos = shard_positions(N, world, rank)
+    try:
+        context_parallel_attention(*(x.index_select(2, pos) for x in (q, k, v)),
+                                   mask=M.causal(), method="ulysses")
+    except ValueError as exc:
+        return f"ValueError: {exc}"
+    return "ok"
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def fault_case(rank, world, bad_rank: int, timeout_s: float) -> str:
+    """Two training-like iterations (forward + backward); in the first, `bad_rank` raises
+    inside the backward ring (step 1) and drops out of the group (its process group is
+    destroyed, as when a process dies). Every rank reports how its run ended: a rank that
+    already had every block it needed finishes that call and fails at its next one."""
+    import torch.distributed as dist
+
+    q, k, v, do = problem(4, 2)
+    pos = shard_positions(N, world, rank)
+    ql, kl, vl = (x.index_select(2, pos).clone().requires_grad_() for x in (q, k, v))
+
+    def hook(phase, step):
+        if rank == bad_rank and phase == "backward" and step == 1:
+            raise InjectedFault(f"rank {rank}: injected failure at backward ring step {step}")
+
+    try:
+        for _ in range(2):
+            out = context_parallel_attention(ql, kl, vl, mask=M.causal(), method="ring",
+                                             q_block=8, kv_block=8, step_hook=hook,
+                                             timeout_s=timeout_s)
+            out.backward(do.index_select(2, pos))
+    except Exception as exc:
+        if rank == bad_rank:
+            dist.destroy_process_group()
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
+def suite(rank, world, specs, comm_specs, extra) -> dict:
+    """Everything one world size checks, in one spawn. `extra`: names of the optional
+    parts to run (mismatch, divisibility, fault)."""
+    res = {"exact": exactness_suite(rank, world, specs), "comm": {}}
+    for key, (method, mname, hq, hkv, backward, pu) in comm_specs.items():
+        res["comm"][key] = comm_case(rank, world, method, masks(N, world)[mname], hq, hkv,
+                                     backward, pu)
+    if "mismatch" in extra:
+        res["mismatch"] = {w: mismatch_case(rank, world, w)
+                           for w in ("shape", "method", "mask", "same_mask_other_name")}
+    if "divisibility" in extra:
+        res["divisibility"] = divisibility_case(rank, world, 4, 2)
+    if "fault" in extra:  # last: the group is broken afterwards
+        res["fault"] = fault_case(rank, world, bad_rank=1, timeout_s=5.0)
+    return res
