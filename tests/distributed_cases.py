@@ -4,6 +4,7 @@ parent test asserts on them, so a failing case names itself."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from attnlab import masks as M
 from attnlab.distributed import context_parallel_attention, record_comm, shard_positions
@@ -178,8 +179,82 @@ def suite(rank, world, specs, comm_specs, extra) -> dict:
     if "mismatch" in extra:
         res["mismatch"] = {w: mismatch_case(rank, world, w)
                            for w in ("shape", "method", "mask", "same_mask_other_name")}
+    if "decode" in extra:
+        res["decode"] = {m: decode_case(rank, world, m) for m in ("causal", "window")}
+    if "lm" in extra:
+        res["lm"] = {m: lm_case(rank, world, m, pu=2 if m == "hybrid" else None)
+                     for m in extra["lm"]}
     if "divisibility" in extra:
         res["divisibility"] = divisibility_case(rank, world, 4, 2)
     if "fault" in extra:  # last: the group is broken afterwards
         res["fault"] = fault_case(rank, world, bad_rank=1, timeout_s=5.0)
+    return res
+
+
+def decode_case(rank, world, mname: str, steps: int = 4) -> dict:
+    """Prefill a sequence-sharded cache, decode `steps` tokens; every step's (out, lse)
+    against single-process attention over the whole cache. Returns the failure (or None),
+    this rank's cache bytes and the bytes one step sent."""
+    from attnlab.distributed import Comm
+    from attnlab.distributed.decode import ShardedKVCache, sharded_decode
+
+    mask = {"causal": M.causal(), "window": M.sliding_window(7)}[mname]
+    q, k, v, _ = problem(4, 2, n=N + steps, seed=3)
+    pos = shard_positions(N, world, rank)
+    cap = -(-(N + steps) // world) + 1
+    cache = ShardedKVCache(Comm(), 2, 2, D, cap, v_head_dim=DV)
+    cache.prefill(k.index_select(2, pos), v.index_select(2, pos), pos)
+    res = {"error": None, "nbytes": cache.nbytes, "capacity": cap}
+    for t in range(N, N + steps):
+        cache.append(k[:, :, t:t + 1], v[:, :, t:t + 1], t)
+        qt = q[:, :, t:t + 1]
+        with record_comm() as stats:
+            out, lse = sharded_decode(qt, cache, mask=mask, q_pos=torch.tensor([t]))
+        ro, rl = attention(qt, k[:, :, :t + 1], v[:, :, :t + 1], mask=mask, backend="reference",
+                           return_lse=True, q_pos=torch.tensor([t]))
+        res["error"] = res["error"] or check(f"out@{t}", out, ro, F32) or check(
+            f"lse@{t}", lse, rl, F32)
+        res["step_bytes"] = dict(stats.bytes_sent)
+    res["lengths"] = list(cache.lengths)
+    return res
+
+
+def lm_case(rank, world, method: str, steps: int = 3, pu=None) -> dict:
+    """A TinyLM trained `steps` AdamW steps with context-parallel attention layers vs the
+    same model trained in one process: losses and gradients at every step."""
+    from attnlab.distributed.model import ContextParallelLM
+    from attnlab.layers.attention import AttentionSpec
+    from attnlab.models import ModelConfig, TinyLM
+
+    cfg = ModelConfig(vocab_size=31, d_model=32, n_layers=2,
+                      mixers=AttentionSpec(n_heads=4, n_kv_heads=2), max_seq_len=64)
+    n = 29
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.randint(0, 31, (2, n + 1), generator=g)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    torch.manual_seed(7)
+    ref = TinyLM(cfg)
+    torch.manual_seed(7)
+    cp = ContextParallelLM(TinyLM(cfg), method=method, ulysses_size=pu, q_block=8, kv_block=8)
+    layout = "zigzag" if method == "zigzag" else "contiguous"
+    pos = shard_positions(n, world, rank, layout)
+    opt_r = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    opt_c = torch.optim.AdamW(cp.parameters(), lr=1e-2)
+    res = {"error": None, "losses": []}
+    for step in range(steps):
+        opt_r.zero_grad()
+        loss_r = F.cross_entropy(ref(x).reshape(-1, 31), y.reshape(-1))
+        loss_r.backward()
+        opt_c.zero_grad()
+        share = cp.loss(x.index_select(1, pos), y.index_select(1, pos), pos, n)
+        share.backward()
+        cp.sync_grads()
+        loss_c = cp.global_loss(share)
+        res["losses"].append((loss_r.item(), loss_c))
+        res["error"] = res["error"] or check(f"loss@{step}", torch.tensor(loss_c),
+                                             loss_r.detach(), F32)
+        for (name, pr), pc in zip(ref.named_parameters(), cp.model.parameters()):
+            res["error"] = res["error"] or check(f"grad {name}@{step}", pc.grad, pr.grad, F32)
+        opt_r.step()
+        opt_c.step()
     return res
