@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from distributed_cases import DV, N, D, masks
+from distributed_cases import DV, D, N, masks
 
-from attnlab import masks as M
 from attnlab.distributed import all_positions
 from attnlab.distributed.launch import run_ranks
 from attnlab.distributed.ulysses import head_groups

@@ -113,7 +113,7 @@ def context_parallel_attention(q, k, v, *, mask: Mask | None, group=None, method
     Returns out (B, Hq, n_r, Dv) in q's dtype, or (out, lse) with lse (B, Hq, n_r) float32
     (float64 for float64 inputs); lse is not differentiable. Every rank must call it.
     """
-    B, Hq, Hkv, nq, nk, D, Dv = check_qkv(q, k, v)
+    _, Hq, Hkv, _, _, D, _ = check_qkv(q, k, v)
     if method not in METHODS:
         raise ValueError(f"method ({method!r}) must be one of {METHODS}")
     if mask is not None and not isinstance(mask, Mask):

@@ -92,7 +92,7 @@ class Comm:
     def wait(self, work, what: str) -> None:
         try:
             done = work.wait(self.timeout)
-        except Exception as exc:  # gloo raises RuntimeError on timeout / closed pairs
+        except RuntimeError as exc:  # gloo raises RuntimeError on timeout / closed pairs
             self._fail(what, exc)
         if done is False:  # an aborted operation reports False instead of raising
             self._fail(what, RuntimeError("the operation was aborted"))
@@ -101,13 +101,13 @@ class Comm:
         _count(kind, nbytes(t))
         try:
             return dist.isend(t, self._global[dst], group=self.group, tag=tag)
-        except Exception as exc:
+        except RuntimeError as exc:
             self._fail(f"send of {kind} to rank {dst}", exc)
 
     def irecv(self, t: torch.Tensor, src: int, tag: int):
         try:
             return dist.irecv(t, self._global[src], group=self.group, tag=tag)
-        except Exception as exc:
+        except RuntimeError as exc:
             self._fail(f"receive from rank {src}", exc)
 
     def all_gather(self, t: torch.Tensor, kind: str, what: str = "all_gather") -> list[torch.Tensor]:
@@ -116,7 +116,7 @@ class Comm:
         out = [torch.empty_like(t) for _ in range(self.size)]
         try:
             work = dist.all_gather(out, t.contiguous(), group=self.group, async_op=True)
-        except Exception as exc:
+        except RuntimeError as exc:
             self._fail(what, exc)
         self.wait(work, what)
         return out
@@ -132,7 +132,7 @@ class Comm:
         try:
             work = dist.all_to_all_single(out, flat, list(recv_numel), in_split,
                                           group=self.group, async_op=True)
-        except Exception as exc:
+        except RuntimeError as exc:
             self._fail(what, exc)
         self.wait(work, what)
         return list(out.split(list(recv_numel)))
@@ -142,7 +142,7 @@ class Comm:
         _count(kind, 2 * (self.size - 1) * nbytes(t) // self.size)
         try:
             work = dist.all_reduce(t, group=self.group, async_op=True)
-        except Exception as exc:
+        except RuntimeError as exc:
             self._fail(what, exc)
         self.wait(work, what)
         return t

@@ -43,7 +43,7 @@ def _worker(rank, world, init_file, threads, timeout_s, fn, args, results):
         os.environ["ATTNLAB_CP_TIMEOUT"] = str(timeout_s)
         out = fn(rank, world, *args)
         report = (rank, True, out)
-    except BaseException as exc:  # report every failure, including the injected ones
+    except BaseException as exc:  # noqa: BLE001 — every failure is reported to the parent
         report = (rank, False, RankError(rank, type(exc).__name__, str(exc),
                                          traceback.format_exc()))
     results.put(report)

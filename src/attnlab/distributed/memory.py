@@ -95,7 +95,7 @@ def _rank_worker(rank, world, method, n, heads, kv_heads, head_dim, block):
 
     layout = "zigzag" if method == "zigzag" else "contiguous"
     q, k, v = (shard(x, world, rank, layout) for x in _problem(n, heads, kv_heads, head_dim))
-    fn = lambda q, k, v: context_parallel_attention(  # noqa: E731
+    fn = lambda q, k, v: context_parallel_attention(
         q, k, v, mask=M.causal(), method=method, q_block=block, kv_block=block,
         ulysses_size=2 if method == "hybrid" else None)
     kv = k.numel() * k.element_size() + v.numel() * v.element_size()

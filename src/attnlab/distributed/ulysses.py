@@ -99,7 +99,7 @@ def head_offset_mask(mask, offset: int):
 def ulysses(comm: Comm, q, k, v, q_lengths: list, kv_lengths: list, mask, local_fn):
     """All-to-all to head shards, `local_fn(qh, kh, vh, mask) -> (out, lse)` on the whole
     sequence for this rank's heads, all-to-all back. Returns (out, lse) sequence shards."""
-    B, Hq = q.shape[:2]
+    Hq = q.shape[1]
     qg, kg = head_groups(Hq, k.shape[1], comm.size)
     qh = SeqToHeads.apply(q, comm, qg, q_lengths, "qkv")  # (B, Hq/P, N, D)
     kh = SeqToHeads.apply(k, comm, kg, kv_lengths, "qkv")  # (B, Hkv/P or 1, N, D)
