@@ -184,6 +184,8 @@ def suite(rank, world, specs, comm_specs, extra) -> dict:
     if "lm" in extra:
         res["lm"] = {m: lm_case(rank, world, m, pu=2 if m == "hybrid" else None)
                      for m in extra["lm"]}
+    if "memory" in extra:
+        res["memory"] = memory_case(rank, world)
     if "divisibility" in extra:
         res["divisibility"] = divisibility_case(rank, world, 4, 2)
     if "fault" in extra:  # last: the group is broken afterwards
@@ -258,3 +260,30 @@ def lm_case(rank, world, method: str, steps: int = 3, pu=None) -> dict:
         opt_r.step()
         opt_c.step()
     return res
+
+
+def memory_case(rank, world) -> dict:
+    """Measured (LiveBytes) peak bytes of a causal ring forward + backward on this rank,
+    and of the same attention in one process (tiled FlashAttention path)."""
+    from attnlab.distributed.memory import LiveBytes
+    from attnlab.ops.softmax import flash_attention
+
+    n = 1024
+    q, k, v, _ = problem(4, 2, n=n)
+
+    def peak(fn, *xs):
+        xs = [x.clone().requires_grad_() for x in xs]
+        with LiveBytes() as m:
+            o = fn(*xs)
+            o.backward(torch.ones_like(o))
+        return m.peak
+
+    pos = shard_positions(n, world, rank)
+    shards = [x.index_select(2, pos) for x in (q, k, v)]
+    mine = peak(lambda a, b, c: context_parallel_attention(a, b, c, mask=M.causal(), q_block=64,
+                                                           kv_block=64), *shards)
+    single = peak(lambda a, b, c: flash_attention(a, b, c, mask=M.causal(), q_block=64,
+                                                  kv_block=64), q, k, v)
+    return {"rank_peak": mine, "single_peak": single,
+            "kv_bytes": shards[1].numel() * 4 + shards[2].numel() * 4,
+            "full_kv_bytes": k.numel() * 4 + v.numel() * 4}
