@@ -227,11 +227,11 @@ def _report(peak1, ranks, single, peer) -> str:
               (f"Ring, full mask, forward, runs interleaved (median of {2 * REPEATS} each, "
               f"slowest rank): {ov * 1e3:.0f} ms with the next K/V shard in flight while the "
               f"current block is computed, {ser * 1e3:.0f} ms with each transfer waited before "
-              f"computing (serialized): {(ser - ov) / ser:+.0%} saved. One K/V shard exchange "
+              f"computing (serialized): a {(ser - ov) / ser:+.0%} difference. One K/V shard exchange "
               f"alone takes {xfer * 1e3:.1f} ms ({ranks[0]['kv_shard_bytes'] / 2**20:.2f} MiB, "
               f"{ranks[0]['kv_shard_bytes'] / xfer / 1e9:.2f} GB/s over gloo loopback), "
               f"{xfer / ov:.1%} of the forward: the most overlap can hide here is that share, "
-              "below the load noise of this shared machine; and on 2 cores running 2 ranks, "
+              "so a difference larger than that is load noise on this shared machine; and on 2 cores running 2 ranks, "
               "gloo's transfer threads take their cycles from the ranks' compute, so CPU overlap "
               "is not free the way a GPU's copy engines are."), ""]
     rate = statistics.median(x["block_flops_per_s"] for x in ranks)

@@ -263,13 +263,16 @@ def lm_case(rank, world, method: str, steps: int = 3, pu=None) -> dict:
 
 
 def memory_case(rank, world) -> dict:
-    """Measured (LiveBytes) peak bytes of a causal ring forward + backward on this rank,
-    and of the same attention in one process (tiled FlashAttention path)."""
+    """Measured (LiveBytes) peak bytes of a causal ring forward + backward on this rank, of
+    the same ring on one rank holding the whole sequence, and of the tiled FlashAttention
+    path in one process."""
     from attnlab.distributed.memory import LiveBytes
     from attnlab.ops.softmax import flash_attention
 
-    n = 1024
-    q, k, v, _ = problem(4, 2, n=n)
+    n, d = 1024, 64  # shards much larger than one (64 x 64) tile
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, n, d, generator=g)
+    k, v = torch.randn(1, 2, n, d, generator=g), torch.randn(1, 2, n, d, generator=g)
 
     def peak(fn, *xs):
         xs = [x.clone().requires_grad_() for x in xs]
@@ -278,12 +281,17 @@ def memory_case(rank, world) -> dict:
             o.backward(torch.ones_like(o))
         return m.peak
 
+    import torch.distributed as dist
+
     pos = shard_positions(n, world, rank)
     shards = [x.index_select(2, pos) for x in (q, k, v)]
     mine = peak(lambda a, b, c: context_parallel_attention(a, b, c, mask=M.causal(), q_block=64,
                                                            kv_block=64), *shards)
+    solo = [dist.new_group([r]) for r in range(world)][rank]  # the same ring on one rank
+    one = peak(lambda a, b, c: context_parallel_attention(a, b, c, mask=M.causal(), group=solo,
+                                                          q_block=64, kv_block=64), q, k, v)
     single = peak(lambda a, b, c: flash_attention(a, b, c, mask=M.causal(), q_block=64,
                                                   kv_block=64), q, k, v)
-    return {"rank_peak": mine, "single_peak": single,
+    return {"rank_peak": mine, "one_rank_peak": one, "single_peak": single,
             "kv_bytes": shards[1].numel() * 4 + shards[2].numel() * 4,
             "full_kv_bytes": k.numel() * 4 + v.numel() * 4}

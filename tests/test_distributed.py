@@ -191,8 +191,9 @@ def test_tinylm_trains_like_single_process(world, method):
 
 def test_memory_per_rank_is_split():
     """Measured: each of 2 ranks holds half the K/V, and its peak attention memory (forward
-    + backward, LiveBytes) is well under the single-process tiled FlashAttention peak."""
+    + backward, LiveBytes) is well under that of the same ring run on one rank holding the
+    whole sequence (the O(N) working set splits; the received K/V buffers are the overhead)."""
     for res in results(2):
         m = res["memory"]
         assert 2 * m["kv_bytes"] == m["full_kv_bytes"]
-        assert m["rank_peak"] < 0.75 * m["single_peak"], m
+        assert m["rank_peak"] < 0.75 * m["one_rank_peak"], m

@@ -60,6 +60,7 @@ class RankMemory:
     n_tokens: int
     kv_bytes_per_rank: tuple  # the rank's K/V shard
     peak_bytes_per_rank: tuple  # measured peak of everything attention allocated
+    one_rank_peak_bytes: int  # the same method's code on 1 rank holding the whole sequence
     single_kv_bytes: int  # the whole sequence's K/V in one process
     single_peak_bytes: int  # one process, tiled FlashAttention path, same problem
 
@@ -68,7 +69,8 @@ class RankMemory:
         return (f"{self.method}, P={self.world}, N={self.n_tokens}: K/V per rank "
                 f"{max(self.kv_bytes_per_rank) / mib:.2f} MiB (one process "
                 f"{self.single_kv_bytes / mib:.2f} MiB), peak attention memory per rank "
-                f"{max(self.peak_bytes_per_rank) / mib:.2f} MiB (one process, tiled "
+                f"{max(self.peak_bytes_per_rank) / mib:.2f} MiB (the same ring on one rank: "
+                f"{self.one_rank_peak_bytes / mib:.2f} MiB; one process, tiled "
                 f"FlashAttention: {self.single_peak_bytes / mib:.2f} MiB)")
 
 
@@ -106,18 +108,20 @@ def per_rank_memory(n_tokens: int = 4096, world: int = 2, method: str = "ring",
                     heads: int = 8, kv_heads: int = 2, head_dim: int = 64,
                     block: int = 128) -> RankMemory:
     """Measured K/V bytes and peak attention memory per rank of a causal context-parallel
-    forward + backward in float32 (spawns `world` gloo ranks: a few seconds), with the
-    single-process tiled FlashAttention figures of the same problem."""
+    forward + backward in float32 (spawns `world` gloo ranks, then 1 rank for the same ring
+    on the whole sequence: seconds each), with the single-process tiled FlashAttention
+    figures of the same problem."""
     from .. import masks as M
     from ..ops.softmax import flash_attention
     from .launch import run_ranks
 
     got = run_ranks(_rank_worker, world, method, n_tokens, heads, kv_heads, head_dim, block)
+    one = run_ranks(_rank_worker, 1, "ring", n_tokens, heads, kv_heads, head_dim, block)[0]
     q, k, v = _problem(n_tokens, heads, kv_heads, head_dim)
     single = _measure(lambda q, k, v: flash_attention(q, k, v, mask=M.causal(), q_block=block,
                                                       kv_block=block), q, k, v)
     return RankMemory(method, world, n_tokens, tuple(g[0] for g in got), tuple(g[1] for g in got),
-                      k.numel() * 4 + v.numel() * 4, single)
+                      one[1], k.numel() * 4 + v.numel() * 4, single)
 
 
 def paper_memory_per_device(n_tokens: int, world: int, *, n_layers: int = 32,
