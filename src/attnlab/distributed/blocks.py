@@ -31,19 +31,19 @@ def block_forward(q, k, v, scale: float, plan: TilePlan, tile_mask):
     st = stat_dtype(q.dtype)
     qg = _fold(q, Hkv)  # (B, Hkv, G, n, D)
     out = q.new_zeros(B, Hkv, G, n_all, Dv)
-    lse = torch.full((B, Hkv, G, n_all), float("-inf"), dtype=st)
+    lse = torch.full((B, Hkv, G, n_all), float("-inf"), dtype=st, device=q.device)
     for q0, q1, ks in plan.rows:
         if not ks:
             continue
         n = q1 - q0
         qb = qg[:, :, :, q0:q1].reshape(B, Hkv, G * n, D)  # (B, Hkv, G·n, D)
-        m = torch.full((B, Hkv, G * n, 1), float("-inf"), dtype=st)
-        l = torch.zeros(B, Hkv, G * n, 1, dtype=st)
-        acc = torch.zeros(B, Hkv, G * n, Dv, dtype=st)
+        m = torch.full((B, Hkv, G * n, 1), float("-inf"), dtype=st, device=q.device)
+        l = torch.zeros(B, Hkv, G * n, 1, dtype=st, device=q.device)
+        acc = torch.zeros(B, Hkv, G * n, Dv, dtype=st, device=q.device)
         for k0, k1, masked in ks:
             s = torch.matmul(qb, k[:, :, k0:k1].transpose(-1, -2)).mul_(scale)  # (B,Hkv,G·n,bk)
             if masked:
-                keep = _group_view(tile_mask(q0, q1, k0, k1), Hkv, G, n)
+                keep = _group_view(tile_mask(q0, q1, k0, k1), Hkv, G, n).to(s.device)
                 s = s.view(B, Hkv, G, n, k1 - k0).masked_fill(~keep, float("-inf"))
                 s = s.view(B, Hkv, G * n, k1 - k0)
             m_new = torch.maximum(m, s.amax(-1, keepdim=True))

@@ -80,6 +80,9 @@ class Comm:
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
         self.timeout = timedelta(seconds=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+        # NCCL moves only CUDA tensors: small metadata tensors travel on this device
+        self.device = (torch.device("cuda", torch.cuda.current_device())
+                       if dist.get_backend(group) == "nccl" else torch.device("cpu"))
         self._global = (list(range(self.size)) if group is None
                         else [dist.get_global_rank(group, r) for r in range(self.size)])
 
@@ -113,13 +116,14 @@ class Comm:
     def all_gather(self, t: torch.Tensor, kind: str, what: str = "all_gather") -> list[torch.Tensor]:
         """Every rank's `t` (same shape on all ranks)."""
         _count(kind, nbytes(t) * (self.size - 1))
-        out = [torch.empty_like(t) for _ in range(self.size)]
+        src = t.contiguous().to(self.device)
+        out = [torch.empty_like(src) for _ in range(self.size)]
         try:
-            work = dist.all_gather(out, t.contiguous(), group=self.group, async_op=True)
+            work = dist.all_gather(out, src, group=self.group, async_op=True)
         except RuntimeError as exc:
             self._fail(what, exc)
         self.wait(work, what)
-        return out
+        return [o.to(t.device) for o in out]
 
     def all_to_all(self, send: list[torch.Tensor], recv_numel: list[int], kind: str,
                    what: str = "all_to_all") -> list[torch.Tensor]:

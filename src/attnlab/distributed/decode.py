@@ -30,14 +30,15 @@ class ShardedKVCache:
     """
 
     def __init__(self, comm: Comm, batch: int, n_kv_heads: int, head_dim: int, capacity: int,
-                 *, v_head_dim: int | None = None, dtype: torch.dtype = torch.float32):
+                 *, v_head_dim: int | None = None, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu"):
         for name, val in (("batch", batch), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
                           ("capacity", capacity)):
             check_positive_int(name, val)
         dv = head_dim if v_head_dim is None else check_positive_int("v_head_dim", v_head_dim)
         self.comm, self.capacity = comm, capacity
-        self.k = torch.zeros(batch, n_kv_heads, capacity, head_dim, dtype=dtype)
-        self.v = torch.zeros(batch, n_kv_heads, capacity, dv, dtype=dtype)
+        self.k = torch.zeros(batch, n_kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros(batch, n_kv_heads, capacity, dv, dtype=dtype, device=device)
         self.pos = torch.zeros(capacity, dtype=torch.long)
         self.lengths = [0] * comm.size
 
@@ -111,7 +112,8 @@ def sharded_decode(q: torch.Tensor, cache: ShardedKVCache, *, mask: Mask | None,
                              backend=backend, return_lse=True, q_pos=q_pos,
                              kv_pos=cache.pos[:n])
     else:  # an empty shard is an empty partial
-        out, lse = q.new_zeros(B, Hq, Nq, Dv), torch.full((B, Hq, Nq), float("-inf"))
+        out = q.new_zeros(B, Hq, Nq, Dv)
+        lse = torch.full((B, Hq, Nq), float("-inf"), device=q.device)
     packed = torch.cat([out.to(st).reshape(-1), lse.to(st).reshape(-1)])
     got = comm.all_gather(packed, "decode", "decode combine")
     no = B * Hq * Nq * Dv

@@ -80,10 +80,10 @@ class _Traffic:
         if dst in peers.send:
             self.sends.append(comm.isend(self.kv, dst, _tag(s, self.kv_tag), "kv"))
         if src in peers.recv:
-            buf = torch.empty(_numel(rs.kv_shapes[src]), dtype=rs.wire_dtype)
+            buf = torch.empty(_numel(rs.kv_shapes[src]), dtype=rs.wire_dtype, device=self.kv.device)
             got["kv"] = (buf, comm.irecv(buf, src, _tag(s, self.kv_tag)))
         if recv_dkv and dst in peers.send:
-            buf = torch.empty(_numel(rs.kv_shapes[r]), dtype=self.dkv_dtype)
+            buf = torch.empty(_numel(rs.kv_shapes[r]), dtype=self.dkv_dtype, device=self.kv.device)
             got["dkv"] = (buf, comm.irecv(buf, dst, _tag(s, DKV)))
         return got
 
@@ -125,7 +125,7 @@ def ring_forward(rs: RingSetup, q, k, v):
     peers, P, r = rs.peers, rs.peers.world, rs.peers.rank
     B, Hq, n, _ = q.shape
     acc = {"o": q.new_zeros(B, Hq, n, v.shape[3]),
-           "lse": torch.full((B, Hq, n), float("-inf"), dtype=torch.float32)}
+           "lse": torch.full((B, Hq, n), float("-inf"), dtype=torch.float32, device=q.device)}
     acc["lse"] = acc["lse"].to(torch.float64) if q.dtype == torch.float64 else acc["lse"]
     traffic = _Traffic(rs, _pack(k, v, rs.wire_dtype), KV_FWD)
     first = [True]

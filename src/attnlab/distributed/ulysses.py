@@ -59,7 +59,7 @@ def _to_seq(y, comm: Comm, groups: list, lengths: list, n_heads: int, kind: str)
     got = comm.all_to_all(send, [B * len(g) * n_me * d for g in groups], kind)
     x = y.new_zeros(B, n_heads, n_me, d)
     for t, g in zip(got, groups):
-        x.index_add_(1, torch.tensor(g), t.view(B, len(g), n_me, d))
+        x.index_add_(1, torch.tensor(g, device=x.device), t.view(B, len(g), n_me, d))
     return x
 
 
