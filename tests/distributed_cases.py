@@ -33,6 +33,15 @@ def masks(n: int, world: int) -> dict:
             "document": M.causal() & M.document(doc)}
 
 
+def extra_masks(n: int) -> dict:
+    """Masks that read the head or the batch index (checked at P = 2): Ulysses must shift
+    head indices, and every path must pass the batch row to the predicate."""
+    per_head = M.Mask(lambda b, h, q, k: (q >= k) & ((h % 2 == 0) | (q - k < 3)),
+                      "causal, odd heads window 3", uses_head=True)
+    docs = torch.stack([torch.arange(n) // 10, torch.arange(n) // 17])  # (B, N) documents
+    return {"per_head": per_head, "per_batch_document": M.causal() & M.document(docs)}
+
+
 def problem(hq: int, hkv: int, dtype=torch.float32, n: int = N, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(2, hq, n, D, generator=g, dtype=torch.float64).to(dtype)
@@ -79,7 +88,8 @@ def exactness_suite(rank, world, specs) -> dict:
     """specs: list of (method, hq, hkv, dtype, pu); every mask of `masks` for each."""
     res = {}
     for method, hq, hkv, dtype, pu in specs:
-        for mname, mask in masks(N, world).items():
+        cases = dict(masks(N, world), **(extra_masks(N) if world == 2 else {}))
+        for mname, mask in cases.items():
             key = f"{method}-P{world}-Hq{hq}-Hkv{hkv}-{str(dtype)[6:]}-{mname}"
             try:
                 res[key] = exact_case(rank, world, method, mask, hq, hkv, dtype, pu)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from distributed_cases import DV, D, N, masks
+from distributed_cases import DV, D, N, extra_masks, masks
 
 from attnlab.distributed import all_positions
 from attnlab.distributed.launch import run_ranks
@@ -53,7 +53,7 @@ def case_ids():
     out = []
     for world, specs in SPECS.items():
         for method, hq, hkv, dtype, _ in specs:
-            for mname in masks(N, world):
+            for mname in list(masks(N, world)) + (list(extra_masks(N)) if world == 2 else []):
                 out.append((world, f"{method}-P{world}-Hq{hq}-Hkv{hkv}-{str(dtype)[6:]}-{mname}"))
     return out
 
