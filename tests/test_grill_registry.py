@@ -84,3 +84,43 @@ def test_evidence_runs_with_the_questions_thread_count_and_restores_it():
         assert seen["threads"] == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_key_point_covers_any_accepted_phrasing_case_insensitively():
+    from attnlab.grill.registry import KeyPoint
+
+    kp = KeyPoint("shares K/V across heads", [r"shar\w* (the )?k/?v", r"one kv head"],
+                  formula="cache = 2·L·d_h·N")
+    assert kp.covered("MQA SHARES KV between all query heads")
+    assert kp.covered("there is one KV head")
+    assert not kp.covered("") and not kp.covered("it is faster")
+    import pytest
+    with pytest.raises(ValueError, match="accept"):
+        KeyPoint("x", [])
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        KeyPoint("x", ["(unclosed"])
+
+
+def test_citations_answer_a_question_but_never_count_as_checks():
+    from attnlab.grill.registry import Evidence
+
+    def cited(ctx):
+        e = Evidence()
+        e.cite("GQA uses 8 KV groups in the uptrained T5-XXL", "GQA paper, Section 3")
+        return e
+
+    r = run_one(Question(id=43, title="t", answer="a", evidence=cited), EvidenceContext())
+    assert r.status == "pass" and not r.evidence.checks and len(r.evidence.citations) == 1
+    doc = to_json([r])["questions"][0]
+    assert doc["citations"] == [{"claim": "GQA uses 8 KV groups in the uptrained T5-XXL",
+                                 "source": "GQA paper, Section 3"}]
+
+    def cited_but_failing(ctx):
+        e = cited(ctx)
+        e.check("measured", False, timing=True)
+        return e
+
+    r = run_one(Question(id=43, title="t", answer="a", evidence=cited_but_failing),
+                EvidenceContext())
+    assert r.status == "fail" and r.failed_checks == ["measured"]
+    assert r.evidence.checks[0].timing and not r.evidence.non_timing_checks

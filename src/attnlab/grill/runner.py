@@ -69,9 +69,7 @@ def run_one(q: Question, ctx: EvidenceContext) -> Result:
         return Result(q, "fail", None, time.perf_counter() - t0,
                       error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")
     dt = time.perf_counter() - t0
-    failed = [c.name for c in ev.checks if not c.passed]
-    if not ev.checks:
-        failed = ["evidence made no checks"]
+    failed = ev.verdict()
     return Result(q, "fail" if failed else "pass", ev, dt, failed_checks=failed)
 
 
@@ -107,14 +105,19 @@ def to_json(results: list[Result]) -> dict:
             "section": q.section,
             "title": q.title,
             "status": r.status,
+            "short": q.short,
             "answer": q.answer,
             "formulas": q.formulas,
             "seed_note": q.seed_note,
             "key_figure": r.evidence.key_figure if r.evidence else "",
             "measurements": _jsonable(r.evidence.measurements) if r.evidence else {},
             "checks": [
-                {"name": c.name, "passed": c.passed, "detail": c.detail}
+                {"name": c.name, "passed": c.passed, "detail": c.detail, "timing": c.timing}
                 for c in (r.evidence.checks if r.evidence else [])
+            ],
+            "citations": [
+                {"claim": c.claim, "source": c.source}
+                for c in (r.evidence.citations if r.evidence else [])
             ],
             "plots": list(r.evidence.plots) if r.evidence else [],
             "seconds": round(r.seconds, 3),
