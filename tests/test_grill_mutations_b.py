@@ -1,0 +1,47 @@
+"""Mutation tests for grill answers Q26–Q50: each breaks what an answer measures (a kernel,
+a cache, a trained model, a count) and shows at least one of its non-timing checks fail.
+
+`MUTATIONS` maps a question id to a factory of `(object, attribute, replacement)` patches;
+`test_grill_mutation_coverage.py` checks that every answer with measured checks is here.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import pytest
+from grill_mutation import assert_mutation_fails
+
+ANSWERS = "attnlab.grill.answers"
+
+
+def _mod(name: str):
+    return importlib.import_module(f"{ANSWERS}.{name}")
+
+
+def _no_timing(module: str) -> tuple:
+    """Skip an answer's wall-clock measurements (they feed timing checks only, which a
+    mutation test ignores): keeps the mutation run fast."""
+    return (_mod(module), "median_time", lambda fn, **kw: 1.0)
+
+
+# --- Q37: decode without GQA folding (every query head re-reads its KV head) -----------
+def _q37():
+    from attnlab.ops.softmax import decode_attention, repeat_kv
+
+    def unfolded(q, k, v, **kw):  # K/V expanded to one copy per query head: G× the bytes
+        G = q.shape[1] // k.shape[1]
+        return decode_attention(q, repeat_kv(k, G), repeat_kv(v, G), **kw)
+
+    return [(_mod("q37_prefill_vs_decode"), "decode_attention", unfolded),
+            _no_timing("q37_prefill_vs_decode")]
+
+
+MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
+    37: _q37,
+}
+
+
+@pytest.mark.parametrize("qid", sorted(MUTATIONS))
+def test_mutation_fails_a_measured_check(qid):
+    assert assert_mutation_fails(qid, MUTATIONS[qid]())
