@@ -37,8 +37,20 @@ def _q37():
             _no_timing("q37_prefill_vs_decode")]
 
 
+# --- Q47: "chunked" linear attention that silently evaluates the masked N×N form ------
+def _q47():
+    from attnlab.ops.linear import linear_attention
+
+    def quadratic(q, k, v, **kw):
+        return linear_attention(q, k, v, **{**kw, "mode": "parallel"})
+
+    return [(_mod("q47_linear_complexity"), "linear_attention", quadratic),
+            _no_timing("q47_linear_complexity")]
+
+
 MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     37: _q37,
+    47: _q47,
 }
 
 
