@@ -48,9 +48,20 @@ def _q47():
             _no_timing("q47_linear_complexity")]
 
 
+# --- Q48: a "tiled" kernel that materialises the N×N scores (dense attention) ---------
+def _q48():
+    from attnlab.ops.softmax import attention_reference
+
+    def dense(q, k, v, q_block=None, kv_block=None, **kw):
+        return attention_reference(q, k, v, **kw)
+
+    return [(_mod("q48_flash_sequence_complexity"), "flash_attention", dense)]
+
+
 MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     37: _q37,
     47: _q47,
+    48: _q48,
 }
 
 
