@@ -1,0 +1,110 @@
+"""Mutation tests for grill answers Q1–Q25: each breaks what an answer measures (a cache's
+size, a layer's projection, a mask's window, an LSH round, a recurrence) and shows at least
+one of its non-timing checks fail.
+
+`MUTATIONS` maps a question id to a factory of `(object, attribute, replacement)` patches;
+`test_grill_mutation_coverage.py` checks that every answer with measured checks is here.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import pytest
+import torch
+from grill_mutation import assert_mutation_fails
+
+ANSWERS = "attnlab.grill.answers"
+
+
+def _mod(name: str):
+    return importlib.import_module(f"{ANSWERS}.{name}")
+
+
+def _no_timing(module: str, name: str = "median_time", value: float = 1.0) -> tuple:
+    """Skip an answer's wall-clock measurements (they feed timing checks only, which a
+    mutation test ignores): keeps the mutation run fast."""
+    return (_mod(module), name, lambda *a, **kw: value)
+
+
+# --- KV caches built wrong ------------------------------------------------------------
+def _cache_in_fp32() -> tuple:
+    """Every cache allocated in fp32 whatever dtype was asked: twice the bytes."""
+    from attnlab.analysis.memory import build_cache
+
+    def fp32(cfg, context, batch=1, dtype="fp16", *a, **kw):
+        return build_cache(cfg, context, batch, "fp32", *a, **kw)
+
+    return (_mod("_measure"), "build_cache", fp32)
+
+
+def _cache_ignores_sharing() -> tuple:
+    """Caches that keep one K/V head per query head (GQA/MQA sharing ignored)."""
+    from attnlab.analysis.memory import build_cache
+
+    def unshared(cfg, *a, **kw):
+        return build_cache(cfg if cfg.mla is not None else cfg.variant("mha"), *a, **kw)
+
+    return (_mod("_measure"), "build_cache", unshared)
+
+
+def _q01():  # the layer silently rotates q/k (RoPE) where MHA's formula has none; fp32 cache
+    from attnlab.layers.attention import Attention
+
+    def with_rope(d, n_heads, n_kv_heads=None, rope=False, **kw):
+        return Attention(d, n_heads, n_kv_heads, rope=True, **kw)
+
+    return [(_mod("q01_mha"), "Attention", with_rope), _cache_in_fp32()]
+
+
+def _q02():
+    return [_cache_in_fp32()]
+
+
+def _q03():  # "uptraining" that keeps each group's first K head instead of the mean
+    from attnlab.layers.convert import mha_to_gqa
+
+    def first_head(layer, groups):
+        out = mha_to_gqa(layer, groups)
+        H, D = layer.n_heads, layer.head_dim
+        with torch.no_grad():
+            w = layer.k_proj.weight.view(groups, H // groups, D, -1)[:, 0]  # (G, D, d)
+            out.k_proj.weight.copy_(w.reshape(groups * D, -1))
+        return out
+
+    return [(_mod("q03_gqa"), "mha_to_gqa", first_head)]
+
+
+def _q04():
+    return [_cache_in_fp32()]
+
+
+def _q05():
+    return [_cache_ignores_sharing(), _no_timing("q05_gqa_default", "decode_step_ms")]
+
+
+def _q06():
+    return [_cache_ignores_sharing(), _no_timing("q06_mqa_quality", "decode_step_ms")]
+
+
+def _q07():
+    return [_cache_ignores_sharing()]
+
+
+def _q08():  # the layer forgets RoPE that the hand-written forward applies
+    from attnlab.layers.attention import Attention
+
+    def no_rope(d, n_heads, n_kv_heads=None, **kw):
+        return Attention(d, n_heads, n_kv_heads, rope=False, **kw)
+
+    return [(_mod("q08_mqa_forward"), "Attention", no_rope)]
+
+
+MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
+    1: _q01, 2: _q02, 3: _q03, 4: _q04, 5: _q05, 6: _q06, 7: _q07, 8: _q08,
+}
+
+
+@pytest.mark.parametrize("qid", sorted(MUTATIONS))
+def test_mutation_fails_a_measured_check(qid):
+    assert assert_mutation_fails(qid, MUTATIONS[qid]())
