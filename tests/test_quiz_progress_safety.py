@@ -13,7 +13,6 @@ import os
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from unprivileged import run_unprivileged, world_reachable_dir
 
 from attnlab.cli import _load_commands, app
 from attnlab.grill import progress as prog
@@ -153,38 +153,21 @@ def test_progress_path_that_is_not_a_file_stops_the_quiz(tmp_path, kind):
                                   else "is not a regular file")
 
 
-def _quiz_unprivileged(args: list[str]) -> subprocess.CompletedProcess:
-    """The quiz command in a forked child that drops to `nobody` when the test is root (root
-    bypasses permission bits). The child reuses this process's loaded code, so it needs no
-    interpreter it may not be allowed to run."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 99
-        try:
-            os.close(read_end)
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            r = quiz_here(args)
-            os.write(write_end, json.dumps([r.returncode, r.stdout, r.stderr]).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and data, "the unprivileged child failed"
-    rc, out, err = json.loads(data)
+def _quiz_unprivileged(args: list[str], warm_path: Path) -> subprocess.CompletedProcess:
+    def go():
+        r = quiz_here(args)
+        return [r.returncode, r.stdout, r.stderr]
+
+    def warmup():  # the same command on a good path imports everything the quiz needs
+        quiz_here(["--progress", str(warm_path), "--no-evidence"], stdin="q\n")
+    rc, out, err = run_unprivileged(go, warmup)
     return subprocess.CompletedProcess(args, rc, out, err)
 
 
 @pytest.mark.parametrize("case", ["unreadable file", "unwritable folder"])
 def test_permission_denied_stops_the_quiz_with_one_line(tmp_path, case):
-    base = Path(tempfile.mkdtemp(prefix="attnlab-perm-"))  # in /tmp: reachable by nobody
+    base = world_reachable_dir()
     try:
-        os.chmod(base, 0o755)
         folder = base / "data"
         folder.mkdir()
         path = folder / "p.json"
@@ -198,7 +181,8 @@ def test_permission_denied_stops_the_quiz_with_one_line(tmp_path, case):
         else:
             os.chmod(path, 0o644)
             os.chmod(folder, 0o555)
-        res = _quiz_unprivileged(["--progress", str(path), "--no-evidence"])
+        res = _quiz_unprivileged(["--progress", str(path), "--no-evidence"],
+                                 tmp_path / "warm.json")
         _assert_stopped_before_asking(res, "cannot be read" if case == "unreadable file"
                                       else "cannot be written")
         assert path.read_bytes() == before

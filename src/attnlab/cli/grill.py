@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import app
+from ._checks import check_output_paths
 
 
 @app.command()
@@ -22,7 +23,10 @@ def grill(
     full: bool = typer.Option(False, "--full", help="Run the longer experiments."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print answers and checks."),
 ) -> None:
-    """Answer the grill's questions with live evidence; exit 1 if any answered check fails."""
+    """Answer the grill's questions with live evidence; exit 1 if any answered check fails.
+
+    Output paths are checked before any evidence runs; each question's short interview
+    answer leads the reports (and `--verbose`)."""
     from ..grill.registry import EvidenceContext
     from ..grill.runner import select
 
@@ -31,6 +35,7 @@ def grill(
         qs = select(section, question)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    check_output_paths(json=json_path, markdown=markdown_path, html=html_path)
     # Plots are only drawn when a report will show them; they live in a temporary folder
     # until the report embeds (HTML) or copies (Markdown) them.
     plot_tmp = tempfile.TemporaryDirectory(prefix="attnlab-plots-") if (

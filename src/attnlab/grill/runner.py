@@ -44,8 +44,8 @@ def machine_line() -> str:
 
 def select(section: str | None = None, ids: list[int] | None = None) -> list[Question]:
     qs = all_questions()
-    if section:
-        sec = section.upper()
+    if section is not None:
+        sec = section.strip().upper()
         if sec not in SECTIONS:
             raise ValueError(f"section ({section!r}) must be one of {', '.join(SECTIONS)}")
         qs = [q for q in qs if q.section == sec]

@@ -81,7 +81,7 @@ def output_path_problem(path: str | Path, what: str = "output file") -> str | No
             return f"{what} {path} cannot be created: {anc} is a file, not a directory"
         return f"{what} {path} cannot be created: folder {parent} does not exist"
     if not parent.is_dir():
-        return f"{what} {path} cannot be created: {parent} is not a directory"
+        return f"{what} {path} cannot be created: {parent} is a file, not a directory"
     why = _probe_write(parent)
     if why:
         return f"{what} {path} cannot be written: folder {parent}: {why}"
