@@ -100,8 +100,56 @@ def _q08():  # the layer forgets RoPE that the hand-written forward applies
     return [(_mod("q08_mqa_forward"), "Attention", no_rope)]
 
 
+def _q09():  # a "causal" mask that leaks the next token
+    from attnlab.masks import Mask
+
+    return [(_mod("q09_causal_mask"), "causal",
+             lambda: Mask(lambda b, h, q, k: k <= q + 1, "leaky_causal"))]
+
+
+def _bidirectional_tiny_lm(*a, **kw):
+    """The grill's TinyLM with its attention masks removed: the parallel pass sees the future."""
+    from attnlab.grill.answers._tiny import tiny_lm
+
+    model = tiny_lm(*a, **kw)
+    for block in model.blocks:
+        block.mixer.mask = None
+    return model
+
+
+def _q10():
+    return [(_mod("q10_parallel_training"), "tiny_lm", _bidirectional_tiny_lm),
+            _no_timing("q10_parallel_training")]
+
+
+def _q11():  # cross-attention at the wrong temperature
+    from attnlab.layers.cross import CrossAttention
+
+    return [(_mod("q11_cross_attention"), "CrossAttention",
+             lambda *a, **kw: CrossAttention(*a, **kw, scale=0.5))]
+
+
+def _q12():  # a cross-attention that ignores its cache and re-projects every step
+    from attnlab.layers.cross import CrossAttention
+
+    class Reprojecting(CrossAttention):
+        def forward(self, x, encoder_out=None, cache=None, encoder_mask=None):
+            if encoder_out is not None:
+                self._enc = encoder_out
+            return super().forward(x, self._enc, None, encoder_mask)
+
+    return [(_mod("q12_cross_cache"), "CrossAttention", Reprojecting)]
+
+
+def _q13():  # a "prefix-LM" mask that is plain causal
+    from attnlab.masks import causal
+
+    return [(_mod("q13_decoder_only"), "prefix_lm", lambda P: causal())]
+
+
 MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     1: _q01, 2: _q02, 3: _q03, 4: _q04, 5: _q05, 6: _q06, 7: _q07, 8: _q08,
+    9: _q09, 10: _q10, 11: _q11, 12: _q12, 13: _q13,
 }
 
 
