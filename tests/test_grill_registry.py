@@ -124,3 +124,24 @@ def test_citations_answer_a_question_but_never_count_as_checks():
                 EvidenceContext())
     assert r.status == "fail" and r.failed_checks == ["measured"]
     assert r.evidence.checks[0].timing and not r.evidence.non_timing_checks
+
+
+def _sentences(text: str) -> int:
+    """Sentence ends: . ! ? followed by a capital/bracket or the end (not "e.g." or "3.5")."""
+    return len(re.findall(r"[.!?](?=\s+[A-Z(“\"]|\s*$)", text.strip()))
+
+
+def test_every_answer_opens_with_a_short_interview_answer_and_has_a_rubric():
+    """Every answered question carries the 2-3 sentences a candidate would say aloud (quick
+    fire, Q41-50, stays shorter) and a short rubric of key points for typed-answer feedback."""
+    problems = []
+    for q in all_questions():
+        if not q.answered:
+            continue
+        n, limit = _sentences(q.short), 320 if q.section == "H" else 600
+        if not 1 <= n <= 3 or len(q.short) > limit:
+            problems.append(f"Q{q.id}: short answer has {n} sentences, {len(q.short)} chars "
+                            f"(want 1-3 sentences, <= {limit} chars)")
+        if not 2 <= len(q.rubric) <= 8:
+            problems.append(f"Q{q.id}: rubric has {len(q.rubric)} key points (want 2-8)")
+    assert not problems, "\n".join(problems)
