@@ -50,7 +50,7 @@ def grill(
 
 def _grill(console: Console, qs, ctx, json_path: str | None, markdown_path: str | None,
            html_path: str | None, verbose: bool) -> None:
-    from ..grill.report import write_markdown
+    from ..grill.report import evidence_counts, write_markdown
     from ..grill.report_html import write_html
     from ..grill.runner import machine_line, run, to_markdown, write_json
 
@@ -73,8 +73,8 @@ def _grill(console: Console, qs, ctx, json_path: str | None, markdown_path: str 
     console.print(table)
     counts = {s: sum(r.status == s for r in results) for s in ("pass", "fail", "pending")}
     total_s = sum(r.seconds for r in results)
-    console.print(f"{counts['pass']} pass, {counts['fail']} fail, {counts['pending']} pending "
-                  f"({total_s:.1f} s of evidence)")
+    console.print(f"{counts['pass']} pass, {counts['fail']} fail, {counts['pending']} pending; "
+                  f"{evidence_counts(results)} ({total_s:.1f} s of evidence)")
     if verbose:
         console.print(to_markdown(results), markup=False, highlight=False)
     if json_path:

@@ -108,6 +108,8 @@ def to_json(results: list[Result]) -> dict:
             "short": q.short,
             "answer": q.answer,
             "formulas": q.formulas,
+            "rubric": [{"name": k.name, "accept": k.accept, "formula": k.formula}
+                       for k in q.rubric],
             "seed_note": q.seed_note,
             "key_figure": r.evidence.key_figure if r.evidence else "",
             "measurements": _jsonable(r.evidence.measurements) if r.evidence else {},
