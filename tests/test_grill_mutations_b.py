@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from grill_mutation import assert_mutation_fails
@@ -58,10 +59,25 @@ def _q48():
     return [(_mod("q48_flash_sequence_complexity"), "flash_attention", dense)]
 
 
+# --- Q49: an LSH attention whose chunks are twice the size it was asked for -------------
+def _q49():
+    from attnlab.ops.lsh.attention import lsh_attention
+
+    def wide_chunks(qk, v, **kw):
+        return lsh_attention(qk, v, **{**kw, "chunk_size": 2 * kw["chunk_size"]})
+
+    def untimed(mechs, ns, **kw):  # the wall-clock part feeds timing checks only
+        return [SimpleNamespace(name=k, seconds=[1.0] * len(ns), slope=1.0) for k in mechs]
+
+    return [(_mod("q49_reformer_complexity"), "lsh_attention", wide_chunks),
+            (_mod("q49_reformer_complexity"), "measure_scaling", untimed)]
+
+
 MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     37: _q37,
     47: _q47,
     48: _q48,
+    49: _q49,
 }
 
 
