@@ -147,9 +147,62 @@ def _q13():  # a "prefix-LM" mask that is plain causal
     return [(_mod("q13_decoder_only"), "prefix_lm", lambda P: causal())]
 
 
+def _wider_window(module: str) -> tuple:
+    """The answer's `sliding_window(W)` silently builds a window of W + 1 keys."""
+    from attnlab.masks import sliding_window
+
+    return (_mod(module), "sliding_window", lambda W: sliding_window(W + 1))
+
+
+def _q14():
+    return [_wider_window("q14_sliding_window")]
+
+
+def _q15():
+    return [_wider_window("q15_stacked_windows")]
+
+
+def _q16():  # the "Longformer" pattern loses its global token
+    from attnlab.grill.answers._sparse import band
+
+    return [(_mod("q16_global_tokens"), "window_plus_globals", lambda r, g: band(r))]
+
+
+def _q17():
+    return [_wider_window("q17_window_tradeoff")]
+
+
+def _q18():  # an LSH kernel that counts a key seen in both hash rounds twice
+    from attnlab.ops.lsh import lsh_attention
+
+    return [(_mod("q18_sparse_in_production"), "lsh_attention",
+             lambda *a, **kw: lsh_attention(*a, **{**kw, "dedup": False})),
+            _no_timing("q18_sparse_in_production")]
+
+
+def _q19():  # "BigBird" without its random blocks
+    from attnlab.masks import bigbird
+
+    def no_random(n, b, w, g, r, **kw):
+        return bigbird(n, b, w, g, 0, **kw)
+
+    return [(_mod("q19_bigbird"), "bigbird", no_random)]
+
+
+def _q20():  # an LSH kernel at the wrong softmax temperature
+    from attnlab.ops.lsh import lsh_attention
+
+    def hot(qk, v, **kw):
+        return lsh_attention(qk, v, **{**kw, "scale": 2.0 / qk.shape[-1] ** 0.5})
+
+    return [(_mod("q20_reformer_lsh"), "lsh_attention", hot),
+            (importlib.import_module("attnlab.analysis.lsh_quality"), "lsh_attention", hot)]
+
+
 MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     1: _q01, 2: _q02, 3: _q03, 4: _q04, 5: _q05, 6: _q06, 7: _q07, 8: _q08,
     9: _q09, 10: _q10, 11: _q11, 12: _q12, 13: _q13,
+    14: _q14, 15: _q15, 16: _q16, 17: _q17, 18: _q18, 19: _q19, 20: _q20,
 }
 
 
