@@ -199,10 +199,57 @@ def _q20():  # an LSH kernel at the wrong softmax temperature
             (importlib.import_module("attnlab.analysis.lsh_quality"), "lsh_attention", hot)]
 
 
+def _q21():  # "linear" attention that silently evaluates the N×N order
+    from attnlab.ops.linear import linear_attention
+
+    return [(_mod("q21_linear_attention"), "linear_attention",
+             lambda q, k, v, **kw: linear_attention(q, k, v, **{**kw, "mode": "parallel"})),
+            _no_timing("q21_linear_attention")]
+
+
+def _q22():  # a decode step that forgets the state it was handed
+    import attnlab.layers.linear_attention as la
+
+    real = la.linear_attention_features
+
+    def forgetful(qf, kf, v, *, initial_state=None, **kw):
+        return real(qf, kf, v, **kw)
+
+    return [(la, "linear_attention_features", forgetful)]
+
+
+def _q23():  # "linear" attention that is secretly softmax attention
+    from attnlab.ops.softmax import attention
+
+    def softmax_in_disguise(q, k, v, causal=True, **kw):
+        return attention(q, k, v, scale=1.0)
+
+    return [(_mod("q23_linear_vs_softmax"), "linear_attention", softmax_in_disguise)]
+
+
+def _q24():  # orthogonal random features whose QR sign fix is silently skipped
+    from attnlab.ops.linear import draw_random_features
+
+    def no_fix(*a, **kw):
+        return draw_random_features(*a, **{**kw, "sign_fix": False})
+
+    return [(_mod("q24_performer"), "draw_random_features", no_fix)]
+
+
+def _q25():  # an RNN mode whose decay is 10% too fast
+    from attnlab.ops.rwkv import wkv4
+
+    def drifting(w, u, k, v, *, mode="chunked", **kw):
+        return wkv4(w * 1.1 if mode == "recurrent" else w, u, k, v, mode=mode, **kw)
+
+    return [(_mod("q25_rwkv"), "wkv4", drifting)]
+
+
 MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     1: _q01, 2: _q02, 3: _q03, 4: _q04, 5: _q05, 6: _q06, 7: _q07, 8: _q08,
     9: _q09, 10: _q10, 11: _q11, 12: _q12, 13: _q13,
     14: _q14, 15: _q15, 16: _q16, 17: _q17, 18: _q18, 19: _q19, 20: _q20,
+    21: _q21, 22: _q22, 23: _q23, 24: _q24, 25: _q25,
 }
 
 
