@@ -26,6 +26,39 @@ def _no_timing(module: str) -> tuple:
     return (_mod(module), "median_time", lambda fn, **kw: 1.0)
 
 
+# --- Q30–32, Q50: the induction model barely trained (25 steps): no circuit forms -----
+def _undertrained_induction(seed: int = 0, full: bool = False):
+    from attnlab.experiments.induction import InductionConfig, train_one
+
+    c = InductionConfig(steps=25, eval_every=25, seeds=(seed,))
+    box: dict = {}
+    res = train_one(c, seed, keep=box)
+    return box["model"], res, c
+
+
+def _heads(module: str):
+    return lambda: [(_mod(module), "induction_run", _undertrained_induction)]
+
+
+# --- Q33: a pruning curve whose record of removed heads is not what it pruned -----------
+def _q33():
+    import attnlab.experiments.redundancy as red
+
+    real = red.pruning_curve
+
+    def misrecorded(model, imp, evt, step=1):
+        c = real(model, imp, evt, step=step)
+        c.order = c.order[::-1]
+        return c
+
+    def short_run(seed: int = 0, full: bool = False):  # a small, fast, uncached run
+        box: dict = {}
+        c = red.RedundancyConfig(steps=30, lr=1e-2, n_heads=4, n_layers=2, prune_step=1)
+        return red.one_seed(c, seed, keep=box), box["model"], box["eval_tokens"]
+
+    return [(red, "pruning_curve", misrecorded), (_mod("q33_head_redundancy"), "_run", short_run)]
+
+
 # --- Q37: decode without GQA folding (every query head re-reads its KV head) -----------
 def _q37():
     from attnlab.ops.softmax import decode_attention, repeat_kv
@@ -74,10 +107,15 @@ def _q49():
 
 
 MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
+    30: _heads("q30_induction_heads"),
+    31: _heads("q31_why_induction_matters"),
+    32: _heads("q32_previous_token_heads"),
+    33: _q33,
     37: _q37,
     47: _q47,
     48: _q48,
     49: _q49,
+    50: _heads("q50_induction_function"),
 }
 
 

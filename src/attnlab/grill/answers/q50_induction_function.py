@@ -5,7 +5,7 @@ import torch
 
 from ...analysis.hooks import run_with_cache
 from ...models.data import repeated_random_tokens
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._heads_lab import induction_run
 
@@ -43,6 +43,16 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=50,
     title=TITLES[50],
+    short=(
+        "Prefix matching then copying: at token A it attends to the token that came right "
+        "after an earlier A and raises that token's logit, completing [A][B] … [A] → [B]."
+    ),
+    rubric=[
+        KeyPoint("prefix matching: attend to the token after the earlier occurrence",
+                 [r"prefix", r"(token )?after", r"follow(ed|s|ing)", r"next token"],
+                 formula="attend i → j + 1 where x_j = x_i, j < i"),
+        KeyPoint("copying: predict that token", [r"cop(y|ies|ying)", r"predict", r"logit"]),
+    ],
     answer=(
         "Prefix matching then copying: at token A it attends to whatever came right after "
         "an earlier A, and pushes up the logit of that token, completing [A][B] … [A] → [B]."
