@@ -44,13 +44,14 @@ def reading(tab: dict, cfg: dict) -> str:
         f"({_ms(tx['MHA'], 'loss')}). Neither contradicts the published order at scale: these "
         f"are {params:,}-parameter, {cfg['n_layers']}-layer models (d_model {cfg['d_model']}) "
         f"trained {cfg['steps']} steps, far from converged and {len(cfg['seeds'])} seeds "
-        "only. Associative recall at this width is bound by KV capacity (each KV head is "
-        "an independent slot for key→value bindings; this MLA's latent is only "
-        f"{mla['kv_bytes_per_token']} B/token, less than GQA-2), so recall ranks by cache "
-        "size; on short byte-level text, parameters matched by widening the MLP (fewer KV "
-        "heads → larger d_ff) help an under-trained model more than extra KV heads do. The "
-        "published MLA ≥ MHA and MHA > MQA come from billion-parameter models trained on "
-        "about a trillion tokens (DeepSeek-V2 report; GQA paper)."
+        "only. A plausible reading: associative recall at this width is limited by KV "
+        "capacity (each KV head is an independent slot for key→value bindings, and this "
+        f"MLA's latent is only {mla['kv_bytes_per_token']} B/token, less than GQA-2's), so "
+        "recall follows cache size; on short byte-level text, the parameters that fewer KV "
+        "heads free go into a wider MLP (matched parameter counts), which helps an "
+        "under-trained model more than extra KV heads. The published MLA ≥ MHA and "
+        "MHA > MQA come from billion-parameter models trained on tens of billions to over "
+        "a trillion tokens (DeepSeek-V2 report; GQA paper)."
     )
 
 

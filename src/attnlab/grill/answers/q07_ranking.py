@@ -24,7 +24,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     t = variant_table("llama-2-70b", [("mha", None), ("gqa", 16), ("gqa", 8), ("mla", None),
                                       ("mqa", None)])
     cache = {k: v["measured_bytes_per_token"] for k, v in t.items()}  # real caches, fp16
-    for k, v in t.items():
+    for k in t:
         ev.measurements[f"Llama-2-70B shape as {k}: fp16 bytes/token (real cache)"] = cache[k]
     order = sorted(cache, key=cache.get)
     ev.measurements["smallest → largest cache (measured)"] = " < ".join(order)

@@ -116,8 +116,8 @@ QUESTION = Question(
     ),
     formulas=[
         "speed-up ≤ (dense work)/(sparse work) = N / (2·W) for a causal window",
-        "fused dense attention: Θ(N²·d) FLOPs, Θ(N²·d²/M) HBM accesses for on-chip SRAM of "
-        "M elements (FlashAttention, Thm 2; standard attention: Θ(N·d + N²)), O(N) extra memory",
+        ("fused dense attention: Θ(N²·d) FLOPs, Θ(N²·d²/M) HBM accesses for on-chip SRAM of "
+        "M elements (FlashAttention, Thm 2; standard attention: Θ(N·d + N²)), O(N) extra memory"),
     ],
     seed_note=(
         "The seed's answer holds but is unmeasured; the evidence times the patterns and "

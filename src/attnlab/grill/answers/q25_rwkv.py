@@ -107,8 +107,8 @@ QUESTION = Question(
         "stable RNN mode: q = max(p, u+k_t); out = (e^{p−q} a + e^{u+k_t−q} v_t) / (e^{p−q} b + e^{u+k_t−q})",
         "then q' = max(p − w, k_t); a ← e^{p−w−q'} a + e^{k_t−q'} v_t; b ← e^{p−w−q'} b + e^{k_t−q'}; p ← q'",
         "RWKV-6: o_t = r_t (S_{t−1} + diag(u) k_tᵀ v_t),  S_t = diag(w_t) S_{t−1} + k_tᵀ v_t,  w_t = exp(−exp(·))",
-        "RWKV-7: S_t = S_{t−1} (diag(w_t) − κ̂_tᵀ (a_t ⊙ κ̂_t)) + v_tᵀ k_t,  o_t = S_t r_t   "
-        "(generalised delta rule; w_t, a_t vectors)",
+        ("RWKV-7: S_t = S_{t−1} (diag(w_t) − κ̂_tᵀ (a_t ⊙ κ̂_t)) + v_tᵀ k_t,  o_t = S_t r_t   "
+        "(generalised delta rule; w_t, a_t vectors)"),
     ],
     seed_note=(
         "The seed's description is broadly right but loose: RWKV-4's WKV is not normalised "
