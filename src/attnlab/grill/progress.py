@@ -20,6 +20,7 @@ names one. Safety (helpers in `safe_files`):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -364,13 +365,14 @@ def load(path: Path | str | None = None) -> Progress:
     backup) when the file is unreadable as progress.
     """
     path = Path(path) if path is not None else default_path()
-    if path.parent.is_dir() and os.access(path.parent, os.W_OK):
-        try:
-            with file_lock(path):
-                remove_stale_temps(path)
-                found = _read(path)
-        except (OSError, TimeoutError) as exc:
-            raise ProgressError(f"progress file {path} cannot be used: {exc}") from None
-    else:
+    with contextlib.ExitStack() as stack:
+        if path.parent.is_dir() and os.access(path.parent, os.W_OK):
+            try:
+                stack.enter_context(file_lock(path))
+                remove_stale_temps(path)  # safe under the lock: no save is in flight
+            except OSError:  # a read-only place (`--stats` on a read-only mount): read as is
+                pass
+            except TimeoutError as exc:
+                raise ProgressError(f"progress file {path} cannot be used: {exc}") from None
         found = _read(path)
     return found if found is not None else Progress(path)
