@@ -51,7 +51,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.check("MLA dominates GQA-8: smaller measured cache, published quality no worse",
              dominates("MLA", "GQA-8", cache) and "GQA-8" not in front, str(front))
     ev.cite("MLA matches or beats MHA in quality at a cache equal to GQA with 2.25 groups",
-            "DeepSeek-V2 report, §2.1, Table 1 and App. D (docs/sources.md)")
+            "DeepSeek-V2 report, §2.1, Table 1 and its MLA-vs-MHA ablation (docs/sources.md)")
     ev.cite("MMLU MHA 45.2 > GQA-8 41.2 > MQA 37.9 (7B dense, 1.33T tokens)",
             "DeepSeek-V2 report, Table 8 (docs/sources.md)")
     ev.cite("MHA 47.2 ≥ GQA-8 47.1 > MQA 46.6 (T5-XXL, 5% uptraining)",
