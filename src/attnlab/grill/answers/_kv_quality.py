@@ -58,7 +58,7 @@ def reading(tab: dict, cfg: dict) -> str:
         f"({_ms(mha, 'acc')}); MQA recalls {_ms(mqa, 'acc')}, and MLA is closer to {near}. "
         f"Recall falls "
         f"{follows} (rank correlation {rho:.2f}). On text, MQA's loss ({_ms(tx['MQA'], 'loss')}) is {text_word} than MHA's "
-        f"({_ms(tx['MHA'], 'loss')}). Neither contradicts the published order at scale: these "
+        f"({_ms(tx['MHA'], 'loss')}). Neither tests the published order at scale: these "
         f"are {params:,}-parameter, {cfg['n_layers']}-layer models (d_model {cfg['d_model']}) "
         f"trained {cfg['steps']} steps, far from converged and {len(cfg['seeds'])} seeds "
         "only. A plausible reading: associative recall at this width is limited by KV "
