@@ -59,6 +59,12 @@ def _q33():
     return [(red, "pruning_curve", misrecorded), (_mod("q33_head_redundancy"), "_run", short_run)]
 
 
+# --- Q34: the sink models barely trained (10 steps): no head has become a sink ----------
+def _q34():
+    m = _mod("q34_attention_sinks")
+    return [(m, "_run", lambda seed=0, full=False: m._train(seed, full, steps=10))]
+
+
 # --- Q37: decode without GQA folding (every query head re-reads its KV head) -----------
 def _q37():
     from attnlab.ops.softmax import decode_attention, repeat_kv
@@ -111,6 +117,7 @@ MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     31: _heads("q31_why_induction_matters"),
     32: _heads("q32_previous_token_heads"),
     33: _q33,
+    34: _q34,
     37: _q37,
     47: _q47,
     48: _q48,
