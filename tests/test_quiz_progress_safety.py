@@ -191,10 +191,15 @@ def test_permission_denied_stops_the_quiz_with_one_line(tmp_path, case):
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
-def test_check_location_accepts_a_new_file_in_new_folders(tmp_path):
-    assert prog.check_location(tmp_path / "a" / "b" / "p.json") == tmp_path / "a/b/p.json"
+def test_default_location_folders_are_created_but_a_named_path_needs_its_folder(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(prog, "default_path", lambda: tmp_path / "xdg" / "attnlab" / "p.json")
+    assert prog.check_location() == tmp_path / "xdg" / "attnlab" / "p.json"
+    res = quiz_here(["--progress", str(tmp_path / "typo" / "p.json"), "--no-evidence"])
+    _assert_stopped_before_asking(res, "folder", "does not exist")
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "f").write_text("")
     with pytest.raises(prog.ProgressError, match="is a file, not a directory"):
-        (tmp_path / "f").write_text("")
         prog.check_location(tmp_path / "f" / "deeper" / "p.json")
 
 

@@ -208,9 +208,14 @@ def atomic_write_json(path: Path, doc: dict[str, Any]) -> None:
 def check_location(path: Path | str | None = None) -> Path:
     """Raise ProgressError (one line) unless progress can be read from and saved to `path`.
 
-    Called before the first question, so no grade is given that could not be kept."""
-    path = Path(path) if path is not None else default_path()
+    Called before the first question, so no grade is given that could not be kept. The
+    default location's folders are created as needed; a path the user named must be in a
+    folder that exists (a typo should not silently start a new progress file elsewhere)."""
+    named = path is not None
+    path = Path(path) if named else default_path()
     problem = creatable_path_problem(path, "progress file")
+    if problem is None and named and not path.parent.is_dir():
+        problem = f"progress file {path} cannot be created: folder {path.parent} does not exist"
     if problem:
         raise ProgressError(f"{problem}. Pass --progress PATH to use another file.")
     return path
