@@ -65,6 +65,16 @@ def _q34():
     return [(m, "_run", lambda seed=0, full=False: m._train(seed, full, steps=10))]
 
 
+# --- Q35: an attention that drops the 1/√d scale ------------------------------------
+def _q35():
+    from attnlab.ops.softmax import attention
+
+    def unscaled(q, k, v, scale=None, **kw):
+        return attention(q, k, v, scale=1.0, **kw)
+
+    return [(_mod("q35_scale_temperature"), "attention", unscaled)]
+
+
 # --- Q37: decode without GQA folding (every query head re-reads its KV head) -----------
 def _q37():
     from attnlab.ops.softmax import decode_attention, repeat_kv
@@ -118,6 +128,7 @@ MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     32: _heads("q32_previous_token_heads"),
     33: _q33,
     34: _q34,
+    35: _q35,
     37: _q37,
     47: _q47,
     48: _q48,
