@@ -75,6 +75,20 @@ def _q35():
     return [(_mod("q35_scale_temperature"), "attention", unscaled)]
 
 
+# --- Q36: fork shares blocks without counting references (no copy-on-write) -----------
+def _q36():
+    from attnlab.cache.paged import PagedKVCache
+
+    def fork_without_refcount(self, parent, child):
+        table = self._seq(parent)
+        self.tables[child] = list(table)
+        self.lens[child] = self.lens[parent]
+        self.tokens[child] = list(self.tokens[parent])
+        self._hashed[child] = list(self._hashed[parent])
+
+    return [(PagedKVCache, "fork", fork_without_refcount)]
+
+
 # --- Q37: decode without GQA folding (every query head re-reads its KV head) -----------
 def _q37():
     from attnlab.ops.softmax import decode_attention, repeat_kv
@@ -129,6 +143,7 @@ MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     33: _q33,
     34: _q34,
     35: _q35,
+    36: _q36,
     37: _q37,
     47: _q47,
     48: _q48,
