@@ -75,8 +75,10 @@ QUESTION = Question(
         "values. The cache shrinks by the factor H: 2·d_h numbers per token per layer "
         "instead of 2·H·d_h. Falcon-7B (71 query heads of 64) caches 8 KiB per token in "
         "fp16 instead of 568 KiB. Decoding is memory-bound — each step rereads the whole "
-        "cache — so an H-times smaller cache is close to an H-times cheaper attention step "
-        "at long context, and it frees memory for larger batches."
+        "cache — so an H-times smaller cache cuts the bytes each attention step streams "
+        "H-fold; the step gets much cheaper at long context, though by less than H because "
+        "fixed per-step costs remain (Q5 and Q6 measure it), and the freed memory allows "
+        "larger batches."
     ),
     formulas=[
         "head_h = softmax((X W_Q^h)(X W_K)ᵀ / √d_h) (X W_V)   (W_K, W_V shared by all h)",

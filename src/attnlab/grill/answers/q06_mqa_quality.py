@@ -101,7 +101,8 @@ QUESTION = Question(
         "every head reads the same keys and mixes the same values, so heads can still "
         "attend to different places but cannot store different information per position; "
         "tasks that need many independent lookups at once (multi-query associative recall) "
-        "suffer most. In exchange the cache and the memory-bound decode step shrink H-fold, "
+        "suffer most. In exchange the cache, and the bytes each memory-bound decode step "
+        "streams, shrink H-fold (the step time by less, as measured), "
         "which is why PaLM and Falcon shipped it; most later models settled on GQA."
     ),
     formulas=[

@@ -121,7 +121,8 @@ QUESTION = Question(
     ],
     seed_note=(
         "The seed's answer holds but is unmeasured; the evidence times the patterns and "
-        "checks LSH's error against exact attention over the same buckets. Sliding windows are in fact used in "
+        "checks LSH's error against exact attention over the same buckets. Sliding windows "
+        "are in fact used in "
         "production (Mistral 7B, Gemma 2/3 local layers), so 'rare' applies to irregular and "
         "approximate patterns (BigBird, LSH), not to windows."
     ),

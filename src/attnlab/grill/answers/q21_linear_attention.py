@@ -113,7 +113,8 @@ QUESTION = Question(
     ],
     seed_note=(
         "The seed's formulas were lost (restored above); the evidence counts the FLOPs both "
-        "orders actually dispatch rather than restating the formula. Calling φ a 'kernel approximation' "
+        "orders actually dispatch rather than restating the formula. Calling φ a 'kernel "
+        "approximation' "
         "is loose: with elu+1 nothing approximates softmax — it is a different, weaker "
         "similarity; only random-feature methods such as Performer aim to approximate the "
         "softmax kernel. The seed also omits the normaliser φ(q)·Σφ(k) and the causal case, "
