@@ -4,6 +4,13 @@ Each answered question lives in its own module under `attnlab.grill.answers` and
 `QUESTION = Question(...)`. Modules are discovered automatically, so answering a question
 touches exactly one file. Ids without a module are reported as pending with the title
 from `titles.TITLES`.
+
+A question carries `short` (the 2-3 sentences said aloud, shown first everywhere), the depth
+(`answer`), `formulas`, a `rubric` of `KeyPoint`s for feedback on typed quiz answers, and an
+evidence function. Evidence records measured checks (`Evidence.check`, with `timing=True`
+when the verdict rests on wall-clock; see `answers/_timing.median_time`) and cited facts
+(`Evidence.cite`, shown as citations, never as PASS). A question passes when it is
+answered, every measured check holds, and, where it has no measured checks, it cites.
 """
 from __future__ import annotations
 
@@ -57,7 +64,7 @@ class Citation:
     never as PASS (nothing in this run measured it)."""
 
     claim: str
-    source: str  # e.g. "GQA paper (Ainslie et al. 2023), Table 1"; see docs/sources.md
+    source: str  # e.g. "GQA paper (2023), Table 1"; see docs/sources.md
 
 
 @dataclass
