@@ -101,6 +101,19 @@ def _q37():
             _no_timing("q37_prefill_vs_decode")]
 
 
+# --- Q44: absorbed MLA that folds W_UV where W_UK belongs (and back) -------------------
+def _q44():
+    from attnlab.layers.mla import MultiLatentAttention
+
+    real = MultiLatentAttention._up_weights
+
+    def swapped(self):
+        w_uk, w_uv = real(self)
+        return w_uv, w_uk  # same shapes in the evidence's small layer (nope = v = 16)
+
+    return [(MultiLatentAttention, "_up_weights", swapped)]
+
+
 # --- Q47: "chunked" linear attention that silently evaluates the masked N×N form ------
 def _q47():
     from attnlab.ops.linear import linear_attention
@@ -145,6 +158,7 @@ MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     35: _q35,
     36: _q36,
     37: _q37,
+    44: _q44,
     47: _q47,
     48: _q48,
     49: _q49,
