@@ -101,6 +101,49 @@ def _q37():
             _no_timing("q37_prefill_vs_decode")]
 
 
+# --- Q41: the attention layer calls attention without the 1/√d_k scale -----------------
+def _q41():
+    import attnlab.layers.attention as layer_mod
+
+    real = layer_mod.attention
+
+    def unscaled(q, k, v, scale=None, **kw):
+        return real(q, k, v, scale=1.0, **kw)
+
+    return [(layer_mod, "attention", unscaled)]
+
+
+# --- Q42: a layer cache sized for every query head (MQA's saving lost) -----------------
+def _q42():
+    from attnlab.cache.contiguous import ContiguousKVCache
+    from attnlab.layers.attention import Attention
+
+    def per_query_head_cache(self, batch, capacity, *, dtype=None, device="cpu"):
+        return ContiguousKVCache(1, batch, self.n_heads, self.head_dim, capacity)
+
+    return [(Attention, "new_cache", per_query_head_cache)]
+
+
+# --- Q43: GQA conversion that pools strided heads (0, 2, 4, …) instead of neighbours ----
+def _q43():
+    import copy
+
+    import torch
+
+    from attnlab.layers.convert import mha_to_gqa
+
+    def strided(layer, n_kv_heads):
+        m = copy.deepcopy(layer)
+        H, D = m.n_kv_heads, m.head_dim
+        perm = torch.arange(H).view(H // n_kv_heads, n_kv_heads).T.reshape(-1)
+        with torch.no_grad():
+            for proj in (m.k_proj, m.v_proj):
+                proj.weight.copy_(proj.weight.view(H, D, -1)[perm].reshape(H * D, -1))
+        return mha_to_gqa(m, n_kv_heads)
+
+    return [(_mod("q43_gqa_paper"), "mha_to_gqa", strided)]
+
+
 # --- Q44: absorbed MLA that folds W_UV where W_UK belongs (and back) -------------------
 def _q44():
     from attnlab.layers.mla import MultiLatentAttention
@@ -112,6 +155,17 @@ def _q44():
         return w_uv, w_uk  # same shapes in the evidence's small layer (nope = v = 16)
 
     return [(MultiLatentAttention, "_up_weights", swapped)]
+
+
+# --- Q45: grouped attention that tiles KV heads (query head h reads h mod 8) ------------
+def _q45():
+    from attnlab.ops.softmax import attention
+
+    def tiled(q, k, v, **kw):
+        G = q.shape[1] // k.shape[1]
+        return attention(q, k.repeat(1, G, 1, 1), v.repeat(1, G, 1, 1), **kw)
+
+    return [(_mod("q45_llama2_70b_kv_heads"), "attention", tiled)]
 
 
 # --- Q47: "chunked" linear attention that silently evaluates the masked N×N form ------
@@ -158,7 +212,11 @@ MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     35: _q35,
     36: _q36,
     37: _q37,
+    41: _q41,
+    42: _q42,
+    43: _q43,
     44: _q44,
+    45: _q45,
     47: _q47,
     48: _q48,
     49: _q49,
