@@ -26,6 +26,43 @@ def _no_timing(module: str) -> tuple:
     return (_mod(module), "median_time", lambda fn, **kw: 1.0)
 
 
+# --- Q26: an SSD kernel that ignores the decay A (every a_t = 1) ------------------------
+def _q26():
+    import torch
+
+    from attnlab.ops.ssd import ssd
+
+    def no_decay(x, dt, A, B, C, **kw):
+        return ssd(x, dt, torch.zeros_like(A), B, C, **kw)
+
+    return [(_mod("q26_linear_attention_ssm"), "ssd", no_decay)]
+
+
+# --- Q27: a "tiled" kernel that is really the dense one (N×N scores materialised) -------
+def _dense_flash(module: str):
+    def factory():
+        from attnlab.ops.softmax import attention_reference
+
+        def dense(q, k, v, q_block=None, kv_block=None, **kw):
+            return attention_reference(q, k, v, **kw)
+
+        return [(_mod(module), "flash_attention", dense)]
+    return factory
+
+
+# --- Q28: a blockwise softmax that never subtracts the running maximum ------------------
+def _q28():
+    import torch
+
+    def no_max(q, k, v, *, scale=None, return_lse=False, **kw):
+        s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+        e = torch.exp(s)
+        out = (e / e.sum(-1, keepdim=True)) @ v
+        return (out, torch.log(e.sum(-1))) if return_lse else out
+
+    return [(_mod("q28_online_softmax"), "flash_attention", no_max)]
+
+
 # --- Q30–32, Q50: the induction model barely trained (25 steps): no circuit forms -----
 def _undertrained_induction(seed: int = 0, full: bool = False):
     from attnlab.experiments.induction import InductionConfig, train_one
@@ -101,6 +138,30 @@ def _q37():
             _no_timing("q37_prefill_vs_decode")]
 
 
+# --- Q38: a cache whose used bytes do not grow with the tokens it holds ----------------
+def _q38():
+    from attnlab.cache.contiguous import ContiguousKVCache
+
+    return [(ContiguousKVCache, "used_nbytes", property(lambda self: self.nbytes))]
+
+
+# --- Q39: sliding-window layers built one key wider than asked -------------------------
+def _q39():
+    from attnlab.layers.attention import Attention
+
+    def wider(*a, window=None, **kw):
+        return Attention(*a, window=window + 1, **kw)
+
+    return [(_mod("q39_receptive_field"), "Attention", wider)]
+
+
+# --- Q40: "window + globals" that silently drops the global tokens ---------------------
+def _q40():
+    from attnlab.grill.answers._sparse import band
+
+    return [(_mod("q40_window_plus_global"), "window_plus_globals", lambda r, g: band(r))]
+
+
 # --- Q41: the attention layer calls attention without the 1/√d_k scale -----------------
 def _q41():
     import attnlab.layers.attention as layer_mod
@@ -168,6 +229,16 @@ def _q45():
     return [(_mod("q45_llama2_70b_kv_heads"), "attention", tiled)]
 
 
+# --- Q46: a rolling buffer one slot larger than the window -----------------------------
+def _q46():
+    from attnlab.cache.rolling import RollingKVCache
+
+    def one_too_many(n_layers, batch, n_kv_heads, head_dim, window, **kw):
+        return RollingKVCache(n_layers, batch, n_kv_heads, head_dim, window + 1, **kw)
+
+    return [(_mod("q46_mistral_window"), "RollingKVCache", one_too_many)]
+
+
 # --- Q47: "chunked" linear attention that silently evaluates the masked N×N form ------
 def _q47():
     from attnlab.ops.linear import linear_attention
@@ -204,6 +275,10 @@ def _q49():
 
 
 MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
+    26: _q26,
+    27: _dense_flash("q27_flashattention"),
+    28: _q28,
+    29: _dense_flash("q29_flash_complexity"),
     30: _heads("q30_induction_heads"),
     31: _heads("q31_why_induction_matters"),
     32: _heads("q32_previous_token_heads"),
@@ -212,11 +287,15 @@ MUTATIONS: dict[int, Callable[[], list[tuple]]] = {
     35: _q35,
     36: _q36,
     37: _q37,
+    38: _q38,
+    39: _q39,
+    40: _q40,
     41: _q41,
     42: _q42,
     43: _q43,
     44: _q44,
     45: _q45,
+    46: _q46,
     47: _q47,
     48: _q48,
     49: _q49,
