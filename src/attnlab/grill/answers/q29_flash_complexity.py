@@ -87,14 +87,14 @@ QUESTION = Question(
         "on-chip size M — it is faster because attention was memory-bound."
     ),
     rubric=[
-        KeyPoint("no: FLOPs stay Θ(N²·d)", [r"\bno\b", r"same flops", r"quadratic",
+        KeyPoint("no: FLOPs stay Θ(N²·d)", [r"same (flops|arithmetic)", r"quadratic",
                                             r"n\s*(²|\^2)"],
                  formula="forward FLOPs = 4·N²·d per head"),
         KeyPoint("memory traffic falls to Θ(N²d²/M)", [r"memory access", r"hbm", r"traffic",
                                                        r"i/?o", r"d\s*(²|\^2)\s*/\s*m"],
                  formula="Θ(N·d + N²) → Θ(N²·d²/M)"),
-        KeyPoint("extra memory Θ(N) instead of Θ(N²)", [r"o\(\s*n\s*\)", r"linear memory",
-                                                        r"memory.{0,20}linear"]),
+        KeyPoint("extra memory Θ(N) instead of Θ(N²)", [r"(o|θ)\(\s*n\s*\)", r"linear memory",
+                                                        r"memory.{0,20}linear", r"storage"]),
         KeyPoint("backward recomputes (slightly more FLOPs)", [r"recomput", r"backward"]),
     ],
     answer=(

@@ -88,6 +88,8 @@ QUESTION = Question(
     rubric=[
         KeyPoint("Vaswani et al. 2017", [r"vaswani", r"2017"]),
         KeyPoint("\"Attention Is All You Need\"", [r"attention is all you need", r"transformer"]),
+        KeyPoint("base model: 8 heads of 64 on d_model 512", [r"\b8 heads", r"\b64\b", r"512"],
+                 formula="d_k = d_model / h = 512 / 8 = 64"),
     ],
     answer=(
         "Multi-head attention was introduced by Vaswani, Shazeer, Parmar, Uszkoreit, Jones, "

@@ -87,6 +87,9 @@ QUESTION = Question(
         KeyPoint("one write-head: one shared K/V head",
                  [r"one write[- ]head", r"fast transformer decoding", r"single (k|key)",
                   r"shared? (k|key)"]),
+        KeyPoint("KV cache and decode traffic shrink by the number of heads",
+                 [r"by the number of heads", r"÷\s*h", r"h\s*(×|x|times) smaller", r"kv cache"],
+                 formula="KV bytes/token: 2·L·h·d_h → 2·L·d_h"),
     ],
     answer=(
         "Multi-query attention was proposed by Noam Shazeer in \"Fast Transformer Decoding: "

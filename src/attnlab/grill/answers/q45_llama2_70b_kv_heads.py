@@ -62,6 +62,9 @@ QUESTION = Question(
         KeyPoint("8 KV heads", [r"\b8\b", r"eight"],
                  formula="group size = 64 / 8 = 8"),
         KeyPoint("grouped-query attention", [r"gqa", r"grouped[- ]query", r"group"]),
+        KeyPoint("64 query heads → 8× smaller cache than MHA",
+                 [r"64 query", r"8\s*(×|x|times)", r"eight times"],
+                 formula="2 · 80 · 8 · 128 · 2 = 327,680 B/token (fp16)"),
     ],
     answer=(
         "LLaMA-2 70B uses grouped-query attention with 8 key/value heads for its 64 query "

@@ -62,6 +62,8 @@ QUESTION = Question(
     rubric=[
         KeyPoint("4096 tokens", [r"4096", r"4,096", r"4\s*k\b"], formula="W = 4096"),
         KeyPoint("rolling buffer caps the cache", [r"rolling", r"ring", r"cap", r"i mod w"]),
+        KeyPoint("every one of the 32 layers (Mistral 7B v0.1)",
+                 [r"32 layers", r"each (of .{0,20})?layers?", r"every layer", r"v0\.1"]),
     ],
     answer=(
         "Mistral 7B (v0.1) uses a 4096-token window in every one of its 32 layers: each "

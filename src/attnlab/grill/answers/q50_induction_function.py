@@ -52,6 +52,8 @@ QUESTION = Question(
                  [r"prefix", r"(token )?after", r"follow(ed|s|ing)", r"next token"],
                  formula="attend i → j + 1 where x_j = x_i, j < i"),
         KeyPoint("copying: predict that token", [r"cop(y|ies|ying)", r"predict", r"logit"]),
+        KeyPoint("the [A][B] … [A] → [B] pattern", [r"\[a\]\s*\[b\]", r"a\s*b\s*(…|\.\.\.)\s*a",
+                                                    r"recur", r"repeat"]),
     ],
     answer=(
         "Prefix matching then copying: at token A it attends to whatever came right after "
