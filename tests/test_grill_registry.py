@@ -140,7 +140,7 @@ def test_every_answer_opens_with_a_short_interview_answer_and_has_a_rubric():
     for q in all_questions():
         if not q.answered:
             continue
-        n, limit = _sentences(q.short), 320 if q.section == "H" else 600
+        n, limit = _sentences(q.short), 400 if q.section == "H" else 700
         if not 1 <= n <= 3 or len(q.short) > limit:
             problems.append(f"Q{q.id}: short answer has {n} sentences, {len(q.short)} chars "
                             f"(want 1-3 sentences, <= {limit} chars)")
