@@ -6,6 +6,7 @@ a cache, a trained model, a count) and shows at least one of its non-timing chec
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -64,6 +65,7 @@ def _q28():
 
 
 # --- Q30–32, Q50: the induction model barely trained (25 steps): no circuit forms -----
+@functools.lru_cache(maxsize=1)
 def _undertrained_induction(seed: int = 0, full: bool = False):
     from attnlab.experiments.induction import InductionConfig, train_one
 
