@@ -92,7 +92,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
                         repeats=3)
     f_pre = 4 * d * h * n * (n + 1) / 2
     b_pre = 4 * n * h * d * 4  # read q, k, v and write o once, fp32
-    ctxlen = 65536 if ctx.full else 16384
+    ctxlen = 65536 if ctx.full else 8192
     kd, vd = (torch.randn(1, hkv, ctxlen, dd, generator=g) for _ in range(2))
     t_dec = median_time(lambda: decode_attention(qd, kd, vd), repeats=5)
     f_dec = 4 * dd * hq * ctxlen
