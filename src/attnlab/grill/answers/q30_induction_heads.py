@@ -58,6 +58,9 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.check("the induction score and the in-context gain jump together (steepest rises "
              f"≤ {2 * c.eval_every} steps apart)", s_ind is not None and s_gain is not None
              and abs(s_ind - s_gain) <= 2 * c.eval_every, f"steps {s_ind} and {s_gain}")
+    ev.cite("induction heads form abruptly early in training, at the same time as the "
+            "in-context-learning score (loss at token 500 − loss at token 50) improves",
+            "Olsson et al. 2022, \"In-context Learning and Induction Heads\"; docs/sources.md")
     full = committed("induction")
     if full is not None:
         s, runs = full["summary"], full["runs"]

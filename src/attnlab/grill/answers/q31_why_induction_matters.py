@@ -24,6 +24,9 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     if other is not None:
         ev.check("ablating other heads keeps most of it (specificity)", other > 0.5 * gain,
                  f"{other:.2f}")
+    ev.cite("in small attention-only models, knocking out induction heads removes most of the "
+            "in-context learning; for large models the evidence is correlational",
+            "Olsson et al. 2022, \"In-context Learning and Induction Heads\"; docs/sources.md")
     ev.key_figure = (f"in-context gain {gain:.2f} nats → {abl:.2f} with the induction heads "
                      f"ablated" + ("" if other is None else f" ({other:.2f} ablating others)"))
     return ev

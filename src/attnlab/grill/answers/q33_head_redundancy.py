@@ -73,6 +73,11 @@ def evidence(ctx: EvidenceContext) -> Evidence:
              "lower than the best bigram table's, and above the intact model's",
              h_bigram - 1e-6 <= all_off and all_off > base,
              f"{all_off:.3f} ≥ H(next|current) {h_bigram:.3f}; intact {base:.3f}")
+    ev.cite("head importance I_h = E_x |∂L/∂ξ_h| from per-head gates; a large fraction of "
+            "heads can be removed at test time", "Michel et al. 2019, \"Are Sixteen Heads "
+            "Really Better than One?\"; docs/sources.md")
+    ev.cite("pruning 38 of 48 encoder heads costs 0.15 BLEU (WMT En-Ru)",
+            "Voita et al. 2019, \"Analyzing Multi-Head Self-Attention\"; docs/sources.md")
     full = committed("redundancy")
     if full is not None:
         fs, runs = full["summary"], full["runs"]
