@@ -135,3 +135,43 @@ def paper_memory_per_device(n_tokens: int, world: int, *, n_layers: int = 32,
     kv_layer = 2 * n_kv_heads * head_dim * n * dtype_bytes
     return {"tokens_per_device": n, "kv_cache": n_layers * kv_layer, "ring_buffers": 2 * kv_layer,
             "attention_io": 2 * n_heads * head_dim * n * dtype_bytes + n_heads * n * 4}
+
+
+def main(argv=None) -> None:
+    """`python -m attnlab.distributed.memory --out FILE`: measure the per-rank memory of
+    causal ring attention (forward + backward, float32) at P = 2 and 4 for N = 4096 and
+    write it as JSON — the committed run the grill quotes (experiments/results/)."""
+    import argparse
+    import json
+    import sys
+    import time
+
+    p = argparse.ArgumentParser(prog="python -m attnlab.distributed.memory")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--worlds", default="2,4", help="comma-separated world sizes")
+    args = p.parse_args(argv)
+    worlds = [int(w) for w in args.worlds.split(",")]
+    runs = []
+    for world in worlds:
+        t0 = time.perf_counter()
+        r = per_rank_memory(args.tokens, world)
+        runs.append({"method": r.method, "world": r.world, "n_tokens": r.n_tokens,
+                     "kv_bytes_per_rank": list(r.kv_bytes_per_rank),
+                     "peak_bytes_per_rank": list(r.peak_bytes_per_rank),
+                     "one_rank_peak_bytes": r.one_rank_peak_bytes,
+                     "single_kv_bytes": r.single_kv_bytes,
+                     "single_peak_bytes": r.single_peak_bytes,
+                     "describe": r.describe(), "seconds": round(time.perf_counter() - t0, 1)})
+    data = {"mode": "full", "command": "python -m attnlab.distributed.memory "
+            + " ".join(sys.argv[1:] if argv is None else argv),
+            "problem": "causal ring attention, B=1, Hq=8, Hkv=2, D=64, fp32, block 128, "
+                       "forward + backward, one thread per rank", "runs": runs}
+    with open(args.out, "w") as f:
+        json.dump(data, f, indent=1)
+    for r in runs:
+        print(r["describe"])
+
+
+if __name__ == "__main__":
+    main()

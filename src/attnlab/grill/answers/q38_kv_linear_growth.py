@@ -10,6 +10,7 @@ from ...cache.paged import PagedKVCache
 from ...layers.attention import Attention
 from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
+from ._context_parallel import add_context_parallel_memory
 
 
 def _fit_line(xs: list[int], ys: list[int]) -> tuple[float, float, float]:
@@ -100,8 +101,10 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.measurements["Mistral-7B fp16 bytes/sequence at 8K and 32K (W = 4096)"] = (m8k, m32k)
     ev.check("a sliding window stops the growth (Mistral 8K == 32K)", m8k == m32k,
              f"{m8k} vs {m32k}")
+    # beyond one device: context parallelism splits the line P ways (attnlab.distributed)
+    cp = add_context_parallel_memory(ev, ctx, focus="kv")
     ev.key_figure = (f"used bytes grow {slope:,.0f} B/token (formula {per_token:,}); "
-                     f"Llama-2-70B {s70:,.0f} B/token fp16")
+                     f"Llama-2-70B {s70:,.0f} B/token fp16" + (f"; {cp}" if cp else ""))
     return ev
 
 
@@ -142,11 +145,18 @@ QUESTION = Question(
         " How the line is allocated is a separate choice: a preallocated cache reserves "
         "the whole context up front, a paged cache (vLLM) reserves 16-token blocks as "
         "tokens arrive and wastes under one block per sequence."
+        " Beyond one device, context parallelism splits the line itself: each of P ranks "
+        "holds the K/V of its N/P positions (contiguous or zigzag shards), so a 1M-token "
+        "context with Llama-3-8B-like heads needs 128 GiB of bf16 cache on one device but "
+        "16 GiB on each of 8 and 2 GiB on each of 64; ring attention then streams the other "
+        "ranks' K/V past each rank's queries one shard at a time instead of storing them. "
+        "The evidence shards real K/V tensors and shows a measured ring run's per-rank bytes."
     ),
     formulas=[
         "KV bytes = 2 · L · H_kv · d_head · T · bytes_per_element · batch",
         "bytes/token = 2 · L · H_kv · d_head · bytes   (Llama-2-70B fp16: 2·80·8·128·2 = 327,680)",
         "MLA: bytes/token = L · (d_c + d_R) · bytes;  sliding window: T → min(T, W)",
+        "context parallel over P devices: KV bytes per device = 2 · L · H_kv · d_head · ⌈N/P⌉ · bytes",
     ],
     seed_note=(
         "The seed's formula was lost. It also speaks of one vector per head; with GQA/MQA the "

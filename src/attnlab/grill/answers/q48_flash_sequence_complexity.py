@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -11,6 +12,7 @@ from ...analysis.allocations import measure_allocations
 from ...ops.softmax import attention_reference, flash_attention
 from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
+from ._context_parallel import add_context_parallel_memory
 
 
 class _MatmulTraffic(TorchDispatchMode):
@@ -78,7 +80,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.measurements["K/V part predicted 2·(N/B_q)·N·d·4"] = kv_pred
     ev.check("FLOPs grow as N² (fitted exponent 2 ± 0.02)", abs(s_flops - 2) < 0.02, f"{s_flops:.3f}")
     # the part of peak memory that grows with N: increments between doublings
-    inc = [b - a for a, b in zip(mem, mem[1:])]
+    inc = [b - a for a, b in pairwise(mem)]
     s_inc = _slope(ns[1:], inc) if all(x > 0 for x in inc) else float("nan")
     per_token = [i / (b - a) for i, a, b in zip(inc, ns, ns[1:])]
     expect = h * (d + 1) * 4  # output row (d floats) + one lse per row, fp32, per head
@@ -99,6 +101,10 @@ def evidence(ctx: EvidenceContext) -> Evidence:
                      f"(growing part ∝ N^{s_inc:.2f}; dense N^{s_ref:.2f}); "
                      f"matmul traffic "
                      f"{traffic[64] / 2**20:.1f} → {traffic[512] / 2**20:.1f} MiB as B_q 64 → 512")
+    # beyond one device: the O(N) working set and the O(N²) work split over P ranks
+    cp = add_context_parallel_memory(ev, ctx, focus="activations")
+    if cp:
+        ev.key_figure += f"; {cp}"
     return ev
 
 
@@ -125,12 +131,16 @@ QUESTION = Question(
         "Time O(N²·d) — quadratic in sequence length, exactly like standard attention — and "
         "extra memory O(N) instead of O(N²). Its slow-memory traffic is Θ(N²·d²/M) for an "
         "on-chip memory of M elements, because each query block of size ~M/d re-reads all "
-        "of K and V; bigger tiles mean fewer re-reads."
+        "of K and V; bigger tiles mean fewer re-reads. Across P devices (ring or zigzag "
+        "context parallelism) each rank keeps the O(N/P) part — its queries, output and lse "
+        "— plus two K/V shards in flight, and does 1/P of the O(N²) work; the evidence "
+        "quotes a measured ring run's peak memory per rank against the same ring on one rank."
     ),
     formulas=[
         "time: Θ(N²·d) (forward 4·N²·d FLOPs per head)",
         "extra memory: Θ(N)   (standard: Θ(N²))",
         "slow-memory traffic: Θ(N²·d²/M)   (standard: Θ(N·d + N²))",
+        "P devices: time Θ(N²·d/P) each, memory Θ(N/P) + 2 K/V shards in flight",
     ],
     seed_note=(
         "The seed answers a different question ('same FLOPs, lower memory access'); the "
