@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attnlab.grill.answers._tiny import tiny_lm
-from attnlab.layers.attention import AttentionSpec
+from attnlab.layers.attention import Attention, AttentionSpec
 from attnlab.models.config import ModelConfig
 from attnlab.models.lm import TinyLM
 from attnlab.serving.engine import Engine, EngineConfig, Request, generate_one
@@ -40,7 +40,7 @@ def test_batched_equals_one_at_a_time(model, reqs_and_reference):
     assert max(eng.stats.batch_sizes) > 1  # requests really shared steps
     assert eng.stats.preemptions == 0
     eng.cache.check_invariants()
-    assert eng.cache.allocator.n_owned == 0  # everything freed at the end
+    assert eng.cache.n_owned == 0  # everything freed at the end
 
 
 @pytest.mark.parametrize("mode", ["swap", "recompute"])
@@ -118,10 +118,11 @@ def test_bad_input(model):
     with pytest.raises(ValueError, match=r"\[0, 101\)"):
         eng.add_request(Request([500], 1))
     torch.manual_seed(0)
-    windowed = TinyLM(ModelConfig(vocab_size=11, d_model=16, n_layers=1,
-                                  mixers=AttentionSpec(n_heads=2, window=4)))
-    with pytest.raises(ValueError, match="not servable"):
-        Engine(windowed, EngineConfig(num_blocks=4))
+    bidir = TinyLM(ModelConfig(vocab_size=11, d_model=16, n_layers=1,
+                               mixers=AttentionSpec(n_heads=2)))
+    bidir.blocks[0].mixer = Attention(16, 2, causal=False)
+    with pytest.raises(ValueError, match=r"blocks\[0\].mixer \(Attention\) is not servable"):
+        Engine(bidir, EngineConfig(num_blocks=4))
 
 
 def test_cli_generate_matches_alone_under_preemption():
