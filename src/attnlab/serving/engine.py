@@ -139,9 +139,10 @@ class Engine:
         if total > self.model.cfg.max_seq_len:
             raise ValueError(f"prompt + max_new_tokens ({total}) exceeds the model's "
                              f"max_seq_len ({self.model.cfg.max_seq_len})")
-        if -(-total // self.cfg.block_size) > self.cfg.num_blocks:
-            raise ValueError(f"request needs up to {-(-total // self.cfg.block_size)} blocks but "
-                             f"the pool has num_blocks ({self.cfg.num_blocks})")
+        need = self.cache.blocks_for(total, self.cfg.prefill_chunk)
+        if need > self.cfg.num_blocks:
+            raise ValueError(f"request needs up to {need} blocks but the pool has num_blocks "
+                             f"({self.cfg.num_blocks})")
         rid = self._next_id
         self._next_id += 1
         self.waiting.append(_Seq(rid, req))
@@ -165,6 +166,16 @@ class Engine:
             self.stats.recomputed_tokens += s.computed
             s.computed = 0
             self.waiting.insert(0, s)  # first in line to come back
+
+    def preempt(self, rid: int) -> bool:
+        """Preempt running request `rid` now, with the configured mode (an operator's or a
+        test's preemption; the scheduler preempts by itself when memory runs out).
+        Returns False when `rid` is not running (waiting, swapped or finished)."""
+        s = next((s for s in self.running if s.rid == rid), None)
+        if s is None:
+            return False
+        self._preempt(s)
+        return True
 
     def _fit(self, s: _Seq, n: int) -> bool:
         """Preempt the youngest running sequences until `s` can take n tokens; False if

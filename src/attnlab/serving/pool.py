@@ -107,6 +107,17 @@ class ServingCache:
             self.states.add(seq_id)
         return min(hits) if hits else 0
 
+    def blocks_for(self, total: int, chunk: int) -> int:
+        """Most blocks one sequence of `total` tokens holds in any group at once (a
+        windowed group holds the window + one chunk, whatever the length)."""
+        bs, need = self.block_size, 0
+        for lay, _, _ in self.groups:
+            full = -(-total // bs)
+            if lay.window is not None:
+                full = min(full, -(-(lay.window - 1 + chunk) // bs) + 1)
+            need = max(need, full)
+        return need
+
     def fits(self, seq_id, n: int) -> bool:
         """Whether reserving n more tokens for seq_id fits in every group."""
         return all(p.blocks_needed(seq_id, n) <= p.allocator.n_free for p in self.pools)
