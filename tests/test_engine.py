@@ -141,5 +141,16 @@ def test_cli_generate_matches_alone_under_preemption():
     assert len(out["requests"]) == 5
     assert all(q["same_as_alone"] for q in out["requests"])
     assert out["stats"]["preemptions"] > 0
+    r = CliRunner().invoke(app, ["generate", "--model", "hybrid-window", "--window", "4",
+                                 "--random", "3", "-n", "10", "--num-blocks", "16",
+                                 "--block-size", "4", "--check", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert all(q["same_as_alone"] for q in out["requests"])
+    st = out["stats"]
+    assert st["model"] == "hybrid-window" and st["generated_tokens"] == 30
+    assert 0 < st["kv_peak_in_use_bytes"] <= st["kv_pool_bytes"] and st["tokens_per_s"] > 0
+    bad = CliRunner().invoke(app, ["generate", "--model", "transformer-xl", "-p", "1"])
+    assert bad.exit_code != 0 and "--model" in bad.output
     bad = CliRunner().invoke(app, ["generate", "-p", "1,x"])
     assert bad.exit_code != 0 and "comma-separated" in bad.output
