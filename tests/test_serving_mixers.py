@@ -117,3 +117,14 @@ def test_mla_pool_stores_the_latent_once():
     # 2 layers × (kv_lora_rank + rope key) elements × 4 tokens × 4 bytes: no values
     assert pool.bytes_per_block == 2 * (spec.kv_lora_rank + spec.qk_rope_head_dim) * 4 * 4
     assert eng.cache.blocks_for(30, 8) == 8
+
+
+def test_measured_sequence_memory_equals_the_layout_formula():
+    from attnlab.serving.measure import sequence_memory
+
+    for kind in ("window", "hybrid-ssd", "ssd"):
+        got = sequence_memory(kind, [40, 150, 300], d_model=32, window=16, prefill_chunk=32)
+        assert all(v["measured"] == v["formula"] > 0 for v in got.values()), (kind, got)
+    assert got[40]["measured"] == got[300]["measured"]  # SSD: constant state
+    win = sequence_memory("window", [150, 300], d_model=32, window=16, prefill_chunk=32)
+    assert win[150] == win[300]  # flat beyond the window
