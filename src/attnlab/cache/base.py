@@ -87,6 +87,12 @@ class KVCache(ABC):
         """Absolute positions of the slots returned by the last update."""
         return torch.arange(self.seq_len(layer_idx))
 
+    def rope_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        """The RoPE position of every slot returned by the last update. Default: keys
+        are stored rotated with their absolute positions (`kv_positions`); a cache with
+        `rope_in_cache` returns the positions its reader rotates them with."""
+        return self.kv_positions(layer_idx)
+
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                attention, q_pos: torch.Tensor, window: int | None = None,
                rotate=None, scale: float | None = None) -> torch.Tensor:
@@ -107,8 +113,9 @@ class KVCache(ABC):
             if rotate is None:
                 raise ValueError(f"{type(self).__name__} stores keys before RoPE; attend "
                                  "needs the layer's rotate function")
+            rope = self.rope_positions(layer_idx)  # (L,) where RoPE puts each slot
             q_pos = kv_pos[-N:]
-            q, k_all = rotate(q, q_pos), rotate(k_all, kv_pos)
+            q, k_all = rotate(q, rope[-N:]), rotate(k_all, rope)
         if window is not None and self.slots_in_order and q_pos.ndim == 1 and N:
             # keys before the first query's window are masked for every query: skip them,
             # so a decode step reads W keys, not the whole history (exact)
@@ -205,6 +212,9 @@ class CacheStack(KVCache):
 
     def kv_positions(self, layer_idx: int = 0) -> torch.Tensor:
         return self.layer(layer_idx).kv_positions(0)
+
+    def rope_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        return self.layer(layer_idx).rope_positions(0)
 
     def check_append(self, n_tokens: int) -> None:
         """Every layer's own check, before any layer writes (layers may differ in kind and
