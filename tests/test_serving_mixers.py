@@ -4,6 +4,7 @@ by a small pool), prefix sharing; windowed layers keep O(W) blocks per sequence.
 import random
 
 import pytest
+import torch
 
 from attnlab.serving.engine import Engine, EngineConfig, Request, generate_one
 from attnlab.serving.zoo import MODEL_KINDS, serving_model
@@ -128,3 +129,28 @@ def test_measured_sequence_memory_equals_the_layout_formula():
     assert got[40]["measured"] == got[300]["measured"]  # SSD: constant state
     win = sequence_memory("window", [150, 300], d_model=32, window=16, prefill_chunk=32)
     assert win[150] == win[300]  # flat beyond the window
+
+
+@pytest.mark.parametrize("kind", ["window", "mla"])
+def test_model_on_a_paged_batch_view_equals_contiguous(kind):
+    """`model(tokens, pool.batch_view(ids))`: the model's forward on a windowed pool
+    (which releases blocks behind the window) or a latent pool equals the contiguous
+    cache, chunked prefill and decode alike; the view reads blocks in place."""
+    from attnlab.cache.paged import EVICTED, PagedKVCache
+
+    model = make(kind)
+    lay = model.blocks[0].mixer.serving_layout()
+    pool = PagedKVCache(2, lay.n_kv_heads, lay.head_dim, 40, 4, lay.v_head_dim,
+                        prefix_caching=False, window=lay.window,
+                        values_are_keys=lay.values_are_keys)
+    for s in ("a", "b"):
+        pool.add_sequence(s)
+    view, cont = pool.batch_view(["a", "b"]), model.new_cache(2, 40)
+    toks = torch.randint(0, 101, (2, 31), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for lo, hi in ((0, 13), (13, 14), (14, 22), (22, 23), (23, 31)):
+            torch.testing.assert_close(model(toks[:, lo:hi], view), model(toks[:, lo:hi], cont),
+                                       atol=2e-5, rtol=1e-4)
+    pool.check_invariants()
+    if kind == "window":  # W = 6, block 4: blocks before the last chunk's window released
+        assert EVICTED in pool.block_table("a") and pool.live_blocks("a") <= 4
