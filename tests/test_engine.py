@@ -154,3 +154,15 @@ def test_cli_generate_matches_alone_under_preemption():
     assert bad.exit_code != 0 and "--model" in bad.output
     bad = CliRunner().invoke(app, ["generate", "-p", "1,x"])
     assert bad.exit_code != 0 and "comma-separated" in bad.output
+
+
+@pytest.mark.parametrize("mode", ["swap", "recompute"])
+def test_requests_needing_the_whole_pool_finish(model, mode):
+    """Each request needs every block of the pool: they take turns (preempting each
+    other) and both finish with their uninterrupted tokens; none waits forever."""
+    reqs = [Request(list(range(1, 11)), 14), Request(list(range(20, 30)), 14)]
+    eng = Engine(model, EngineConfig(num_blocks=6, block_size=4, preemption=mode,
+                                     prefill_chunk=4))
+    res = eng.run(reqs, max_steps=500)
+    assert [r.tokens for r in res] == [generate_one(model, r.prompt, 14) for r in reqs]
+    assert eng.cache.n_owned == 0

@@ -123,9 +123,11 @@ class ServingCache:
         return all(p.blocks_needed(seq_id, n) <= p.allocator.n_free for p in self.pools)
 
     def fits_swap_in(self, saved: dict, n: int) -> bool:
+        """Whether a swapped-out sequence can come back and take n more tokens."""
+        bs = self.block_size
         for (_, _, p), sw in zip(self.groups, saved["paged"]):
-            live = sw.k.shape[2]
-            if live + -(-n // self.block_size) + 1 > p.allocator.n_free:
+            grow = -(-(sw.length + n) // bs) - -(-sw.length // bs)  # blocks the n tokens add
+            if sw.k.shape[2] + grow > p.allocator.n_free:
                 return False
         return self.states is None or self.states.n_free > 0
 
