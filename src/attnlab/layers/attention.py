@@ -141,11 +141,6 @@ def check_kv_cache(kv_cache, window: int | None) -> str:
     return kv_cache
 
 
-def check_cache(cache) -> None:
-    if cache is not None and not isinstance(cache, KVCache):
-        raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
-
-
 def self_attention_mask(window: int | None, is_causal: bool) -> Mask | None:
     """causal(), sliding_window(W), or None (bidirectional)."""
     if window is not None:

@@ -21,6 +21,7 @@ class Mixer(nn.Module):
     """Base class for token mixers; `layer_idx` addresses the mixer's slot in a cache."""
 
     layer_idx: int = 0
+    takes_positions: bool = False  # forward accepts attention_mask / position_ids (HF)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         raise NotImplementedError
