@@ -66,14 +66,18 @@ def bench_engine_vs_plain(batches, prompt_len: int, new: int, lines: list[str]) 
     model = serving_model("gqa", d_model=64, max_seq_len=prompt_len + new)
     a = model.blocks[0].mixer
     q = torch.zeros(16, a.n_heads, 1, a.head_dim)
-    kv = torch.zeros(16, a.n_kv_heads, prompt_len, a.head_dim)
+    kv0 = torch.zeros(16, a.n_kv_heads, prompt_len, a.head_dim)
+    kv1 = torch.zeros(16, a.n_kv_heads, prompt_len + new, a.head_dim)
+    pos0, pos1 = torch.arange(prompt_len), torch.arange(prompt_len + new)
+    picks = sorted({choose_backend(q, kv0, kv0, a.mask, pos0[-1:], pos0),
+                    choose_backend(q, kv1, kv1, a.mask, pos1[-1:], pos1)})
     lines += [(f"## Engine vs a plain batched decode loop (tiny GQA LM: 2 layers, d_model 64, "
                f"4 query / 2 KV heads, head_dim 16, fp32; prompt {prompt_len}, {new} new "
                "tokens, greedy)"), "",
               ("Same model, same prompts, same greedy tokens. Peer: one plain loop over "
                "contiguous caches (`model.new_cache`), attention through `attnlab.attention` "
-               f"(auto dispatch picks `{choose_backend(q, kv, kv, a.mask, None, None)}` for "
-               "these decode shapes). Engine: scheduler + per-step views + the paged pool read "
+               f"(auto dispatch picks {' / '.join(f'`{p}`' for p in picks)} for these decode "
+               "shapes over the run). Engine: scheduler + per-step views + the paged pool read "
                "in place by `ops.paged.paged_attention` (block ranges; consecutive blocks read "
                "as views at batch 1, gathered chunk by chunk at batch > 1; torch's fused CPU "
                "flash kernel per range). Median decode step = steps where every sequence "

@@ -78,7 +78,7 @@ class Result:
     preemptions: int
 
 
-@dataclass
+@dataclass(eq=False)  # identity: `in running` / `remove` must not compare token lists
 class _Seq:
     rid: int
     req: Request
@@ -90,6 +90,17 @@ class _Seq:
     @property
     def all_tokens(self) -> list[int]:
         return self.req.prompt + self.generated
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.req.prompt) + len(self.generated)
+
+    def tokens(self, a: int, b: int) -> list[int]:
+        """Token ids of positions a..b−1 (without copying the whole history)."""
+        p = self.req.prompt
+        if b <= len(p):
+            return p[a:b]
+        return p[a:] + self.generated[max(0, a - len(p)):b - len(p)]
 
 
 @dataclass
@@ -194,7 +205,7 @@ class Engine:
         for s in list(self.running):
             if s not in self.running or budget == 0:
                 continue
-            n = min(len(s.all_tokens) - s.computed, self.cfg.prefill_chunk, budget)
+            n = min(s.n_tokens - s.computed, self.cfg.prefill_chunk, budget)
             before = self.stats.preemptions
             if self._fit(s, n):
                 plan.append(self._reserve(s, n))
@@ -204,7 +215,7 @@ class Engine:
             return plan
         while self.swapped and len(self.running) < self.cfg.max_running and budget > 0:
             s = self.swapped[0]
-            n = min(len(s.all_tokens) - s.computed, self.cfg.prefill_chunk, budget)
+            n = min(s.n_tokens - s.computed, self.cfg.prefill_chunk, budget)
             if not self.cache.fits_swap_in(s.swapped, n):
                 break
             self.swapped.pop(0)
@@ -222,7 +233,7 @@ class Engine:
                 continue
             if not self.cache.has_sequence(s.rid):
                 s.computed = self.cache.add_sequence(s.rid, s.all_tokens)  # prefix hit
-            n = min(len(s.all_tokens) - s.computed, self.cfg.prefill_chunk, budget)
+            n = min(s.n_tokens - s.computed, self.cfg.prefill_chunk, budget)
             if not self.cache.fits(s.rid, n):
                 self.cache.free(s.rid)  # give shared prefix blocks back; retry later
                 s.computed = 0
@@ -236,7 +247,7 @@ class Engine:
 
     def _reserve(self, s: _Seq, n: int) -> tuple[_Seq, int, list[int], int]:
         """Claim pool slots for s's next n tokens now, so later decisions see them taken."""
-        toks = s.all_tokens[s.computed:s.computed + n]
+        toks = s.tokens(s.computed, s.computed + n)
         self.cache.reserve(s.rid, n, tokens=toks)
         return s, n, toks, s.computed
 
@@ -275,7 +286,7 @@ class Engine:
             row = rows[i]
             s.computed += n
             self.cache.register_full_blocks(s.rid)
-            if s.computed < len(s.all_tokens):
+            if s.computed < s.n_tokens:
                 continue  # mid-prefill: no token yet
             tok = int(row.argmax())  # greedy
             s.generated.append(tok)
