@@ -154,3 +154,24 @@ def test_model_on_a_paged_batch_view_equals_contiguous(kind):
     pool.check_invariants()
     if kind == "window":  # W = 6, block 4: blocks before the last chunk's window released
         assert EVICTED in pool.block_table("a") and pool.live_blocks("a") <= 4
+
+
+def test_engine_serves_hf_style_layers_through_their_own_forward():
+    """q/k norms, YaRN-scaled RoPE and q/k/v biases (Qwen/OLMo-style checkpoints) live
+    in the layer's forward; the engine calls it, so it serves them unchanged."""
+    from attnlab.layers.attention import AttentionSpec
+    from attnlab.models.config import ModelConfig
+    from attnlab.models.lm import TinyLM
+    from attnlab.ops.rope_scaling import RopeScaling
+
+    torch.manual_seed(0)
+    spec = AttentionSpec(n_heads=4, n_kv_heads=2, qk_norm="head", bias=(True, True, True, False),
+                         rope_scaling=RopeScaling(kind="yarn", factor=4.0,
+                                                  original_max_position=32))
+    model = TinyLM(ModelConfig(vocab_size=101, d_model=32, n_layers=2, mixers=spec,
+                               max_seq_len=128, init_std=0.1)).eval()
+    reqs = requests(5, n=4)
+    eng = Engine(model, EngineConfig(num_blocks=20, block_size=4, max_batch_tokens=32,
+                                     prefill_chunk=8))
+    assert [r.tokens for r in eng.run(reqs)] == \
+        [generate_one(model, r.prompt, r.max_new_tokens) for r in reqs]
