@@ -141,7 +141,7 @@ class TinyLM(nn.Module):
                                    ("position_ids", position_ids)) if v is not None}
         if given:
             for i, block in enumerate(self.blocks):
-                if not block.mixer.takes_positions:
+                if not (isinstance(block.mixer, Mixer) and block.mixer.takes_positions):
                     raise ValueError(f"{' and '.join(given)} given, but blocks[{i}].mixer "
                                      f"({type(block.mixer).__name__}) does not take them; "
                                      "expected softmax attention or MLA layers")
