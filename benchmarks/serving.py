@@ -11,6 +11,10 @@
    with shuffled blocks (gathered chunk by chunk); peer: split-KV decoding over one
    contiguous cache (`ops.softmax.decode`), the same math without paging.
 
+3. The engine through the model's own forward (`benchmarks.serving_engine`): batch-16
+   decode against a plain batched loop, throughput per mixer kind, KV bytes per sequence
+   vs context (windowed layers flat beyond W, plot), memory per sequence at 4K / 32K.
+
 Run: `python -m benchmarks.serving` (add `--quick` for a short smoke run).
 """
 from __future__ import annotations
@@ -30,6 +34,7 @@ from attnlab.ops.paged import paged_attention
 from attnlab.ops.softmax.decode import decode_attention
 from attnlab.serving.engine import Engine, EngineConfig, Request
 
+from . import serving_engine
 from .common import header, matmul_peak_flops, stream_bandwidth, time_fn, write_results
 
 
@@ -281,7 +286,8 @@ NOTES = """## Notes
 - The HF DynamicCache and torch.cat peers plug into the same TinyLM attention layer through
   attnlab's cache interface, so every row runs identical attention math; only the cache
   differs. The paged row is the continuous-batching engine (`serving.Engine`: scheduler,
-  packed forward, paged attention over block tables), the others a plain model loop.
+  the model's own forward on per-layer paged views, paged attention over block tables),
+  the others a plain model loop.
 - "tokens == contiguous": greedy tokens agreeing with the fp32 contiguous run. Quantized
   caches change the logits slightly; on this randomly initialised model the top logits are
   close, so greedy paths diverge early. Their output error is bounded in the quantized table.
@@ -341,6 +347,8 @@ def main() -> None:
         lines.append(f"- decode loop batch {B}: paged engine / contiguous model loop = "
                      f"{r['attnlab paged (engine)'] / r['attnlab contiguous']:.2f}× total time.")
     lines.append("")
+    torch.set_num_threads(args.threads)
+    serving_engine.run(lines, args.quick, png="benchmarks/results/serving_window_memory.png")
     lines.append(NOTES)
     path = write_results("serving" if not args.quick else "serving_quick", "\n".join(lines))
     print(f"wrote {path}")

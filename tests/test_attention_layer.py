@@ -167,7 +167,7 @@ def test_bad_input_raises_clear_errors():
         layer(torch.randn(1, 5, 31))
     with pytest.raises(TypeError, match=r"x has dtype torch.float64 .* expected torch.float32"):
         layer(torch.randn(1, 5, D_MODEL, dtype=torch.float64))
-    with pytest.raises(TypeError, match=r"cache must be a KVCache or None, got dict"):
+    with pytest.raises(TypeError, match=r"cache must be a KVCache or None \(or an AttentionContext\), got dict"):
         layer(torch.randn(1, 5, D_MODEL), cache={})
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attnlab.grill.answers._tiny import tiny_lm
-from attnlab.layers.attention import AttentionSpec
+from attnlab.layers.attention import Attention, AttentionSpec
 from attnlab.models.config import ModelConfig
 from attnlab.models.lm import TinyLM
 from attnlab.serving.engine import Engine, EngineConfig, Request, generate_one
@@ -40,7 +40,7 @@ def test_batched_equals_one_at_a_time(model, reqs_and_reference):
     assert max(eng.stats.batch_sizes) > 1  # requests really shared steps
     assert eng.stats.preemptions == 0
     eng.cache.check_invariants()
-    assert eng.cache.allocator.n_owned == 0  # everything freed at the end
+    assert eng.cache.n_owned == 0  # everything freed at the end
 
 
 @pytest.mark.parametrize("mode", ["swap", "recompute"])
@@ -118,10 +118,11 @@ def test_bad_input(model):
     with pytest.raises(ValueError, match=r"\[0, 101\)"):
         eng.add_request(Request([500], 1))
     torch.manual_seed(0)
-    windowed = TinyLM(ModelConfig(vocab_size=11, d_model=16, n_layers=1,
-                                  mixers=AttentionSpec(n_heads=2, window=4)))
-    with pytest.raises(ValueError, match="not servable"):
-        Engine(windowed, EngineConfig(num_blocks=4))
+    bidir = TinyLM(ModelConfig(vocab_size=11, d_model=16, n_layers=1,
+                               mixers=AttentionSpec(n_heads=2)))
+    bidir.blocks[0].mixer = Attention(16, 2, causal=False)
+    with pytest.raises(ValueError, match=r"blocks\[0\].mixer \(Attention\) is not servable"):
+        Engine(bidir, EngineConfig(num_blocks=4))
 
 
 def test_cli_generate_matches_alone_under_preemption():
@@ -140,5 +141,28 @@ def test_cli_generate_matches_alone_under_preemption():
     assert len(out["requests"]) == 5
     assert all(q["same_as_alone"] for q in out["requests"])
     assert out["stats"]["preemptions"] > 0
+    r = CliRunner().invoke(app, ["generate", "--model", "hybrid-window", "--window", "4",
+                                 "--random", "3", "-n", "10", "--num-blocks", "16",
+                                 "--block-size", "4", "--check", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert all(q["same_as_alone"] for q in out["requests"])
+    st = out["stats"]
+    assert st["model"] == "hybrid-window" and st["generated_tokens"] == 30
+    assert 0 < st["kv_peak_in_use_bytes"] <= st["kv_pool_bytes"] and st["tokens_per_s"] > 0
+    bad = CliRunner().invoke(app, ["generate", "--model", "transformer-xl", "-p", "1"])
+    assert bad.exit_code != 0 and "--model" in bad.output
     bad = CliRunner().invoke(app, ["generate", "-p", "1,x"])
     assert bad.exit_code != 0 and "comma-separated" in bad.output
+
+
+@pytest.mark.parametrize("mode", ["swap", "recompute"])
+def test_requests_needing_the_whole_pool_finish(model, mode):
+    """Each request needs every block of the pool: they take turns (preempting each
+    other) and both finish with their uninterrupted tokens; none waits forever."""
+    reqs = [Request(list(range(1, 11)), 14), Request(list(range(20, 30)), 14)]
+    eng = Engine(model, EngineConfig(num_blocks=6, block_size=4, preemption=mode,
+                                     prefill_chunk=4))
+    res = eng.run(reqs, max_steps=500)
+    assert [r.tokens for r in res] == [generate_one(model, r.prompt, 14) for r in reqs]
+    assert eng.cache.n_owned == 0

@@ -93,17 +93,18 @@ def test_state_bytes_flat_after_1k_and_64k_tokens():
         assert cache.seq_len(0) == 65536  # nothing written
 
 
-def test_recurrent_cache_update_folds_keys_and_values():
+def test_recurrent_cache_stores_state_and_does_no_attention_math():
     cache = RecurrentStateCache(2, 3, {"S": (2, 4, 5), "z": (2, 4)}, capacity=10)
     k, v = torch.rand(3, 2, 6, 4), torch.randn(3, 2, 6, 5)
-    S, z = cache.update(1, k[:, :, :2], v[:, :, :2])
-    S, z = cache.update(1, k[:, :, 2:], v[:, :, 2:])
-    torch.testing.assert_close(S, torch.einsum("bhnf,bhnd->bhfd", k, v))
-    torch.testing.assert_close(z, k.sum(2))
+    with pytest.raises(TypeError, match="holds recurrent state, not keys/values"):
+        cache.update(1, k, v)  # the layer owns the recurrence, the cache only stores
+    S = torch.einsum("bhnf,bhnd->bhfd", k, v)
+    cache.commit(1, {"S": S, "z": k.sum(2)}, 6)
+    torch.testing.assert_close(cache.state(1)["S"], S)
     assert cache.seq_len(1) == 6 and cache.seq_len(0) == 0
     assert cache.nbytes == 2 * 3 * (2 * 4 * 5 + 2 * 4) * 4
     with pytest.raises(CacheOverflowError):
-        cache.update(1, k, v)
+        cache.commit(1, {"S": S, "z": k.sum(2)}, 6)
     assert cache.seq_len(1) == 6
     with pytest.raises(ValueError, match="new_state\\['S'\\] has shape"):
         cache.commit(0, {"S": torch.zeros(3, 2, 4, 4), "z": torch.zeros(3, 2, 4)}, 1)

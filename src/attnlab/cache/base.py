@@ -9,6 +9,19 @@ Position convention: `seq_len(layer_idx)` is the number of tokens appended so fa
 the absolute position the next token will have. `kv_positions(layer_idx)` gives the
 absolute position of every slot returned by the last `update` (caches that drop or
 reorder tokens document what they return).
+
+What a layer may rely on is declared here, as interface, never found out by type checks:
+- `attend(layer_idx, q, k, v, ...)`: append k/v and return attention of q over what the
+  cache holds. The default calls `update` and attends over the returned views; a paged
+  view overrides it to read blocks in place (`in_place_attention = True`: its `update`
+  would have to copy the history, so layers must go through `attend`).
+- `rope_in_cache`: keys are stored before RoPE and rotated by the reader with the
+  positions the cache reports (the StreamingLLM sink cache); False = keys are stored
+  rotated with their absolute positions.
+- `slots_in_order`: slot j of the returned keys holds absolute position j (a windowed
+  reader may skip the slots before its window by slicing).
+- `state(layer_idx)` / `commit(layer_idx, new_state, n_tokens)`: recurrent state
+  (linear attention, SSD, RWKV); caches without state refuse with a TypeError.
 """
 from __future__ import annotations
 
@@ -39,6 +52,9 @@ class KVCache(ABC):
     """Abstract base of every attnlab cache."""
 
     n_layers: int
+    rope_in_cache: bool = False  # keys stored pre-RoPE, rotated at read (sink cache)
+    slots_in_order: bool = False  # slot j holds absolute position j (contiguous cache)
+    in_place_attention: bool = False  # update() would copy the history: use attend()
 
     @abstractmethod
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
@@ -70,6 +86,51 @@ class KVCache(ABC):
     def kv_positions(self, layer_idx: int = 0) -> torch.Tensor:
         """Absolute positions of the slots returned by the last update."""
         return torch.arange(self.seq_len(layer_idx))
+
+    def rope_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        """The RoPE position of every slot returned by the last update. Default: keys
+        are stored rotated with their absolute positions (`kv_positions`); a cache with
+        `rope_in_cache` returns the positions its reader rotates them with."""
+        return self.kv_positions(layer_idx)
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+               attention, q_pos: torch.Tensor, window: int | None = None,
+               rotate=None, scale: float | None = None) -> torch.Tensor:
+        """Append k, v (B, Hkv, N, D) and return `attention(q, k_all, v_all, q_pos=,
+        kv_pos=)` over what this layer's cache holds, (B, H, N, Dv).
+
+        `attention` evaluates the layer's mask on absolute positions; `window` (keys a
+        query sees) lets a cache with `slots_in_order` skip slots no query of the call
+        sees (exact); `rotate(x, positions)` is the layer's RoPE, used when the cache
+        keeps keys pre-RoPE (`rope_in_cache`): queries then sit at the last N in-cache
+        positions. `attention(q, k, v, q_pos=, kv_pos=, extra_mask=None)` is the layer's
+        own attention (its mask, scale, backend, hook); `scale` is given for caches that
+        run their own kernel (paged views)."""
+        N = q.shape[2]
+        k_all, v_all = self.update(layer_idx, k, v)  # (B, Hkv, L, D) views
+        kv_pos = self.kv_positions(layer_idx)  # (L,)
+        if self.rope_in_cache:
+            if rotate is None:
+                raise ValueError(f"{type(self).__name__} stores keys before RoPE; attend "
+                                 "needs the layer's rotate function")
+            rope = self.rope_positions(layer_idx)  # (L,) where RoPE puts each slot
+            q_pos = kv_pos[-N:]
+            q, k_all = rotate(q, rope[-N:]), rotate(k_all, rope)
+        if window is not None and self.slots_in_order and q_pos.ndim == 1 and N:
+            # keys before the first query's window are masked for every query: skip them,
+            # so a decode step reads W keys, not the whole history (exact)
+            lo = max(0, int(q_pos[0]) - window + 1)
+            k_all, v_all, kv_pos = k_all[:, :, lo:], v_all[:, :, lo:], kv_pos[lo:]
+        return attention(q, k_all, v_all, q_pos=q_pos, kv_pos=kv_pos)
+
+    def state(self, layer_idx: int) -> dict[str, torch.Tensor]:
+        """Recurrent state of one layer; caches of keys/values have none."""
+        raise TypeError(f"{type(self).__name__} holds keys/values, not recurrent state; "
+                        "expected a RecurrentStateCache (or the engine's state-slot view)")
+
+    def commit(self, layer_idx: int, new_state, n_tokens: int) -> None:
+        """Overwrite one layer's recurrent state after n_tokens more tokens."""
+        self.state(layer_idx)  # raises for caches without state
 
     def check_append(self, n_tokens: int) -> None:
         """Raise `CacheOverflowError`, writing nothing, if appending `n_tokens` to every
@@ -137,11 +198,23 @@ class CacheStack(KVCache):
     def update(self, layer_idx, k, v):
         return self.layer(layer_idx).update(0, k, v)
 
+    def attend(self, layer_idx, q, k, v, **kw):
+        return self.layer(layer_idx).attend(0, q, k, v, **kw)
+
+    def state(self, layer_idx):
+        return self.layer(layer_idx).state(0)
+
+    def commit(self, layer_idx, new_state, n_tokens):
+        return self.layer(layer_idx).commit(0, new_state, n_tokens)
+
     def seq_len(self, layer_idx: int = 0) -> int:
         return self.layer(layer_idx).seq_len(0)
 
     def kv_positions(self, layer_idx: int = 0) -> torch.Tensor:
         return self.layer(layer_idx).kv_positions(0)
+
+    def rope_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        return self.layer(layer_idx).rope_positions(0)
 
     def check_append(self, n_tokens: int) -> None:
         """Every layer's own check, before any layer writes (layers may differ in kind and

@@ -144,6 +144,7 @@ class ContiguousKVCache(_SlabCache):
 
     _names = ("k", "v")
     _geometry = ("n_kv_heads", "head_dim", "v_head_dim")
+    slots_in_order = True  # slot j holds absolute position j
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, head_dim: int,
                  capacity: int, v_head_dim: int | None = None, *,

@@ -19,6 +19,13 @@ so a sequence wastes at most `block_size − 1` slots (its last block).
   answers by preempting a sequence (`swap_out` to host memory, or free and recompute).
 - `batch_view(seq_ids)` exposes a group of equal-length sequences through the KVCache
   interface (conventions §4) so a TinyLM forward can run on the pool.
+- `window=W` (sliding-window layers): a block whose positions all lie before the window
+  of the next query is released at `reserve` (its table entry becomes `EVICTED`, -1), so
+  a sequence holds at most ⌈(W − 1 + chunk)/block_size⌉ + 1 blocks: O(W) memory whatever
+  its length. Such a pool does no prefix caching (its early blocks are gone).
+- `values_are_keys=True` (MLA's latent pool): one pool serves as both K and V (the
+  absorbed read uses `[c_KV; k_R]` as key and its first r columns as value), so the
+  latent is stored once.
 
 Costs: reserve/fork/free O(blocks touched); a write is O(T·Hkv·D); reading goes through
 `ops.paged.paged_attention` (no history copy).
@@ -41,19 +48,24 @@ if TYPE_CHECKING:
 __all__ = ["PagedKVCache", "PoolExhaustedError", "SwappedSequence"]
 
 
+EVICTED = -1  # block-table entry of a block released because it left a layer's window
+
+
 @dataclass
 class SwappedSequence:
     """A preempted sequence's blocks copied to host memory (`swap_out`)."""
 
     k: torch.Tensor  # (n_layers, Hkv, n_blocks, block_size, D) on the host
-    v: torch.Tensor  # (n_layers, Hkv, n_blocks, block_size, Dv)
+    v: torch.Tensor  # (n_layers, Hkv, n_blocks, block_size, Dv) (k itself: values_are_keys)
     length: int
     tokens: list[int]  # ids of a prefix of the positions (all of them when tracked)
     tracked: bool = True
+    live: list[int] | None = None  # logical blocks held (None = all; windowed pools)
 
     @property
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+        n = self.k.numel() * self.k.element_size()
+        return n if self.v is self.k else n + self.v.numel() * self.v.element_size()
 
 
 class PagedKVCache:
@@ -62,7 +74,8 @@ class PagedKVCache:
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, num_blocks: int,
                  block_size: int = 16, v_head_dim: int | None = None, *,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                 prefix_caching: bool = True):
+                 prefix_caching: bool = True, window: int | None = None,
+                 values_are_keys: bool = False):
         self.n_layers = check_positive_int("n_layers", n_layers)
         self.n_kv_heads = check_positive_int("n_kv_heads", n_kv_heads)
         self.head_dim = check_positive_int("head_dim", head_dim)
@@ -71,10 +84,19 @@ class PagedKVCache:
         self.block_size = check_positive_int("block_size", block_size)  # vLLM default 16
         self.num_blocks = check_positive_int("num_blocks", num_blocks)
         self.dtype, self.device = _check_dtype_device(dtype, device)
+        self.window = None if window is None else check_positive_int("window", window)
+        if self.window is not None and prefix_caching:
+            raise ValueError(f"window ({window}) releases early blocks, so it needs "
+                             "prefix_caching=False")
         self.prefix_caching = bool(prefix_caching)
+        self.values_are_keys = bool(values_are_keys)
+        if self.values_are_keys and self.v_head_dim != self.head_dim:
+            raise ValueError(f"values_are_keys needs v_head_dim ({self.v_head_dim}) == "
+                             f"head_dim ({self.head_dim})")
         shape = (n_layers, n_kv_heads, num_blocks, block_size)
         self.k_pool = torch.zeros((*shape, head_dim), dtype=dtype, device=self.device)
-        self.v_pool = torch.zeros((*shape, self.v_head_dim), dtype=dtype, device=self.device)
+        self.v_pool = self.k_pool if self.values_are_keys else \
+            torch.zeros((*shape, self.v_head_dim), dtype=dtype, device=self.device)
         self.allocator = BlockAllocator(num_blocks)
         self.tables: dict[Hashable, list[int]] = {}
         self.lens: dict[Hashable, int] = {}
@@ -153,7 +175,8 @@ class PagedKVCache:
         if child in self.tables:
             raise ValueError(f"child seq_id ({child!r}) already exists; expected a new id")
         for b in table:
-            self.allocator.incref(b)
+            if b != EVICTED:
+                self.allocator.incref(b)
         self.tables[child] = list(table)
         self.lens[child] = self.lens[parent]
         self.tokens[child] = list(self.tokens[parent])
@@ -164,7 +187,8 @@ class PagedKVCache:
         """Release a sequence; its blocks return to the pool when no one else shares them."""
         table = self._seq(seq_id)
         for b in reversed(table):  # tail first: LRU evicts a chain's end before its head
-            self.allocator.decref(b)
+            if b != EVICTED:
+                self.allocator.decref(b)
         for d in (self.tables, self.lens, self.tokens, self.tracked, self._hashed):
             del d[seq_id]
 
@@ -200,7 +224,8 @@ class PagedKVCache:
             old = table[-1]
             (new,) = self.allocator.allocate(1)
             self.k_pool[:, :, new].copy_(self.k_pool[:, :, old])  # one block, all layers
-            self.v_pool[:, :, new].copy_(self.v_pool[:, :, old])
+            if not self.values_are_keys:
+                self.v_pool[:, :, new].copy_(self.v_pool[:, :, old])
             self.allocator.decref(old)
             table[-1] = new
         extra = -(-(L + n) // bs) - len(table)
@@ -211,11 +236,26 @@ class PagedKVCache:
             self.tracked[seq_id] = False  # positions from L on have no recorded ids
         if tokens is not None and self.tracked[seq_id]:
             self.tokens[seq_id].extend(int(t) for t in tokens)
+        if self.window is not None:
+            self._release_out_of_window(table, L)
         if n == 1:  # decode: one slot, no tensor indexing
             return torch.tensor([table[L // bs] * bs + L % bs])
         pos = torch.arange(L, L + n)
         blocks = torch.tensor(table, dtype=torch.long)[pos // bs]  # (n,)
         return blocks * bs + pos % bs  # (n,) flat slots
+
+    def _release_out_of_window(self, table: list[int], first_query: int) -> None:
+        """Release blocks none of whose positions a query at >= `first_query` sees
+        (every position < first_query − W + 1)."""
+        lo = first_query - self.window + 1  # oldest position still visible
+        for j in range(max(0, lo) // self.block_size):
+            if table[j] != EVICTED:
+                self.allocator.decref(table[j])
+                table[j] = EVICTED
+
+    def live_blocks(self, seq_id) -> int:
+        """Blocks the sequence holds (a windowed pool releases the ones out of window)."""
+        return sum(b != EVICTED for b in self._seq(seq_id))
 
     def slots(self, seq_id, start: int, n: int) -> torch.Tensor:
         """Flat slots (n,) of already reserved positions start..start+n−1 of a sequence."""
@@ -253,11 +293,18 @@ class PagedKVCache:
             if not 0 <= b < self.num_blocks or self.allocator.ref[b] < 1:
                 raise ValueError(f"slots point into block {b}, which is not owned by any "
                                  "sequence (freed or never reserved); expected reserved slots")
+        self.write_reserved(layer_idx, slots, k, v)
+
+    def write_reserved(self, layer_idx: int, slots: torch.Tensor, k: torch.Tensor,
+                       v: torch.Tensor) -> None:
+        """`write` without its checks, for callers that reserved `slots` this step
+        (the serving step's per-layer views): k (Hkv, T, D), v (Hkv, T, Dv)."""
         nb, bs = self.num_blocks, self.block_size
         self.k_pool[layer_idx].view(self.n_kv_heads, nb * bs, self.head_dim) \
             .index_copy_(1, slots, k)
-        self.v_pool[layer_idx].view(self.n_kv_heads, nb * bs, self.v_head_dim) \
-            .index_copy_(1, slots, v)
+        if not self.values_are_keys:  # the latent pool stores [c_KV; k_R] once
+            self.v_pool[layer_idx].view(self.n_kv_heads, nb * bs, self.v_head_dim) \
+                .index_copy_(1, slots, v)
 
     def register_full_blocks(self, seq_id) -> None:
         """Index the sequence's newly completed blocks for prefix caching (after writing)."""
@@ -275,16 +322,23 @@ class PagedKVCache:
 
     # --- reading ---------------------------------------------------------------------
     def tables_tensor(self, seq_ids: list) -> torch.Tensor:
-        """(B, max_blocks) long block tables, padded with each row's first block."""
+        """(B, max_blocks) long block tables, padded with each row's first live block
+        (released entries of a windowed pool read as that block too; never attended)."""
         rows = [self._seq(s) for s in seq_ids]
         width = max(1, max(len(r) for r in rows))
-        return torch.tensor([r + [r[0] if r else 0] * (width - len(r)) for r in rows],
-                            dtype=torch.long)
+        out = []
+        for r in rows:
+            first = next((b for b in r if b != EVICTED), 0)
+            out.append([first if b == EVICTED else b for b in r] + [first] * (width - len(r)))
+        return torch.tensor(out, dtype=torch.long)
 
     def gather(self, seq_id, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A contiguous copy (Hkv, L, D) / (Hkv, L, Dv) of one sequence's K/V (for tests)."""
         from ..ops.paged import gather_sequence
 
+        if EVICTED in self._seq(seq_id):
+            raise ValueError(f"sequence {seq_id!r} released blocks that left its window; "
+                             "expected a sequence whose every block is held")
         table = torch.tensor(self._seq(seq_id), dtype=torch.long)
         L = self.lens[seq_id]
         return (gather_sequence(self.k_pool[layer_idx], table, L),
@@ -293,11 +347,14 @@ class PagedKVCache:
     # --- preemption ------------------------------------------------------------------
     def swap_out(self, seq_id) -> SwappedSequence:
         """Copy the sequence's blocks to host memory and free them in the pool."""
-        idx = torch.tensor(self._seq(seq_id), dtype=torch.long, device=self.device)
-        saved = SwappedSequence(k=self.k_pool.index_select(2, idx).to("cpu"),
-                                v=self.v_pool.index_select(2, idx).to("cpu"),
-                                length=self.lens[seq_id], tokens=list(self.tokens[seq_id]),
-                                tracked=self.tracked[seq_id])
+        table = self._seq(seq_id)
+        live = [j for j, b in enumerate(table) if b != EVICTED]
+        idx = torch.tensor([table[j] for j in live], dtype=torch.long, device=self.device)
+        k = self.k_pool.index_select(2, idx).to("cpu")
+        v = k if self.values_are_keys else self.v_pool.index_select(2, idx).to("cpu")
+        saved = SwappedSequence(k=k, v=v, length=self.lens[seq_id],
+                                tokens=list(self.tokens[seq_id]), tracked=self.tracked[seq_id],
+                                live=None if len(live) == len(table) else live)
         self.free(seq_id)
         return saved
 
@@ -309,7 +366,13 @@ class PagedKVCache:
         blocks = self.allocator.allocate(n)  # raises before any write
         idx = torch.tensor(blocks, dtype=torch.long, device=self.device)
         self.k_pool.index_copy_(2, idx, saved.k.to(self.device))
-        self.v_pool.index_copy_(2, idx, saved.v.to(self.device))
+        if not self.values_are_keys:
+            self.v_pool.index_copy_(2, idx, saved.v.to(self.device))
+        if saved.live is not None:  # a windowed sequence: released entries stay released
+            table = [EVICTED] * -(-saved.length // self.block_size)
+            for j, b in zip(saved.live, blocks):
+                table[j] = b
+            blocks = table
         self.tables[seq_id] = blocks
         self.lens[seq_id] = saved.length
         self.tokens[seq_id] = list(saved.tokens)
@@ -320,8 +383,8 @@ class PagedKVCache:
     # --- memory & invariants ---------------------------------------------------------
     @property
     def bytes_per_block(self) -> int:
-        return (self.k_pool[:, :, 0].numel() + self.v_pool[:, :, 0].numel()) * \
-            self.k_pool.element_size()
+        v = 0 if self.values_are_keys else self.v_pool[:, :, 0].numel()
+        return (self.k_pool[:, :, 0].numel() + v) * self.k_pool.element_size()
 
     @property
     def nbytes(self) -> int:
@@ -341,6 +404,8 @@ class PagedKVCache:
         for s, table in self.tables.items():
             L = self.lens[s]
             for i, b in enumerate(table):
+                if b == EVICTED:
+                    continue
                 filled[b] = max(filled.get(b, 0), min(self.block_size, L - i * self.block_size))
         return per_token * sum(filled.values())
 
@@ -356,7 +421,8 @@ class PagedKVCache:
                 raise AssertionError(f"sequence {s!r}: {len(self.tokens[s])} token ids for "
                                      f"{self.lens[s]} positions (tracked={self.tracked[s]})")
             for b in table:
-                owners[b] = owners.get(b, 0) + 1
+                if b != EVICTED:
+                    owners[b] = owners.get(b, 0) + 1
         self.allocator.check_invariants(owners)
 
     def __repr__(self) -> str:

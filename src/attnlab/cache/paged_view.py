@@ -1,24 +1,70 @@
-"""A batch of equal-length sequences of a `PagedKVCache` behind the KVCache interface.
+"""A batch of equal-length sequences of a `PagedKVCache` behind the KVCache interface,
+and `paged_attend`, the one in-place read of a paged pool that every paged view uses.
 
-Lets any model that speaks conventions §4 (`update`, `seq_len`, `kv_positions`) run on the
-paged pool: `model(tokens, cache.batch_view([a, b]))`. Each layer's `update` reserves
-room for the new tokens on first sight (refusing before any write when the pool is
-short), writes K/V into the sequences' blocks, and returns the history gathered into a
-contiguous (B, Hkv, L, D) tensor. That gather is a copy of the history per layer and
-step — this view exists for interface conformance and tests; the serving path
-(`serving.runner`) instead reads blocks in place with `ops.paged.paged_attention`.
+`model(tokens, cache.batch_view([a, b]))` runs the model's own forward on the pool. The
+view declares `in_place_attention`: layers call `attend`, which reserves room for the
+new tokens on the first layer that sees them (refusing before any write when the pool
+is short), writes K/V into the sequences' blocks and reads the blocks in place with
+`ops.paged.paged_attention` (a windowed layer gathers only its last W − 1 + N keys) —
+no copy of the history. `update` (the plain interface, for callers outside a layer)
+writes the same way and returns the history gathered into (B, Hkv, L, D): a copy.
 """
 from __future__ import annotations
 
 import torch
 
+from ..masks import Mask
+from ..ops.paged import paged_attention
 from .base import KVCache, check_n_tokens
 from .block_allocator import PoolExhaustedError
 from .paged import PagedKVCache
 
 
+def _valid_keys(valid: torch.Tensor) -> Mask:
+    """Key j of row b is real iff valid[b, j] (a right-aligned window of a short row)."""
+
+    def fn(b, h, q, k):
+        return valid[b, k.clamp(0, valid.shape[1] - 1)]
+
+    return Mask(fn, "paged-window-rows", uses_batch=True)
+
+
+def paged_attend(pool: PagedKVCache, layer: int, tables: torch.Tensor, lens: torch.Tensor,
+                 q: torch.Tensor, *, scale: float | None, window: int | None,
+                 attention) -> torch.Tensor:
+    """Attention of q (B, H, N, D) — the last N tokens of each of B sequences — over the
+    sequences' blocks of pool layer `layer`; lens (B,) counts the N new tokens, whose K/V
+    are already written. Returns (B, H, N, Dv).
+
+    No window: `ops.paged.paged_attention` reads the block table in place (bottom-right
+    causal). Window W: only the last W − 1 + N positions of each row can be seen, so
+    exactly those slots are gathered (O(W), not O(L)), right-aligned, and the layer's own
+    `attention` runs on relative positions (the window and causal masks only compare
+    positions; RoPE was applied before caching); rows shorter than that mask their
+    leading slots."""
+    kp, vp = pool.k_pool[layer], pool.v_pool[layer]  # (Hkv, NB, bs, D)
+    if window is None:
+        return paged_attention(q, kp, vp, tables, lens, scale=scale)
+    B, _, N, _ = q.shape
+    Hkv, NB, bs, D = kp.shape
+    Lw = min(window - 1 + N, int(lens.max()))
+    pos = lens[:, None] - Lw + torch.arange(Lw)  # (B, Lw) absolute positions
+    valid = pos >= 0
+    posc = pos.clamp(min=0)
+    slots = (tables.gather(1, posc // bs) * bs + posc % bs).reshape(-1)  # (B·Lw,)
+    k = kp.view(Hkv, NB * bs, D).index_select(1, slots).view(Hkv, B, Lw, D).transpose(0, 1)
+    v = vp.view(Hkv, NB * bs, vp.shape[-1]).index_select(1, slots) \
+        .view(Hkv, B, Lw, vp.shape[-1]).transpose(0, 1)  # (B, Hkv, Lw, Dv)
+    rel = torch.arange(Lw, device=q.device)
+    extra = None if bool(valid.all()) else _valid_keys(valid)
+    return attention(q, k, v, q_pos=rel[Lw - N:], kv_pos=rel, extra_mask=extra)
+
+
 class PagedBatchView(KVCache):
-    """`update(layer_idx, k (B, Hkv, T, D), v)` over sequences `seq_ids` of `cache`."""
+    """`attend` / `update(layer_idx, k (B, Hkv, T, D), v)` over sequences `seq_ids` of
+    `cache` (see the module docstring)."""
+
+    in_place_attention = True  # update() would gather the history: layers use attend()
 
     def __init__(self, cache: PagedKVCache, seq_ids: list):
         if not isinstance(cache, PagedKVCache):
@@ -36,7 +82,8 @@ class PagedBatchView(KVCache):
         self.n_layers = cache.n_layers
         self._lens = [lens[seq_ids[0]]] * self.n_layers
 
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
+    def _write(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> int:
+        """Reserve (first layer to see these tokens) and write; returns the new length."""
         self._check_layer(layer_idx)
         c, B = self.cache, len(self.seq_ids)
         if k.ndim != 4 or k.shape[0] != B or v.ndim != 4 or v.shape[:3] != k.shape[:3]:
@@ -47,14 +94,26 @@ class PagedBatchView(KVCache):
             self._check_blocks(extra)
             for s in self.seq_ids:
                 c.reserve(s, extra)
-        ks, vs = [], []
         for b, s in enumerate(self.seq_ids):
             c.write(layer_idx, c.slots(s, start, T), k[b], v[b])
-            kk, vv = c.gather(s, layer_idx)  # (Hkv, L, D) copies
-            ks.append(kk[:, : start + T])
-            vs.append(vv[:, : start + T])
         self._lens[layer_idx] = start + T
-        return torch.stack(ks), torch.stack(vs)  # (B, Hkv, L, D)
+        return start + T
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
+        """Write, then return the history gathered (B, Hkv, L, D): a copy, for callers
+        outside a layer; layers read in place through `attend`."""
+        L = self._write(layer_idx, k, v)
+        ks, vs = zip(*(self.cache.gather(s, layer_idx) for s in self.seq_ids))
+        return torch.stack(ks)[:, :, :L], torch.stack(vs)[:, :, :L]  # (B, Hkv, L, D)
+
+    def attend(self, layer_idx, q, k, v, *, attention, q_pos, window=None, rotate=None,
+               scale=None):
+        """Write k, v and attend over the blocks in place (`paged_attend`)."""
+        L = self._write(layer_idx, k, v)
+        c = self.cache
+        lens = torch.full((len(self.seq_ids),), L, dtype=torch.long)
+        return paged_attend(c, layer_idx, c.tables_tensor(self.seq_ids), lens, q,
+                            scale=scale, window=window, attention=attention)
 
     def blocks_needed(self, extra: int) -> int:
         """Fresh blocks reserving `extra` tokens for every sequence takes, in order.

@@ -7,9 +7,8 @@ convolution's last inputs). `nbytes` is therefore constant in sequence length:
     nbytes = n_layers · batch · Σ_state numel(state) · bytes_per_element,
 where a KV cache holds 2 · n_layers · H_kv · d_head · T · bytes (Pope et al. 2022).
 
-Layers read `state(layer_idx)` and write `commit(layer_idx, new_state, n_tokens)`;
-`update(layer_idx, k, v)` is the plain linear-attention fold S += kᵀv, z += Σk for callers
-that speak the key/value interface. `capacity` bounds positions only (the state does not
+Layers read `state(layer_idx)` and write `commit(layer_idx, new_state, n_tokens)` (the
+layer does the recurrence; the cache only stores, so `update(k, v)` is refused). `capacity` bounds positions only (the state does not
 grow); appending past it raises CacheOverflowError before anything is written.
 """
 from __future__ import annotations
@@ -19,7 +18,8 @@ from collections.abc import Mapping
 import torch
 
 from .._checks import check_tensor
-from .base import CacheStack, CountedCache, KVCache, check_n_tokens
+from .base import CountedCache, check_n_tokens
+from .layout import StateLayout
 
 
 class RecurrentStateCache(CountedCache):
@@ -57,6 +57,11 @@ class RecurrentStateCache(CountedCache):
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self._bufs.values())
 
+    def layout(self) -> StateLayout:
+        """The per-sequence state this cache holds (what a serving engine gives each
+        sequence a slot of)."""
+        return StateLayout(tuple(self.shapes.items()), tuple(self.fill.items()))
+
     # --- state access ------------------------------------------------------------------
     def state(self, layer_idx: int) -> dict[str, torch.Tensor]:
         """Views of this layer's state tensors, each (batch, *shape)."""
@@ -80,33 +85,8 @@ class RecurrentStateCache(CountedCache):
         self._lens[layer_idx] += n_tokens
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor):
-        """Fold keys k (B, H, T, F) and values v (B, H, T, Dv) into S (and z): returns (S, z).
-
-        For plain linear attention only (shapes "S" (H, F, Dv) and optionally "z" (H, F)).
-        """
-        self._check_layer(layer_idx)
-        if "S" not in self._bufs:
-            raise ValueError(f"update needs a state named 'S'; this cache holds "
-                             f"{sorted(self._bufs)} (use state/commit)")
-        check_tensor("k", k, 4)
-        check_tensor("v", v, 4)
-        st = self.state(layer_idx)
-        new = {name: t.clone() for name, t in st.items()}
-        new["S"] = st["S"] + k.transpose(-1, -2) @ v  # (B, H, F, Dv)
-        if "z" in new:
-            new["z"] = st["z"] + k.sum(-2)  # (B, H, F)
-        self.commit(layer_idx, new, k.shape[2])
-        st = self.state(layer_idx)
-        return st["S"], st.get("z")
-
-
-def state_cache_of(cache: KVCache, layer_idx: int) -> tuple[RecurrentStateCache, int]:
-    """The RecurrentStateCache serving `layer_idx` (inside a CacheStack or standalone)."""
-    if isinstance(cache, CacheStack):
-        inner, idx = cache.layer(layer_idx), 0
-    else:
-        inner, idx = cache, layer_idx
-    if not isinstance(inner, RecurrentStateCache):
-        raise TypeError(f"cache for layer {layer_idx} must be a RecurrentStateCache, got "
-                        f"{type(inner).__name__}")
-    return inner, idx
+        """Refused: recurrent state is advanced by its layer through `state` / `commit`
+        (the layer owns the recurrence; the cache only stores)."""
+        raise TypeError("RecurrentStateCache holds recurrent state, not keys/values: its "
+                        "layer reads state(layer_idx) and writes commit(layer_idx, new_state, "
+                        "n_tokens); update(k, v) is not supported")

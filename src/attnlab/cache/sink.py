@@ -6,10 +6,10 @@ positions *inside the cache*, not in the original text (docs/sources.md, Streami
 [0,1,2,3,6,7,8] decoding token 9 uses positions 0..7). So the model never sees a position
 beyond `n_sink + window`, and generation can run past its training length.
 
-Contract with the attention layer (`rope_in_cache = True`): the layer must NOT rotate
-keys before `update`; it reads `kv_positions(layer_idx)` (in-cache positions 0..L−1 of the
-returned slots), rotates the returned keys with them and its queries with the last N of
-them. `layers.attention.Attention` does this when it sees `rope_in_cache`.
+Contract with the attention layer (`rope_in_cache = True`, declared on the cache
+interface): the layer does not rotate keys before caching; `attend` reads
+`rope_positions(layer_idx)` (in-cache positions 0..L−1 of the returned slots), rotates
+the returned keys with them and the queries with the last N of them.
 
 `update(layer_idx, k (B, Hkv, T, D) pre-RoPE, v)` returns the slots attention must read,
 in order [sinks, recent]:
@@ -82,6 +82,12 @@ class SinkKVCache(KVCache):
         """In-cache positions 0..L−1 of the slots returned by the last update."""
         self._check_layer(layer_idx)
         return torch.arange(self._last[layer_idx], device=self.device)
+
+    def rope_positions(self, layer_idx: int = 0) -> torch.Tensor:
+        """RoPE positions of the returned slots: their places in the cache (StreamingLLM's
+        rule), the same as `kv_positions`; `abs_positions` gives the stream positions.
+        In-cache order is stream order, so a causal mask gives the same answer on either."""
+        return self.kv_positions(layer_idx)
 
     def abs_positions(self, layer_idx: int = 0) -> torch.Tensor:
         """Stream positions of the stored slots, in slot order."""

@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 from .._checks import check_divisible, check_positive_int, check_tensor
-from ..cache.base import CacheStack, KVCache
+from ..cache.base import KVCache
+from ..cache.context import AttentionContext, as_context
 from ..cache.contiguous import ContiguousKVCache
+from ..cache.layout import PagedLayout
 from ..cache.rolling import RollingKVCache
 from ..masks import Mask, causal, sliding_window
 from ..ops.rope import apply_rope
@@ -139,23 +141,11 @@ def check_kv_cache(kv_cache, window: int | None) -> str:
     return kv_cache
 
 
-def check_cache(cache) -> None:
-    if cache is not None and not isinstance(cache, KVCache):
-        raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
-
-
 def self_attention_mask(window: int | None, is_causal: bool) -> Mask | None:
     """causal(), sliding_window(W), or None (bidirectional)."""
     if window is not None:
         return sliding_window(window)
     return causal() if is_causal else None
-
-
-def positions_are_slots(cache: KVCache, layer_idx: int) -> bool:
-    """True when slot j of the layer's cache holds absolute position j (contiguous cache)."""
-    if isinstance(cache, CacheStack):
-        cache, layer_idx = cache.layer(layer_idx), 0
-    return type(cache) is ContiguousKVCache
 
 
 @dataclass
@@ -307,48 +297,44 @@ class Attention(Mixer):
         v = self.v_proj(x).view(B, N, Hkv, D).transpose(1, 2)  # (B, Hkv, N, D)
         return q.transpose(1, 2), k.transpose(1, 2), v  # (B, H, N, D), (B, Hkv, N, D)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *,
+    def forward(self, x: torch.Tensor, cache: KVCache | AttentionContext | None = None, *,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         check_hidden("x", x, self.d_model, self.q_proj.weight.dtype, self.q_proj.weight.device)
-        check_cache(cache)
+        ctx = as_context(cache, attention_mask=attention_mask, position_ids=position_ids)
+        lc, idx = ctx.layer(self.layer_idx)  # this layer's cache, spoken to by interface
         B, N, _ = x.shape
         H, D = self.n_heads, self.head_dim
-        start = 0 if cache is None else cache.seq_len(self.layer_idx)
-        positions = torch.arange(start, start + N, device=x.device)  # (N,) slots
-        # caches with `rope_in_cache` (StreamingLLM sink cache) store keys before RoPE and
-        # define positions themselves: rotate after `update`, with the cache's positions
-        rope_in_cache = getattr(cache, "rope_in_cache", False)
-        if rope_in_cache and (position_ids is not None or attention_mask is not None):
-            raise ValueError(f"{type(cache).__name__} assigns positions itself; position_ids "
+        positions = ctx.new_positions(self.layer_idx, B, N, x.device)  # (N,) or (B, N)
+        # a cache with `rope_in_cache` (StreamingLLM sink cache) stores keys before RoPE
+        # and defines positions itself: the layer's RoPE is applied inside `attend`
+        rope_in_cache = lc is not None and lc.rope_in_cache
+        if rope_in_cache and ctx.padding():
+            raise ValueError(f"{type(lc).__name__} assigns positions itself; position_ids "
                              "and attention_mask are not supported with it")
-        rope_pos = positions if position_ids is None else check_position_ids(
-            position_ids, B, N, x.device)  # (N,) or (B, N)
-        mask = with_padding(self.mask, attention_mask, B, start + N, x.device)
+        rope_pos = positions if ctx.position_ids is None else check_position_ids(
+            ctx.position_ids, B, N, x.device)  # (N,) or (B, N)
+        n_total = N if lc is None else lc.seq_len(idx) + N
+        mask = with_padding(self.mask, ctx.attention_mask, B, n_total, x.device)
 
         q, k, v = self.project_qkv(x)  # (B, H, N, D), (B, Hkv, N, D), (B, Hkv, N, D)
         if not rope_in_cache:
             q, k = self.rotate(q, rope_pos), self.rotate(k, rope_pos)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
-
-        if cache is None and mask is self.mask:  # default positions (0..N-1) let fused
-            q_pos = kv_pos = None  # backends use their causal path
-        elif cache is None:
-            q_pos = kv_pos = positions
-        else:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, L, D) views
-            q_pos, kv_pos = positions, cache.kv_positions(self.layer_idx)
-            if rope_in_cache:  # queries sit at the last N in-cache positions
-                q_pos = kv_pos[-N:]
-                q, k = self.rotate(q, q_pos), self.rotate(k, kv_pos)
-            if self.window is not None and positions_are_slots(cache, self.layer_idx):
-                # keys before the first query's window are masked for every query: skip
-                # them, so a decode step reads W keys, not the whole history (exact)
-                lo = max(0, start - self.window + 1)
-                k, v, kv_pos = k[:, :, lo:], v[:, :, lo:], kv_pos[lo:]  # (B, Hkv, L - lo, D)
         fn = attention if self.attention_fn is None else self.attention_fn
-        out = fn(q, k, v, mask=mask, scale=self.scale, backend=self.backend,
-                 q_pos=q_pos, kv_pos=kv_pos)  # (B, H, N, D)
+
+        def attend(q_, k_, v_, *, q_pos, kv_pos, extra_mask=None):
+            m = mask if extra_mask is None else extra_mask if mask is None else mask & extra_mask
+            return fn(q_, k_, v_, mask=m, scale=self.scale, backend=self.backend,
+                      q_pos=q_pos, kv_pos=kv_pos)
+
+        if lc is None:
+            default = mask is self.mask and ctx.positions is None  # positions 0..N-1: fused
+            out = attend(q, k, v, q_pos=None if default else positions,  # backends use
+                         kv_pos=None if default else positions)  # their causal path
+        else:
+            out = lc.attend(idx, q, k, v, attention=attend, q_pos=positions,
+                            window=self.window, rotate=self.rotate, scale=self.scale)  # (B, H, N, D)
         out = self.hook_head_out(out)
         return self.o_proj(out.transpose(1, 2).reshape(B, N, H * D))  # (B, N, d_model)
 
@@ -361,6 +347,14 @@ class Attention(Mixer):
                                   dtype=dtype, device=device)
         return ContiguousKVCache(1, batch, self.n_kv_heads, self.head_dim, capacity,
                                  dtype=dtype, device=device)
+
+    def serving_layout(self) -> PagedLayout:
+        """Paged K/V of the KV heads; a windowed layer's pool releases blocks that leave
+        its window (the rolling cache's O(W) memory, on blocks)."""
+        if not self.causal:
+            raise ValueError(f"layer {self.layer_idx} is bidirectional (causal=False); the "
+                             "engine serves causal decoders only")
+        return PagedLayout(self.n_kv_heads, self.head_dim, self.head_dim, self.window)
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """2 (K and V) · n_kv_heads · head_dim · bytes (docs/sources.md, KV cache formulas)."""

@@ -14,12 +14,14 @@ import torch
 from torch import nn
 
 from ..cache.base import KVCache
+from ..cache.layout import PagedLayout, StateLayout
 
 
 class Mixer(nn.Module):
     """Base class for token mixers; `layer_idx` addresses the mixer's slot in a cache."""
 
     layer_idx: int = 0
+    takes_positions: bool = False  # forward accepts attention_mask / position_ids (HF)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -32,6 +34,13 @@ class Mixer(nn.Module):
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """Bytes this layer caches per token (0 for constant-state mixers)."""
         raise NotImplementedError
+
+    def serving_layout(self) -> PagedLayout | StateLayout:
+        """What the serving engine must hold for this layer per sequence: paged K/V
+        (`PagedLayout`) or recurrent state slots (`StateLayout`). Mixers the engine
+        cannot serve raise a ValueError saying why."""
+        raise ValueError(f"{type(self).__name__} declares no serving layout; it is not "
+                         "servable by the engine")
 
 
 @runtime_checkable

@@ -17,7 +17,9 @@ from torch import nn
 
 from .._checks import check_divisible, check_positive_int
 from ..cache.base import KVCache
-from ..cache.recurrent import RecurrentStateCache, state_cache_of
+from ..cache.context import AttentionContext, as_context
+from ..cache.layout import StateLayout
+from ..cache.recurrent import RecurrentStateCache
 from ..ops.linear import (
     LinearState,
     draw_random_features,
@@ -26,7 +28,7 @@ from ..ops.linear import (
     resolve_feature_map,
 )
 from ..ops.linear.feature_maps import apply_feature_map
-from .attention import check_cache, check_hidden, resolve_heads
+from .attention import check_hidden, resolve_heads
 from .base import Mixer
 
 
@@ -116,18 +118,17 @@ class LinearAttention(Mixer):
         return (apply_feature_map(self.fmap_name, self.fmap, q, "q", True),
                 apply_feature_map(self.fmap_name, self.fmap, k, "k", True))
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | AttentionContext | None = None) -> torch.Tensor:
         check_hidden("x", x, self.d_model, self.q_proj.weight.dtype)
-        check_cache(cache)
         B, N, _ = x.shape
         q = self.q_proj(x).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)  # (B,H,N,D)
         k = self.k_proj(x).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, N, self.n_kv_heads, self.head_dim).transpose(1, 2)
         qf, kf = self.features(q, k)  # (B, H, N, F), (B, Hkv, N, F)
-        if cache is None:
+        rc, idx = as_context(cache).layer(self.layer_idx)  # its state, by interface
+        if rc is None:
             out = linear_attention_features(qf, kf, v, chunk_size=self.chunk_size)
         else:
-            rc, idx = state_cache_of(cache, self.layer_idx)
             st = rc.state(idx)
             out, new = linear_attention_features(qf, kf, v, chunk_size=self.chunk_size,
                                                  initial_state=LinearState(st["S"], st["z"]),
@@ -158,6 +159,10 @@ class LinearAttention(Mixer):
         F_, Hkv, D = self.n_state_features, self.n_kv_heads, self.head_dim
         return RecurrentStateCache(1, batch, {"S": (Hkv, F_, D), "z": (Hkv, F_)},
                                    capacity=capacity, dtype=dtype, device=device)
+
+    def serving_layout(self) -> StateLayout:
+        """Per-sequence state slots: S (Hkv, F, D) and z (Hkv, F)."""
+        return self.new_cache(1, 1).layout()
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         return 0  # constant state: nothing grows per token

@@ -42,12 +42,14 @@ from torch import nn
 
 from .._checks import check_positive_int
 from ..cache.base import KVCache
+from ..cache.context import AttentionContext, as_context
 from ..cache.latent import LatentKVCache
+from ..cache.layout import PagedLayout
 from ..masks import causal
 from ..ops.rope import apply_rope
 from ..ops.rope_scaling import RopeScaling, yarn_mscale
 from ..ops.softmax import attention
-from .attention import check_backend, check_cache, check_hidden, check_rope_scaling
+from .attention import check_backend, check_hidden, check_rope_scaling
 from .base import Mixer
 from .hooks import HookPoint
 from .positions import check_position_ids, with_padding
@@ -203,19 +205,20 @@ class MultiLatentAttention(Mixer):
                                        s.kv_lora_rank)  # (H, nope + v, r)
         return w[:, : s.qk_nope_head_dim], w[:, s.qk_nope_head_dim:]
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, *,
+    def forward(self, x: torch.Tensor, cache: KVCache | AttentionContext | None = None, *,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         check_hidden("x", x, self.d_model, self.o_proj.weight.dtype, self.o_proj.weight.device)
-        check_cache(cache)
+        ctx = as_context(cache, attention_mask=attention_mask, position_ids=position_ids)
+        cache, li = ctx.layer(self.layer_idx)  # this layer's cache, by interface
         s = self.spec
         B, N, _ = x.shape
         H, r, dn, dr = s.n_heads, s.kv_lora_rank, s.qk_nope_head_dim, s.qk_rope_head_dim
-        start = 0 if cache is None else cache.seq_len(self.layer_idx)
-        positions = torch.arange(start, start + N, device=x.device)  # (N,) slots
-        rope_pos = positions if position_ids is None else check_position_ids(
-            position_ids, B, N, x.device)  # (N,) or (B, N)
-        mask = with_padding(self.mask, attention_mask, B, start + N, x.device)
+        positions = ctx.new_positions(self.layer_idx, B, N, x.device)  # (N,) or (B, N)
+        rope_pos = positions if ctx.position_ids is None else check_position_ids(
+            ctx.position_ids, B, N, x.device)  # (N,) or (B, N)
+        n_total = N if cache is None else cache.seq_len(li) + N
+        mask = with_padding(self.mask, ctx.attention_mask, B, n_total, x.device)
         rot = {"base": s.rope_base, "interleaved": s.rope_interleaved, "scaling": s.rope_scaling}
 
         q = self._queries(x)  # (B, H, N, dn + dr)
@@ -227,13 +230,15 @@ class MultiLatentAttention(Mixer):
         c_kv = self.kv_a_layernorm(ckv[..., :r])  # (B, N, r)
         k_pe = apply_rope(ckv[..., r:].unsqueeze(1), rope_pos,
                           **rot).squeeze(1)  # (B, N, dr), rotated before caching
-        if cache is None and mask is self.mask:
+        if cache is not None and cache.in_place_attention:
+            return self._attend_in_place(cache, li, q_nope, q_pe, c_kv, k_pe, positions)
+        if cache is None and mask is self.mask and ctx.positions is None:
             q_pos = kv_pos = None
         elif cache is None:
             q_pos = kv_pos = positions
         else:
-            c_kv, k_pe = cache.update(self.layer_idx, c_kv, k_pe)  # (B, L, r), (B, L, dr)
-            q_pos, kv_pos = positions, cache.kv_positions(self.layer_idx)
+            c_kv, k_pe = cache.update(li, c_kv, k_pe)  # (B, L, r), (B, L, dr)
+            q_pos, kv_pos = positions, cache.kv_positions(li)
         c_kv = self.hook_latent(c_kv)
         L = c_kv.shape[1]
 
@@ -261,11 +266,43 @@ class MultiLatentAttention(Mixer):
         out = self.hook_head_out(out)
         return self.o_proj(out.transpose(1, 2).reshape(B, N, H * s.v_head_dim))
 
+    def _attend_in_place(self, cache: KVCache, li: int, q_nope, q_pe, c_kv, k_pe,
+                         positions) -> torch.Tensor:
+        """Absorbed attention through a cache that reads its storage in place (the
+        engine's paged latent view): the latent "KV head" `[c_KV; k_R]` (r + d_R per
+        token) is both key and value, as MQA with one head; the first r output columns
+        are the attended latent (the k_R columns are dropped), then W_UV."""
+        s = self.spec
+        B, H, N, _ = q_nope.shape
+        r = s.kv_lora_rank
+        w_uk, w_uv = self._up_weights()
+        q_lat = torch.einsum("bhnd,hdr->bhnr", q_nope, w_uk)  # (B, H, N, r)
+        q_abs = torch.cat([q_lat, q_pe], dim=-1)  # (B, H, N, r + dr)
+        kv = torch.cat([c_kv, k_pe], dim=-1).unsqueeze(1)  # (B, 1, N, r + dr)
+        self.hook_latent(c_kv)
+
+        def attend(q_, k_, v_, *, q_pos, kv_pos, extra_mask=None):
+            m = self.mask if extra_mask is None else self.mask & extra_mask
+            return attention(q_, k_, v_, mask=m, scale=self.scale, backend=self.backend,
+                             q_pos=q_pos, kv_pos=kv_pos)
+
+        o = cache.attend(li, q_abs, kv, kv, attention=attend, q_pos=positions,
+                         scale=self.scale)  # (B, H, N, r + dr)
+        out = torch.einsum("bhnr,hvr->bhnv", o[..., :r], w_uv)  # (B, H, N, v)
+        out = self.hook_head_out(out)
+        return self.o_proj(out.transpose(1, 2).reshape(B, N, H * s.v_head_dim))
+
     def new_cache(self, batch: int, capacity: int, *, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu") -> KVCache:
         """A one-layer LatentKVCache: c_KV (kv_lora_rank) + k_R (qk_rope_head_dim) per token."""
         return LatentKVCache(1, batch, self.spec.kv_lora_rank, self.spec.qk_rope_head_dim,
                              capacity, dtype=dtype, device=device)
+
+    def serving_layout(self) -> PagedLayout:
+        """A paged latent pool: `[c_KV; k_R]` per token (576 elements for DeepSeek-V2),
+        one "KV head" that is both key and value (absorbed reads)."""
+        d = self.spec.kv_lora_rank + self.spec.qk_rope_head_dim
+        return PagedLayout(1, d, d, None, values_are_keys=True)
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """(kv_lora_rank + qk_rope_head_dim) · bytes (DeepSeek-V2 §2.1.4; 576 elements)."""

@@ -22,10 +22,12 @@ from torch import nn
 
 from .._checks import check_divisible, check_positive_int
 from ..cache.base import KVCache
-from ..cache.recurrent import RecurrentStateCache, state_cache_of
+from ..cache.context import AttentionContext, as_context
+from ..cache.layout import StateLayout
+from ..cache.recurrent import RecurrentStateCache
 from ..ops.rwkv import WKV4State, wkv4, wkv4_matrix, wkv6, wkv6_matrix
 from ..ops.rwkv.wkv4 import P_INIT
-from .attention import check_cache, check_hidden
+from .attention import check_hidden
 from .base import Mixer
 
 
@@ -161,19 +163,18 @@ class RWKVMixer(Mixer):
             self.cm_value(k)
 
     # --- Mixer -------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | AttentionContext | None = None) -> torch.Tensor:
         check_hidden("x", x, self.d_model, self.W_o.weight.dtype)
-        check_cache(cache)
         prev_tm = prev_cm = wkv_state = None
-        if cache is not None:
-            rc, idx = state_cache_of(cache, self.layer_idx)
+        rc, idx = as_context(cache).layer(self.layer_idx)  # its state, by interface
+        if rc is not None:
             st = rc.state(idx)
             prev_tm, prev_cm = st["shift_tm"], st["shift_cm"]
             wkv_state = WKV4State(st["a"], st["b"], st["p"]) if self.version == 4 else st["S"]
         t, new_wkv = self._time_mix(x, prev_tm, wkv_state)
         h = self.ln_cm(x + t)  # (B, N, d)
         out = t + self._channel_mix(h, prev_cm)
-        if cache is not None:
+        if rc is not None:
             new = {"shift_tm": x[:, -1], "shift_cm": h[:, -1]}
             if self.version == 4:
                 new.update(a=new_wkv.a, b=new_wkv.b, p=new_wkv.p)
@@ -194,6 +195,10 @@ class RWKVMixer(Mixer):
             shapes["S"] = (H, D, D)
         return RecurrentStateCache(1, batch, shapes, capacity=capacity, dtype=dtype,
                                    device=device, fill=fill)
+
+    def serving_layout(self) -> StateLayout:
+        """Per-sequence state slots: token shifts and the WKV state."""
+        return self.new_cache(1, 1).layout()
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         return 0

@@ -19,10 +19,12 @@ from torch import nn
 
 from .._checks import check_divisible, check_positive_int
 from ..cache.base import KVCache
-from ..cache.recurrent import RecurrentStateCache, state_cache_of
+from ..cache.context import AttentionContext, as_context
+from ..cache.layout import StateLayout
+from ..cache.recurrent import RecurrentStateCache
 from ..ops.ssd import ssd
 from ..ops.ssd.forms import LOG_DECAY_FLOOR, segsum
-from .attention import check_cache, check_hidden
+from .attention import check_hidden
 from .base import Mixer
 
 
@@ -92,14 +94,12 @@ class SSDMixer(Mixer):
         dt = F.softplus(dt + self.dt_bias).transpose(1, 2)  # (B, H, N)
         return z, seq, xs, Bm, Cm, dt
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | AttentionContext | None = None) -> torch.Tensor:
         check_hidden("x", x, self.d_model, self.in_proj.weight.dtype)
-        check_cache(cache)
         B, N, _ = x.shape
         K = self.d_conv
-        rc = None
-        if cache is not None:
-            rc, idx = state_cache_of(cache, self.layer_idx)
+        rc, idx = as_context(cache).layer(self.layer_idx)  # its state, by interface
+        if rc is not None:
             st = rc.state(idx)
             prev, h0 = st["conv"], st["ssm"]  # (B, K−1, conv_dim), (B, H, S, P)
         else:
@@ -136,6 +136,10 @@ class SSDMixer(Mixer):
             1, batch, {"ssm": (self.n_heads, self.d_state, self.head_dim),
                        "conv": (self.d_conv - 1, self.conv_dim)},
             capacity=capacity, dtype=dtype, device=device)
+
+    def serving_layout(self) -> StateLayout:
+        """Per-sequence state slots: the SSM state and the conv window."""
+        return self.new_cache(1, 1).layout()
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         return 0

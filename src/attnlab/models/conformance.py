@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive_int, check_tensor
+from ..cache.context import AttentionContext
 
 
 @torch.no_grad()
@@ -19,11 +20,12 @@ def decode_logits(model, tokens: torch.Tensor, prefix_len: int, chunk: int = 1) 
     B, N = tokens.shape
     dtype = next(model.parameters()).dtype
     cache = model.new_cache(B, N, dtype=dtype, device=tokens.device)
+    ctx = AttentionContext(cache)  # the model's one forward, positions from the cache
     parts = []
     if prefix_len > 0:
-        parts.append(model(tokens[:, :prefix_len], cache))
+        parts.append(model(tokens[:, :prefix_len], ctx))
     for t in range(prefix_len, N, chunk):
-        parts.append(model(tokens[:, t:t + chunk], cache))  # (B, <=chunk, vocab)
+        parts.append(model(tokens[:, t:t + chunk], ctx))  # (B, <=chunk, vocab)
     if cache.seq_len(0) != N:
         raise AssertionError(f"cache.seq_len(0) is {cache.seq_len(0)} after {N} tokens")
     return torch.cat(parts, dim=1)  # (B, N, vocab)

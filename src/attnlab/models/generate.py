@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_positive_int, check_tensor
+from ..cache.context import AttentionContext
 from .lm import TinyLM
 
 
@@ -56,7 +57,8 @@ def generate(model: TinyLM, prompt: torch.Tensor, max_new_tokens: int,
         mask = attention_mask.to(device=prompt.device, dtype=torch.long)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, N0): 0 at each first real token
         pad = {"attention_mask": mask, "position_ids": pos}
-    logits = model(prompt, cache, **pad)[:, -1]  # (B, vocab)
+    ctx = AttentionContext(cache)  # the model's one forward, with a contiguous cache
+    logits = model(prompt, ctx, **pad)[:, -1]  # (B, vocab)
     for step in range(max_new_tokens):
         nxt = _pick(logits, temperature, top_k, gen)  # (B, 1)
         out.append(nxt)
@@ -64,7 +66,7 @@ def generate(model: TinyLM, prompt: torch.Tensor, max_new_tokens: int,
             if pad:
                 mask = torch.cat([pad["attention_mask"], torch.ones_like(nxt)], 1)  # (B, L+1)
                 pad = {"attention_mask": mask, "position_ids": pad["position_ids"][:, -1:] + 1}
-            logits = model(nxt, cache, **pad)[:, -1]
+            logits = model(nxt, ctx, **pad)[:, -1]
     model.train(was_training)
     return torch.cat(out, dim=1)
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from .._checks import check_tensor
 from ..cache.base import CacheStack, KVCache
+from ..cache.context import AttentionContext, as_context
 from ..layers.base import Mixer
 from ..layers.hooks import HookPoint
 from .config import ModelConfig
@@ -55,22 +56,26 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint("mlp_out")
         self.hook_resid_post = HookPoint("resid_post")
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, **positions) -> torch.Tensor:
-        """`positions`: `attention_mask` / `position_ids` for mixers that take them."""
+    def forward(self, x: torch.Tensor, ctx: AttentionContext | None = None) -> torch.Tensor:
+        """`ctx`: the forward's attention context (None = no cache, default positions)."""
         x = self.hook_resid_pre(x)
-        x = x + self.hook_mixer_out(self.mixer(self.norm1(x), cache=cache, **positions))
+        x = x + self.hook_mixer_out(self.mixer(self.norm1(x), ctx))
         return self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.norm2(x))))
 
 
 class TinyLM(nn.Module):
-    """forward(tokens (B, N) long, cache=None, *, attention_mask=None, position_ids=None)
+    """forward(tokens (B, N) long, ctx=None, *, attention_mask=None, position_ids=None)
     -> logits (B, N, vocab_size).
 
-    With a cache (from `new_cache`), `tokens` are the next N tokens of every sequence;
-    prefill + token-by-token decoding equals one parallel forward
-    (`models.conformance.check_parallel_equals_decode`). `attention_mask` (B, cached + N)
-    and `position_ids` (N,) or (B, N) follow Hugging Face (left-padded batches,
-    `layers.positions`); every mixer must then be softmax attention or MLA.
+    The model's only forward. `ctx` is an `AttentionContext` (cache handle + positions,
+    `cache.context`) or, as shorthand, a cache from `new_cache` (wrapped in a context
+    whose positions follow the cache). With a cache, `tokens` are the next N tokens of
+    every sequence; prefill + token-by-token decoding equals one parallel forward
+    (`models.conformance.check_parallel_equals_decode`). `generate`, the conformance
+    check and the serving engine (`serving.Engine`, paged per-layer views) all call it.
+    `attention_mask` (B, cached + N) and `position_ids` (N,) or (B, N) follow Hugging
+    Face (left-padded batches, `layers.positions`); every mixer must then be softmax
+    attention or MLA.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -94,7 +99,7 @@ class TinyLM(nn.Module):
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, *,
+    def forward(self, tokens: torch.Tensor, ctx: AttentionContext | KVCache | None = None, *,
                 attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         check_tensor("tokens", tokens, 2)
@@ -103,24 +108,28 @@ class TinyLM(nn.Module):
         if tokens.shape[1] == 0:
             raise ValueError(f"tokens must hold at least one token, got shape "
                              f"{tuple(tokens.shape)}")
-        if cache is not None and not isinstance(cache, KVCache):
-            raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
+        ctx = as_context(ctx, attention_mask=attention_mask, position_ids=position_ids)
+        cache = ctx.cache
         if cache is not None and cache.n_layers != self.cfg.n_layers:
             raise ValueError(f"cache has {cache.n_layers} layers; expected n_layers "
                              f"({self.cfg.n_layers})")
-        start = 0 if cache is None else cache.seq_len(0)
-        if start + tokens.shape[1] > self.cfg.max_seq_len:
-            raise ValueError(f"positions up to {start + tokens.shape[1]} exceed max_seq_len "
+        if ctx.positions is not None:
+            end = int(ctx.positions.max()) + 1 if ctx.positions.numel() else 0
+        else:
+            end = (0 if cache is None else cache.seq_len(0)) + tokens.shape[1]
+        if end > self.cfg.max_seq_len:
+            raise ValueError(f"positions up to {end} exceed max_seq_len "
                              f"({self.cfg.max_seq_len})")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
             raise ValueError(f"tokens must lie in [0, {self.cfg.vocab_size}), got range "
                              f"[{int(tokens.min())}, {int(tokens.max())}]")
-        positions = self._positions(attention_mask, position_ids)
+        self._positions(ctx.attention_mask, ctx.position_ids)
         if cache is not None:  # refuse before layer 0 writes: a full layer 3 must not
             cache.check_append(tokens.shape[1])  # leave layers 0–2 one step ahead
+        arg = None if cache is None and ctx.positions is None and not ctx.padding() else ctx
         x = self.embed(tokens)  # (B, N, d_model)
         for block in self.blocks:
-            x = block(x, cache, **positions)
+            x = block(x, arg)
         x = self.norm(x)
         w = self.embed.weight if self.head is None else self.head.weight
         return x @ w.T  # (B, N, vocab)
@@ -132,7 +141,7 @@ class TinyLM(nn.Module):
                                    ("position_ids", position_ids)) if v is not None}
         if given:
             for i, block in enumerate(self.blocks):
-                if not getattr(block.mixer, "takes_positions", False):
+                if not (isinstance(block.mixer, Mixer) and block.mixer.takes_positions):
                     raise ValueError(f"{' and '.join(given)} given, but blocks[{i}].mixer "
                                      f"({type(block.mixer).__name__}) does not take them; "
                                      "expected softmax attention or MLA layers")

@@ -1,15 +1,19 @@
-"""Serving: continuous batching over a paged KV cache (`Engine`), the packed model step."""
+"""Serving: continuous batching through the model's own forward (`Engine`), over one
+paged pool per layer group and recurrent state slots (`ServingCache`)."""
 from .engine import Engine, EngineConfig, EngineStats, Request, Result, generate_one
-from .runner import StepEntry, new_paged_cache, packed_forward
+from .pool import PagedLayerView, ServingCache, ServingStep
+from .state_slots import StateSlots, StateSlotView
 
 __all__ = [
-           "Engine",
-           "EngineConfig",
-           "EngineStats",
-           "Request",
-           "Result",
-           "StepEntry",
-           "generate_one",
-           "new_paged_cache",
-           "packed_forward",
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
+    "PagedLayerView",
+    "Request",
+    "Result",
+    "ServingCache",
+    "ServingStep",
+    "StateSlotView",
+    "StateSlots",
+    "generate_one",
 ]

@@ -14,8 +14,15 @@ Every `step()` builds one ragged batch under a token budget:
 2. if nothing was preempted: swapped sequences come back (oldest first); once none is
    left swapped, waiting requests are admitted with a first prefill chunk, while blocks,
    budget and `max_running` allow.
-The model runs once on the packed batch (`runner.packed_forward`); a sequence whose chunk
-reaches its last token gets its next token (greedy), and stops on EOS or max tokens.
+The model's own forward runs the step (`TinyLM.forward(tokens, ctx)`, with an
+`AttentionContext` whose cache is the step's per-layer views, `pool.ServingCache.step`):
+one call for every sequence with one token this step (the decode batch, each row at its
+own position), one call per longer prefill chunk. A sequence whose chunk reaches its last
+token gets its next token (greedy), and stops on EOS or max tokens.
+
+Memory (`pool.ServingCache`): one paged pool per layer group (full attention, each
+window size, MLA's latent) and state slots for recurrent layers, so every mixer kind of
+the model zoo is servable; windowed groups hold O(W) blocks per sequence.
 """
 from __future__ import annotations
 
@@ -25,9 +32,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_positive_int
-from ..cache.paged import SwappedSequence
+from ..cache.context import AttentionContext
 from ..models.lm import TinyLM
-from .runner import StepEntry, new_paged_cache, packed_forward
+from .pool import ServingCache
 
 PREEMPTION_MODES = ("swap", "recompute")
 
@@ -71,18 +78,29 @@ class Result:
     preemptions: int
 
 
-@dataclass
+@dataclass(eq=False)  # identity: `in running` / `remove` must not compare token lists
 class _Seq:
     rid: int
     req: Request
     generated: list[int] = field(default_factory=list)
     computed: int = 0  # tokens whose K/V are in the pool
-    swapped: SwappedSequence | None = None
+    swapped: dict | None = None
     preemptions: int = 0
 
     @property
     def all_tokens(self) -> list[int]:
         return self.req.prompt + self.generated
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.req.prompt) + len(self.generated)
+
+    def tokens(self, a: int, b: int) -> list[int]:
+        """Token ids of positions a..b−1 (without copying the whole history)."""
+        p = self.req.prompt
+        if b <= len(p):
+            return p[a:b]
+        return p[a:] + self.generated[max(0, a - len(p)):b - len(p)]
 
 
 @dataclass
@@ -94,6 +112,9 @@ class EngineStats:
     peak_blocks: int = 0
     prefix_hit_tokens: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    tokens: int = 0  # tokens run through the model (prefill + decode)
+    generated: int = 0
+    peak_used_nbytes: int = 0  # KV blocks + state slots in use, at the fullest step
 
 
 class Engine:
@@ -102,9 +123,12 @@ class Engine:
     def __init__(self, model: TinyLM, cfg: EngineConfig):
         if not isinstance(cfg, EngineConfig):
             raise TypeError(f"cfg must be an EngineConfig, got {type(cfg).__name__}")
+        if not isinstance(model, TinyLM):
+            raise TypeError(f"model must be a TinyLM, got {type(model).__name__}")
         self.model, self.cfg = model.eval(), cfg
-        self.cache = new_paged_cache(model, cfg.num_blocks, cfg.block_size,
-                                     prefix_caching=cfg.prefix_caching)
+        self.cache = ServingCache(model, cfg.num_blocks, cfg.block_size,
+                                  prefix_caching=cfg.prefix_caching,
+                                  max_sequences=cfg.max_running)
         self.waiting: list[_Seq] = []  # arrived or future requests, FCFS
         self.running: list[_Seq] = []  # resident in the pool, oldest first
         self.swapped: list[_Seq] = []  # preempted, oldest first
@@ -126,9 +150,10 @@ class Engine:
         if total > self.model.cfg.max_seq_len:
             raise ValueError(f"prompt + max_new_tokens ({total}) exceeds the model's "
                              f"max_seq_len ({self.model.cfg.max_seq_len})")
-        if -(-total // self.cfg.block_size) > self.cfg.num_blocks:
-            raise ValueError(f"request needs up to {-(-total // self.cfg.block_size)} blocks but "
-                             f"the pool has num_blocks ({self.cfg.num_blocks})")
+        need = self.cache.blocks_for(total, self.cfg.prefill_chunk)
+        if need > self.cfg.num_blocks:
+            raise ValueError(f"request needs up to {need} blocks but the pool has num_blocks "
+                             f"({self.cfg.num_blocks})")
         rid = self._next_id
         self._next_id += 1
         self.waiting.append(_Seq(rid, req))
@@ -145,7 +170,7 @@ class Engine:
         self.stats.preemptions += 1
         if self.cfg.preemption == "swap":
             s.swapped = self.cache.swap_out(s.rid)
-            self.stats.swapped_bytes += s.swapped.nbytes
+            self.stats.swapped_bytes += self.cache.swapped_nbytes(s.swapped)
             self.swapped.append(s)
         else:
             self.cache.free(s.rid)
@@ -153,10 +178,20 @@ class Engine:
             s.computed = 0
             self.waiting.insert(0, s)  # first in line to come back
 
+    def preempt(self, rid: int) -> bool:
+        """Preempt running request `rid` now, with the configured mode (an operator's or a
+        test's preemption; the scheduler preempts by itself when memory runs out).
+        Returns False when `rid` is not running (waiting, swapped or finished)."""
+        s = next((s for s in self.running if s.rid == rid), None)
+        if s is None:
+            return False
+        self._preempt(s)
+        return True
+
     def _fit(self, s: _Seq, n: int) -> bool:
         """Preempt the youngest running sequences until `s` can take n tokens; False if
         `s` itself had to go."""
-        while self.cache.blocks_needed(s.rid, n) > self.cache.allocator.n_free:
+        while not self.cache.fits(s.rid, n):
             victim = self.running[-1]
             self._preempt(victim)
             if victim is s:
@@ -164,13 +199,13 @@ class Engine:
         return True
 
     # --- scheduling ------------------------------------------------------------------
-    def _schedule(self) -> list[tuple[_Seq, int, StepEntry]]:
+    def _schedule(self) -> list[tuple[_Seq, int, list[int], int]]:
         budget, plan = self.cfg.max_batch_tokens, []
         preempted = False
         for s in list(self.running):
             if s not in self.running or budget == 0:
                 continue
-            n = min(len(s.all_tokens) - s.computed, self.cfg.prefill_chunk, budget)
+            n = min(s.n_tokens - s.computed, self.cfg.prefill_chunk, budget)
             before = self.stats.preemptions
             if self._fit(s, n):
                 plan.append(self._reserve(s, n))
@@ -180,9 +215,8 @@ class Engine:
             return plan
         while self.swapped and len(self.running) < self.cfg.max_running and budget > 0:
             s = self.swapped[0]
-            n = min(len(s.all_tokens) - s.computed, self.cfg.prefill_chunk, budget)
-            need = -(-(s.computed + n) // self.cfg.block_size)  # its blocks + room for n
-            if need > self.cache.allocator.n_free:
+            n = min(s.n_tokens - s.computed, self.cfg.prefill_chunk, budget)
+            if not self.cache.fits_swap_in(s.swapped, n):
                 break
             self.swapped.pop(0)
             self.cache.swap_in(s.rid, s.swapped)
@@ -199,8 +233,8 @@ class Engine:
                 continue
             if not self.cache.has_sequence(s.rid):
                 s.computed = self.cache.add_sequence(s.rid, s.all_tokens)  # prefix hit
-            n = min(len(s.all_tokens) - s.computed, self.cfg.prefill_chunk, budget)
-            if self.cache.blocks_needed(s.rid, n) > self.cache.allocator.n_free:
+            n = min(s.n_tokens - s.computed, self.cfg.prefill_chunk, budget)
+            if not self.cache.fits(s.rid, n):
                 self.cache.free(s.rid)  # give shared prefix blocks back; retry later
                 s.computed = 0
                 break
@@ -211,30 +245,52 @@ class Engine:
             budget -= n
         return plan
 
-    def _reserve(self, s: _Seq, n: int) -> tuple[_Seq, int, StepEntry]:
+    def _reserve(self, s: _Seq, n: int) -> tuple[_Seq, int, list[int], int]:
         """Claim pool slots for s's next n tokens now, so later decisions see them taken."""
-        toks = s.all_tokens[s.computed:s.computed + n]
-        slots = self.cache.reserve(s.rid, n, tokens=toks)
-        return s, n, StepEntry(s.rid, toks, s.computed, slots)
+        toks = s.tokens(s.computed, s.computed + n)
+        self.cache.reserve(s.rid, n, tokens=toks)
+        return s, n, toks, s.computed
+
+    @torch.no_grad()
+    def _forward(self, items: list[tuple[_Seq, int, list[int], int]]) -> torch.Tensor:
+        """The model's own forward on a batch of sequences with n tokens each, each at its
+        own position; returns the logits of each row's last token (B, vocab)."""
+        dev = next(self.model.parameters()).device
+        n = items[0][1]
+        toks = torch.tensor([t for _, _, t, _ in items], dtype=torch.long, device=dev)  # (B, n)
+        pos = torch.tensor([[st + i for i in range(n)] for _, _, _, st in items],
+                           dtype=torch.long)  # (B, n) absolute positions
+        step = self.cache.step([s.rid for s, _, _, _ in items], n)
+        return self.model(toks, AttentionContext(step, positions=pos))[:, -1]  # (B, vocab)
 
     def step(self) -> list[Result]:
-        """One iteration: schedule, run the packed batch, sample, retire finished requests."""
+        """One iteration: schedule, run the model on the batch, sample, retire finished."""
         plan = self._schedule()
         self.stats.steps += 1
         if not plan:
             return []
-        entries = [e for _, _, e in plan]
-        logits = packed_forward(self.model, self.cache, entries)  # (E, vocab)
-        self.stats.batch_sizes.append(len(entries))
-        self.stats.peak_blocks = max(self.stats.peak_blocks, self.cache.allocator.n_owned)
+        rows: dict[int, torch.Tensor] = {}
+        decode = [i for i, p in enumerate(plan) if p[1] == 1]
+        if decode:  # every one-token sequence in one call: the decode batch
+            for i, row in zip(decode, self._forward([plan[i] for i in decode])):
+                rows[i] = row
+        for i, p in enumerate(plan):
+            if p[1] > 1:  # a prefill chunk: its own call
+                rows[i] = self._forward([p])[0]
+        self.stats.batch_sizes.append(len(plan))
+        self.stats.tokens += sum(p[1] for p in plan)
+        self.stats.peak_blocks = max(self.stats.peak_blocks, self.cache.n_owned)
+        self.stats.peak_used_nbytes = max(self.stats.peak_used_nbytes, self.cache.used_nbytes)
         finished = []
-        for (s, n, _), row in zip(plan, logits):
+        for i, (s, n, _, _) in enumerate(plan):
+            row = rows[i]
             s.computed += n
             self.cache.register_full_blocks(s.rid)
-            if s.computed < len(s.all_tokens):
+            if s.computed < s.n_tokens:
                 continue  # mid-prefill: no token yet
             tok = int(row.argmax())  # greedy
             s.generated.append(tok)
+            self.stats.generated += 1
             eos = s.req.eos_id is not None and tok == s.req.eos_id
             if eos or len(s.generated) >= s.req.max_new_tokens:
                 self.running.remove(s)
