@@ -83,8 +83,9 @@ def finish(acc, m, l, o, lse):
 
 
 def load_rows(raw, sc, row0, nb, buf, bufi):
-    """Rows row0..row0+nb of `raw` as float32 (nb, D) and the count of int8 codes −128
-    met; specialised by raw's dtype below (numba overloads)."""
+    """Rows row0..row0+nb of `raw` as float32 (nb, D) and whether an int8 code −128 was
+    met; specialised by raw's dtype below (numba overloads). buf (KEY_BLOCK, D) float32,
+    bufi its int32 view."""
     raise NotImplementedError("compiled only: called from the numba kernel")
 
 
@@ -100,8 +101,8 @@ def _load_rows(raw, sc, row0, nb, buf, bufi):
             for i in range(nb):
                 src = raw[row0 + i]
                 dst = bufi[i]
-                for d in range(D):
-                    dst[d] = np.int32(src[d]) << np.int32(16)
+                for d in range(D):  # ×2^16, not <<: numba's checked shift does not vectorise
+                    dst[d] = np.int32(src[d]) * np.int32(65536)
             return buf[:nb], 0
     elif dt == numba.int16:  # float16 words, widened exactly (subnormals, inf, NaN)
         def impl(raw, sc, row0, nb, buf, bufi):
@@ -109,35 +110,42 @@ def _load_rows(raw, sc, row0, nb, buf, bufi):
             for i in range(nb):
                 src = raw[row0 + i]
                 dst = bufi[i]
-                for d in range(D):  # exponent+mantissa moved to float32's place
-                    dst[d] = (np.int32(src[d]) & np.int32(0x7FFF)) << np.int32(13)
+                for d in range(D):  # exponent+mantissa moved to float32's place (×2^13)
+                    dst[d] = (np.int32(src[d]) & np.int32(0x7FFF)) * np.int32(8192)
                 f = buf[i]
                 for d in range(D):  # rebias: ×2^112 (also turns subnormals normal)
                     f[d] = f[d] * np.float32(5.192296858534828e33)
-                for d in range(D):  # inf/NaN (exponent 31) and the sign bit
-                    h = np.int32(src[d]) & np.int32(0xFFFF)
-                    em = (h & np.int32(0x7FFF)) << np.int32(13)
+                for d in range(D):  # inf/NaN (exponent 31): all-ones exponent
+                    em = (np.int32(src[d]) & np.int32(0x7FFF)) * np.int32(8192)
                     top = -np.int32(em >= np.int32(0x0F800000))  # all ones on inf/NaN
-                    bits = (dst[d] & ~top) | ((em | np.int32(0x7F800000)) & top)
-                    dst[d] = bits | ((h & np.int32(0x8000)) << np.int32(16))
+                    dst[d] = (dst[d] & ~top) | ((em | np.int32(0x7F800000)) & top)
+                for d in range(D):  # the sign bit (a negative int16 word)
+                    f[d] = -f[d] if src[d] < 0 else f[d]
             return buf[:nb], 0
     elif dt == numba.int8:  # codes · float32 scale (per token or per group of channels)
         def impl(raw, sc, row0, nb, buf, bufi):
             D = raw.shape[1]
             ng = sc.shape[1]
             g = D // ng
-            bad = 0
+            low = np.int32(0)
             for i in range(nb):
                 src = raw[row0 + i]
                 dst = buf[i]
                 srow = sc[row0 + i]
-                for gi in range(ng):
+                for d in range(D):  # the smallest code: −128 marks a side-table entry
+                    low = min(low, np.int32(src[d]))
+                if ng == 1:  # per token: one scale for the row
+                    s = srow[0]
+                    for d in range(D):
+                        dst[d] = np.float32(src[d]) * s
+                    continue
+                for gi in range(ng):  # per group of g channels
                     s = srow[gi]
-                    for d in range(gi * g, gi * g + g):
-                        c = src[d]
-                        bad += np.int32(c == np.int8(-128))
-                        dst[d] = np.float32(c) * s
-            return buf[:nb], bad
+                    sg = src[gi * g:gi * g + g]
+                    dg = dst[gi * g:gi * g + g]
+                    for d in range(g):
+                        dg[d] = np.float32(sg[d]) * s
+            return buf[:nb], np.int32(low == np.int32(-128))
     else:
         return None
     return impl
@@ -246,10 +254,10 @@ def decode_items(q, kraw, vraw, ksc, vsc, tbl, hstride, pstride, bs, items, lens
         p = np.empty((4, KEY_BLOCK), dtype=np.float32)
         ib = np.empty(KEY_BLOCK, dtype=np.int32)
         fb = ib.view(np.float32)
-        kbi = np.empty((KEY_BLOCK, D), dtype=np.int32)
-        vbi = np.empty((KEY_BLOCK, Dv), dtype=np.int32)
-        kbf = kbi.view(np.float32)
-        vbf = vbi.view(np.float32)
+        kbf = np.empty((KEY_BLOCK, D), dtype=np.float32)  # widened rows (read as C arrays)
+        vbf = np.empty((KEY_BLOCK, Dv), dtype=np.float32)
+        kbi = kbf.view(np.int32)  # the same memory, written bit by bit for bf16/fp16
+        vbi = vbf.view(np.int32)
         qb = q[b, h]
         bad = 0
         while j < j1:
