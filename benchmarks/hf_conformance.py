@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from attnlab.hf import gqa_sweep, pool_kv_heads, register
+from attnlab.hf import gqa_sweep, logit_kl, low_rank_kv, mla_cache_floats, pool_kv_heads, register
 from attnlab.hf.conformance import (
     FAMILIES,
     conformance_row,
@@ -49,6 +49,19 @@ CONVERT_SUMMARY = ("Random weights make heads independent, so any pooling costs 
                    "cosine to ~0.7: the converted checkpoint is a start point that needs the "
                    "paper's uptraining (~5% of the pre-training steps), not a drop-in "
                    "replacement.")
+
+MLA_NOTE = ("## MHA -> MLA-style latent on all-MiniLM-L6-v2 (attnlab.hf.low_rank_kv)\n\n"
+            "Joint truncated SVD of each layer's stacked key and value projections "
+            "(MHA2MLA's recipe; MiniLM has no RoPE, so no decoupled rope key): the cache holds "
+            "one latent of `rank` floats per token per layer instead of 2·12·32 = 768. Rank "
+            "384 = hidden_size is exact (the latent can span every key and value) at half the "
+            "cache; at every cache size where both exist, the latent keeps the embeddings "
+            "closer than pooled GQA heads. Before any fine-tuning.")
+MLA_LLAMA_NOTE = ("## Tiny random Llama (4 heads, head_dim 16 = 8 rope pairs): partial RoPE + "
+                  "latent\n\nThe `rope pairs kept` highest-frequency pairs of every head stay "
+                  "rotated (a decoupled key, cached as is); the other key dims lose RoPE and "
+                  "join the values in the latent. 8 pairs at full rank is exact; dropping RoPE "
+                  "on 6 of 8 pairs costs KL by itself on random weights.")
 
 
 def _minilm_inputs():
@@ -97,9 +110,30 @@ def convert() -> str:
                      kv, f"{100 * (1 - n / n_heads):.1f}%"])
     t2 = md_table(["KV heads", "group size", "embedding cosine (mean)", "(min)",
                    "K/V bytes per token", "saved"], rows)
-    title = "MHA -> GQA by mean-pooling K/V heads (GQA paper recipe, before uptraining)"
+    gqa_cos = {n_heads // int(r[1]): float(r[2]) for r in rows}  # KV heads -> cosine
+    mla_rows = []
+    for r in (384, 256, 192, 128, 96, 64, 32):
+        cos = (sentence_embeddings(low_rank_kv(model, r, None), **enc) * e0).sum(-1)
+        floats, full = mla_cache_floats(model, r, None)
+        same = floats // (2 * head_dim)  # pooled KV heads with this cache, if whole
+        gqa = f"{gqa_cos[same]:.3f} (GQA-{same})" if floats % (2 * head_dim) == 0 and \
+            same in gqa_cos else "–"
+        mla_rows.append([r, f"{float(cos.mean()):.3f}", f"{float(cos.min()):.3f}",
+                         f"{floats}/{full}", gqa])
+    t3 = md_table(["latent rank", "embedding cosine (mean)", "(min)",
+                   "cached floats / token / layer", "pooled GQA at equal cache"], mla_rows)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, head_dim=16,
+                      initializer_range=0.2)
+    rl = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    t4 = md_table(["rope pairs kept", "latent rank", "logit KL (nats)", "cached floats"],
+                  [[rp, r, f"{logit_kl(rl, low_rank_kv(rl, r, rp), ids):.4f}",
+                    "{}/{}".format(*mla_cache_floats(rl, r, rp))]
+                   for rp in (8, 2) for r in (64, 48, 32, 16)])
+    title = "KV-layout conversions: MHA -> GQA (mean-pooled heads) and -> MLA-style latent"
     return "\n".join([header(title), LLAMA_NOTE, "", t1, "", MINILM_NOTE, "", t2, "",
-                      CONVERT_SUMMARY, ""])
+                      CONVERT_SUMMARY, "", MLA_NOTE, "", t3, "", MLA_LLAMA_NOTE, "", t4, ""])
 
 
 def main() -> None:

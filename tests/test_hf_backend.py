@@ -2,12 +2,16 @@
 mask objects it accepts, softcap / sinks / position bias, errors (docs/conventions.md §9)."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AttentionInterface
 from transformers.masking_utils import (
     AttentionMaskInterface,
+    bidirectional_mask_function,
     causal_mask_function,
     eager_mask,
     sdpa_mask,
+    sliding_window_bidirectional_mask_function,
     sliding_window_causal_mask_function,
 )
 from transformers.models.gemma2.modeling_gemma2 import (
@@ -249,8 +253,6 @@ def test_softcap_and_sinks_pass_through(window):
 
 
 def test_bidirectional_window_matches_transformers_overlay():
-    from transformers.masking_utils import sliding_window_bidirectional_mask_function
-
     q, k, v = qkv(Nq=7, Nk=7)
     m = sdpa_mask(batch_size=2, q_length=7, kv_length=7, allow_is_causal_skip=False,
                   mask_function=sliding_window_bidirectional_mask_function(2))
@@ -279,3 +281,35 @@ def test_bad_inputs_raise_clear_errors():
     m = ah.attnlab_mask(batch_size=2, q_length=6, kv_length=8)
     with pytest.raises(ValueError, match="built for"):
         ah.attnlab_attention_forward(mod, q, k, v, m)
+
+
+# ---- property test: the rebuilt predicate equals transformers' mask -------------------
+
+@settings(max_examples=60, deadline=None)
+@given(B=st.integers(1, 3), nq=st.integers(1, 9), extra=st.integers(0, 9),
+       q_off=st.integers(0, 6), kv_off=st.integers(0, 4), window=st.one_of(st.none(),
+       st.integers(1, 8)), causal=st.booleans(), pad_seed=st.integers(0, 2 ** 16),
+       padded=st.booleans())
+def test_rebuilt_mask_property(B, nq, extra, q_off, kv_off, window, causal, pad_seed, padded):
+    nk = nq + extra  # a cache may hold more keys than queries, and start after position 0
+    q_off = min(q_off, kv_off + nk - nq) if causal else q_off
+    pad = None
+    if padded:
+        g = torch.Generator().manual_seed(pad_seed)
+        pad = torch.rand(B, kv_off + nk, generator=g) > 0.3
+    if causal:
+        fn = sliding_window_causal_mask_function(window) if window else causal_mask_function
+    else:
+        fn = (sliding_window_bidirectional_mask_function(window) if window
+              else bidirectional_mask_function)
+    kw = {"batch_size": B, "q_length": nq, "kv_length": nk, "q_offset": q_off, "kv_offset": kv_off,
+              "mask_function": fn, "attention_mask": pad}
+    want = sdpa_mask(allow_is_causal_skip=False, **kw).expand(B, 1, nq, nk)
+    m = ah.attnlab_mask(local_size=window if causal else None, **kw)
+    mask, q_pos, kv_pos, _ = backend._mask_and_positions(
+        m, is_causal=causal, window=window, position_ids=None, B=B, Nq=nq, Nk=nk)
+    if mask is None:
+        got = torch.ones(B, 1, nq, nk, dtype=torch.bool)
+    else:
+        got = mask.to_dense(nq, nk, q_pos=q_pos, kv_pos=kv_pos, batch=B, heads=1)
+    assert torch.equal(got.expand(B, 1, nq, nk), want)

@@ -137,3 +137,73 @@ def test_pool_kv_heads_on_real_minilm():
     torch.testing.assert_close(pooled.view(6, 2, 32, -1)[:, 1], k.view(6, 2, 32, -1).mean(1))
     with pytest.raises(ValueError, match="divisible"):
         ah.pool_kv_heads(m, 5)
+
+
+# ---- MLA-style low-rank KV (MHA2MLA recipe) ---------------------------------------
+
+def rope_llama(seed=3):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                      max_position_embeddings=64, initializer_range=0.2)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+
+
+def test_low_rank_kv_full_rank_all_pairs_is_exact(ids):
+    m = rope_llama()
+    new = ah.low_rank_kv(m, 32, rope_pairs=8)  # every pair rotated; V (32 rows) at full rank
+    with torch.no_grad():
+        torch.testing.assert_close(new(ids).logits, m(ids).logits, atol=1e-4, rtol=1e-4)
+    assert ah.mla_cache_floats(m, 32, 8) == (32 + 2 * 8 * 2, 2 * 2 * 16)
+
+
+def test_low_rank_kv_factors_and_partial_rope(ids):
+    m = rope_llama()
+    new = ah.low_rank_kv(m, 12, rope_pairs=2)
+    rot = new.model.rotary_emb
+    assert isinstance(rot, ah.PartialRotary)
+    x = torch.zeros(1, 5, 16)
+    cos, sin = rot(x, torch.arange(5)[None])
+    cos0, _ = rot.inner(x, torch.arange(5)[None])
+    kept = torch.tensor([0, 1, 8, 9])  # pairs 0 and 1 of the rotate-half layout
+    torch.testing.assert_close(cos[..., kept], cos0[..., kept])
+    assert bool((sin[..., 2:8] == 0).all() and (cos[..., 10:] == 1).all())
+    attn = new.model.layers[0].self_attn
+    nope = torch.ones(16, dtype=torch.bool)
+    nope[kept] = False
+    stacked = torch.cat([attn.k_proj.weight[nope.repeat(2)], attn.v_proj.weight])
+    assert int(torch.linalg.matrix_rank(stacked.double(), rtol=1e-6)) == 12
+    k_rope = attn.k_proj.weight[~nope.repeat(2)]  # the decoupled rope key is kept exactly
+    torch.testing.assert_close(k_rope, m.model.layers[0].self_attn.k_proj.weight[~nope.repeat(2)])
+
+
+def test_low_rank_kv_beats_pooled_gqa_at_equal_cache_on_real_minilm():
+    from attnlab.analysis.pretrained import SENTENCES, load_minilm
+    from attnlab.hf.conformance import sentence_embeddings
+
+    m, tok = load_minilm()
+    enc = dict(tok(list(SENTENCES), return_tensors="pt", padding=True))
+    e0 = sentence_embeddings(m, **enc)
+
+    def cos(model):
+        return float((sentence_embeddings(model, **enc) * e0).sum(-1).mean())
+
+    mla = {r: cos(ah.low_rank_kv(m, r, None)) for r in (384, 192, 96)}
+    print(f"\nall-MiniLM-L6-v2 low-rank KV, embedding cosine by rank: {mla}")
+    assert mla[384] > 1 - 1e-5  # rank d_model: the latent spans every key and value
+    assert mla[96] < mla[192] < mla[384]
+    # the same cache floats per token per layer (192 of 768): latent beats 3 pooled KV heads
+    assert ah.mla_cache_floats(m, 192, None) == (192, 768)
+    assert mla[192] > cos(ah.pool_kv_heads(m, 3))
+
+
+def test_low_rank_kv_bad_inputs(model):
+    m = rope_llama()
+    with pytest.raises(ValueError, match="rank"):
+        ah.low_rank_kv(m, 65, rope_pairs=0)
+    with pytest.raises(ValueError, match="rope_pairs"):
+        ah.low_rank_kv(m, 8, rope_pairs=9)
+    with pytest.raises(ValueError, match="applies RoPE"):
+        ah.low_rank_kv(m, 8, rope_pairs=None)
+    with pytest.raises(ValueError, match="no rotary_emb"):
+        ah.low_rank_kv(build("bert"), 8, rope_pairs=2)

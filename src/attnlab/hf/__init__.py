@@ -13,16 +13,35 @@ eager attention), `convert` (KV-layout conversions on HF models), `from_pretrain
 from .backend import NAME, attnlab_attention_forward, register
 from .convert import (
     ConversionReport,
+    PartialRotary,
     gqa_sweep,
     kv_cache_bytes,
     logit_kl,
+    low_rank_kv,
     mha_to_gqa,
+    mla_cache_floats,
     pool_kv_heads,
 )
 from .from_pretrained import from_hf_model, from_pretrained_attention, from_pretrained_lm
 from .masks import HFMask, HFMaskInfo, attnlab_mask
 
-__all__ = ["NAME", "ConversionReport", "HFMask", "HFMaskInfo",
-           "attnlab_attention_forward", "attnlab_mask", "from_hf_model",
-           "from_pretrained_attention", "from_pretrained_lm", "gqa_sweep", "kv_cache_bytes",
-           "logit_kl", "mha_to_gqa", "pool_kv_heads", "register"]
+__all__ = [
+    "NAME",
+    "ConversionReport",
+    "HFMask",
+    "HFMaskInfo",
+    "PartialRotary",
+    "attnlab_attention_forward",
+    "attnlab_mask",
+    "from_hf_model",
+    "from_pretrained_attention",
+    "from_pretrained_lm",
+    "gqa_sweep",
+    "kv_cache_bytes",
+    "logit_kl",
+    "low_rank_kv",
+    "mha_to_gqa",
+    "mla_cache_floats",
+    "pool_kv_heads",
+    "register",
+]

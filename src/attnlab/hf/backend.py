@@ -31,6 +31,7 @@ Attention dropout is not supported (a ValueError when a training model asks for 
 from __future__ import annotations
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask
 
 from ..ops.softmax import attention
 from ..ops.softmax.score_mods import softcap as softcap_mod
@@ -43,6 +44,7 @@ from .masks import (
 )
 
 NAME = "attnlab"
+
 
 def _bias_mod(bias: torch.Tensor, q0: int, k0: int, prev=None):
     """score_mod adding `bias[b, h, q - q0, k - k0]` (an additive mask or T5 position bias
@@ -88,12 +90,10 @@ def _mask_and_positions(attention_mask, *, is_causal, window, position_ids, B, N
         docs = packed_documents(_rows(position_ids, B)) if is_causal and Nq == Nk else None
         mask = structural_mask(is_causal=is_causal, window=window, padding=None, doc_ids=docs)
         return mask, None, None, None
-    if type(attention_mask).__name__ == "BlockMask":
+    if isinstance(attention_mask, BlockMask):
         return block_mask_to_bool(attention_mask, B, Nq, Nk), None, None, None
     if isinstance(attention_mask, torch.Tensor):
         m = attention_mask
-        if m.ndim == 2 and m.shape == (B, Nk):  # a raw (B, Nk) padding mask
-            m = m.bool()[:, None, None, :]
         if m.ndim != 4 or m.shape[-2:] != (Nq, Nk):
             raise ValueError(f"attention_mask must have shape (B|1, H|1, Nq, Nk) with (Nq, Nk) = "
                              f"({Nq}, {Nk}), got {tuple(m.shape)}")

@@ -15,6 +15,10 @@ inside the MHA layout, which computes exactly what the GQA model would (every qu
 a group reads the same pooled head), so the damage pooling does to a real checkpoint can be
 measured on encoders too (tests/test_hf_convert.py on all-MiniLM-L6-v2).
 
+`low_rank_kv(model, rank, rope_pairs)`: MHA/GQA -> an MLA-style latent (MHA2MLA / TransMLA,
+2025): partial RoPE plus a joint truncated SVD of the key and value projections; the
+cache holds one latent per token and layer plus the kept rotated key dims.
+
 `logit_kl` and `kv_cache_bytes` measure the two sides: the KL divergence of the converted
 model's next-token distribution from the original's, and the bytes a real `DynamicCache`
 holds after a prefill (so the saving is measured, not computed from a formula).
@@ -176,3 +180,90 @@ def gqa_sweep(model: torch.nn.Module, input_ids: torch.Tensor,
         rows.append(ConversionReport(n, model.config.num_attention_heads // n,
                                      logit_kl(model, conv, input_ids), b, 1 - b / base))
     return rows
+
+
+# ---- MHA / GQA -> MLA-style low-rank KV (MHA2MLA / TransMLA, 2025) ---------------------
+
+class PartialRotary(torch.nn.Module):
+    """A transformers rotary-embedding module with RoPE switched off outside `keep` (D,)
+    bool: there cos = the module's attention scaling and sin = 0, so those q/k dims pass
+    unrotated (MHA2MLA's partial RoPE). rotate-half layout: pair i is dims i and i + D/2."""
+
+    def __init__(self, inner: torch.nn.Module, keep: torch.Tensor):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("keep", keep, persistent=False)
+
+    def forward(self, x, position_ids, *args, **kwargs):
+        cos, sin = self.inner(x, position_ids, *args, **kwargs)  # (B, N, D)
+        scale = float(getattr(self.inner, "attention_scaling", 1.0))
+        return (torch.where(self.keep, cos, torch.full_like(cos, scale)),
+                torch.where(self.keep, sin, torch.zeros_like(sin)))
+
+
+def _kv_projections(model) -> tuple[str, str]:
+    return ("k_proj", "v_proj") if _has_any(model, ("k_proj", "v_proj")) else ("key", "value")
+
+
+@torch.no_grad()
+def low_rank_kv(model: torch.nn.Module, rank: int, rope_pairs: int = 0) -> torch.nn.Module:
+    """A copy of `model` whose keys and values come from one rank-`rank` latent per layer,
+    with `rope_pairs` RoPE frequency pairs per KV head kept as a decoupled rotated key.
+
+    MHA2MLA's recipe (2025): keep RoPE on the `rope_pairs` highest-frequency pairs of every
+    head (q and k), drop it on the rest (partial RoPE), then factorise the stacked
+    non-RoPE key rows and all value rows of a layer jointly by truncated SVD,
+    [W_k,nope; W_v] ≈ U_r (S_r V_rᵀ): the cache holds c = S_r V_rᵀ x (`rank` floats per
+    token per layer) plus the rotated keys of the kept pairs (2 · rope_pairs per KV head),
+    and K_nope = U_r,k c, V = U_r,v c (absorbable into the query / output projections as
+    in MLA). Biases are kept as they are. `rope_pairs=None` for models without RoPE (BERT).
+    The weights returned compute exactly that model (the factors multiplied back). O(L·
+    (H·D)²·d) for the SVDs."""
+    cfg = model.config
+    n_heads, head_dim = _heads(cfg)
+    n_kv = getattr(cfg, "num_key_value_heads", n_heads)
+    rotary = [(n, m) for n, m in model.named_modules() if n.endswith("rotary_emb")]
+    if rope_pairs is None:
+        if rotary:
+            raise ValueError(f"rope_pairs is None but the model ({type(model).__name__}) "
+                             "applies RoPE; expected 0..head_dim/2 pairs to keep")
+    else:
+        check_positive_int("rope_pairs", rope_pairs, minimum=0)
+        if not rotary:
+            raise ValueError(f"rope_pairs ({rope_pairs}) given but the model has no "
+                             "rotary_emb module; pass None for models without RoPE")
+        if rope_pairs > head_dim // 2:
+            raise ValueError(f"rope_pairs ({rope_pairs}) must be <= head_dim / 2 "
+                             f"({head_dim // 2})")
+    keep = torch.zeros(head_dim, dtype=torch.bool)  # dims that stay rotated (rotate-half)
+    if rope_pairs:
+        keep[:rope_pairs] = keep[head_dim // 2: head_dim // 2 + rope_pairs] = True
+    nope_rows = (~keep).repeat(n_kv)  # (Hkv·D,) key rows that go into the latent
+    max_rank = min(int(nope_rows.sum()) + n_kv * head_dim, cfg.hidden_size)
+    check_positive_int("rank", rank)
+    if rank > max_rank:
+        raise ValueError(f"rank ({rank}) must be <= {max_rank} (min of the stacked K_nope/V "
+                         f"rows and hidden_size)")
+    new = copy.deepcopy(model)
+    if rope_pairs is not None and rope_pairs < head_dim // 2:
+        for name, mod in [(n, m) for n, m in new.named_modules() if n.endswith("rotary_emb")]:
+            parent = new.get_submodule(name.rsplit(".", 1)[0]) if "." in name else new
+            setattr(parent, name.rsplit(".", 1)[-1], PartialRotary(mod, keep))
+    kname, vname = _kv_projections(new)
+    for mod in _attention_modules(new, (kname, vname)):
+        wk, wv = getattr(mod, kname).weight, getattr(mod, vname).weight
+        stacked = torch.cat([wk[nope_rows], wv]).double()  # (rows, d)
+        u, s, vh = torch.linalg.svd(stacked, full_matrices=False)
+        approx = (u[:, :rank] * s[:rank]) @ vh[:rank]  # rank-r product U_r S_r V_rᵀ
+        n_nope = int(nope_rows.sum())
+        wk[nope_rows] = approx[:n_nope].to(wk.dtype)
+        wv.copy_(approx[n_nope:].to(wv.dtype))
+    return new
+
+
+def mla_cache_floats(model: torch.nn.Module, rank: int, rope_pairs: int | None) -> tuple[int, int]:
+    """(floats cached per token per layer by `low_rank_kv`, by the original K/V cache):
+    rank + 2·rope_pairs·Hkv against 2·Hkv·D."""
+    n_heads, head_dim = _heads(model.config)
+    n_kv = getattr(model.config, "num_key_value_heads", n_heads)
+    return rank + 2 * (rope_pairs or 0) * n_kv, 2 * n_kv * head_dim

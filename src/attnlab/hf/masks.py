@@ -70,9 +70,9 @@ class HFMask(torch.Tensor):
     _dense_fn: object
 
     @staticmethod
-    def __new__(cls, info: HFMaskInfo, dense_fn) -> Self:
+    def __new__(cls, info: HFMaskInfo, dense_fn, device="cpu") -> Self:
         shape = (info.batch_size, 1, info.q_length, info.kv_length)
-        base = torch.ones((), dtype=torch.bool).expand(*shape)  # zero strides: O(1) memory
+        base = torch.ones((), dtype=torch.bool, device=device).expand(*shape)  # O(1) memory
         t = torch.Tensor._make_subclass(cls, base)
         t.info = info
         t._dense_fn = dense_fn
@@ -115,8 +115,8 @@ def attnlab_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_
     mask_function = causal_mask_function if mask_function is None else mask_function
     q_offset = int(q_offset)  # a static cache hands a 0-d tensor
     padding = prepare_padding_mask(attention_mask, kv_length, kv_offset)
-    if padding is not None:
-        padding = padding.to(torch.bool)
+    if padding is not None:  # predicates run on CPU position tensors (masks.layout)
+        padding = padding.to(device="cpu", dtype=torch.bool)
     info = HFMaskInfo(batch_size, q_length, kv_length, q_offset, int(kv_offset), padding,
                       local_size, bool(use_vmap), not allow_is_causal_skip)
     device = kwargs.get("device", "cpu")
@@ -128,7 +128,7 @@ def attnlab_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_
                       use_vmap=use_vmap, device=device)
         return m.expand(batch_size, 1, q_length, kv_length)
 
-    return HFMask(info, dense)
+    return HFMask(info, dense, device)
 
 
 # ---- attnlab predicates for what HF describes ------------------------------------------
@@ -162,6 +162,7 @@ def packed_documents(position_ids: Tensor | None) -> Tensor | None:
     `find_packed_sequence_indices` rule."""
     if position_ids is None or position_ids.ndim != 2 or position_ids.shape[1] < 2:
         return None
+    position_ids = position_ids.cpu()  # predicates run on CPU position tensors
     step = torch.diff(position_ids, dim=-1)  # (B, N-1)
     if bool((step == 1).all()):
         return None
