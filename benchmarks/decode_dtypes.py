@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     n = 16384 if args.quick else 131072
-    repeats = 3 if args.quick else 7
+    repeats = 3 if args.quick else 5
     machine = measure((torch.float32, torch.bfloat16))
     path = "numba kernel (kv_numba.py)" if numba_available() else \
         "torch fallback (numba not installed)"

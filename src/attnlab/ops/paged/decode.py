@@ -4,7 +4,7 @@ PagedAttention (Kwon et al., SOSP 2023): a sequence's keys/values live in fixed-
 physical blocks of a pool `(Hkv, num_blocks, bs, D)` listed by its block table. Here the
 kernel of `ops.softmax.kv_decode` finds each key's row through the table as it goes
 (row = h·num_blocks·bs + table[b, j // bs]·bs + j mod bs), so nothing of the history is
-gathered or copied, whatever the block order; key blocks never cross a physical block.
+gathered or copied, whatever the block order.
 Pools may hold float32, bfloat16, float16 or int8 codes with float32 scale pools
 `(Hkv, num_blocks, bs, g)` (docs/conventions.md §4). Same contract as `paged_attention`:
 query i of sequence b sits at position seq_lens[b] − Nq + i and sees keys 0..that

@@ -8,8 +8,9 @@ rows `(rows, D)` and a key's row is found through a block table,
 
 which is a paged pool `(Hkv, num_blocks, bs, D)` (hstride = num_blocks·bs, pstride = bs)
 or a contiguous cache `(B, Hkv, N, D)` (one block per sequence: bs = N, table[b, 0] = b,
-pstride = Hkv·N, hstride = N). Keys are scored in blocks of at most KEY_BLOCK keys that
-never cross a physical block, so a block is a run of consecutive rows.
+pstride = Hkv·N, hstride = N). Keys are scored in blocks of KEY_BLOCK keys whose rows
+are looked up one by one (a block may span physical blocks: paged and contiguous caches run
+the same inner loops).
 
 Each key block is widened to float32 once (`load_rows`, specialised by the stored dtype):
 float32 rows are used in place; bf16 rows (raw uint16 words) are shifted left 16 bits into
@@ -82,33 +83,34 @@ def finish(acc, m, l, o, lse):
             lse[r] = NEG_INF
 
 
-def load_rows(raw, sc, row0, nb, buf, bufi):
-    """Rows row0..row0+nb of `raw` as float32 (nb, D) and whether an int8 code −128 was
-    met; specialised by raw's dtype below (numba overloads). buf (KEY_BLOCK, D) float32,
-    bufi its int32 view."""
+def load_rows(raw, sc, rows, nb, buf, bufi, ident):
+    """Rows rows[0..nb) of `raw` as float32: returns (array, index, bad) with row i of the
+    block at array[index[i]], and whether an int8 code −128 was met; specialised by raw's
+    dtype below (numba overloads). buf (KEY_BLOCK, D) float32, bufi its int32 view,
+    ident = 0..KEY_BLOCK−1."""
     raise NotImplementedError("compiled only: called from the numba kernel")
 
 
-@overload(load_rows, inline="always", fastmath=FASTMATH)
-def _load_rows(raw, sc, row0, nb, buf, bufi):
+@overload(load_rows, fastmath=FASTMATH)
+def _load_rows(raw, sc, rows, nb, buf, bufi, ident):
     dt = raw.dtype
     if dt == numba.float32:
-        def impl(raw, sc, row0, nb, buf, bufi):  # in place, no copy
-            return raw[row0:row0 + nb], 0
+        def impl(raw, sc, rows, nb, buf, bufi, ident):  # in place, no copy
+            return raw, rows, 0
     elif dt == numba.uint16:  # bfloat16 words: the top half of a float32
-        def impl(raw, sc, row0, nb, buf, bufi):
+        def impl(raw, sc, rows, nb, buf, bufi, ident):
             D = raw.shape[1]
             for i in range(nb):
-                src = raw[row0 + i]
+                src = raw[rows[i]]
                 dst = bufi[i]
                 for d in range(D):  # ×2^16, not <<: numba's checked shift does not vectorise
                     dst[d] = np.int32(src[d]) * np.int32(65536)
-            return buf[:nb], 0
+            return buf, ident, 0
     elif dt == numba.int16:  # float16 words, widened exactly (subnormals, inf, NaN)
-        def impl(raw, sc, row0, nb, buf, bufi):
+        def impl(raw, sc, rows, nb, buf, bufi, ident):
             D = raw.shape[1]
             for i in range(nb):
-                src = raw[row0 + i]
+                src = raw[rows[i]]
                 dst = bufi[i]
                 for d in range(D):  # exponent+mantissa moved to float32's place (×2^13)
                     dst[d] = (np.int32(src[d]) & np.int32(0x7FFF)) * np.int32(8192)
@@ -121,46 +123,47 @@ def _load_rows(raw, sc, row0, nb, buf, bufi):
                     dst[d] = (dst[d] & ~top) | ((em | np.int32(0x7F800000)) & top)
                 for d in range(D):  # the sign bit (a negative int16 word)
                     f[d] = -f[d] if src[d] < 0 else f[d]
-            return buf[:nb], 0
+            return buf, ident, 0
     elif dt == numba.int8:  # codes · float32 scale (per token or per group of channels)
-        def impl(raw, sc, row0, nb, buf, bufi):
+        def impl(raw, sc, rows, nb, buf, bufi, ident):
             D = raw.shape[1]
             ng = sc.shape[1]
             g = D // ng
             low = np.int32(0)
             for i in range(nb):
-                src = raw[row0 + i]
+                src = raw[rows[i]]
                 dst = buf[i]
-                srow = sc[row0 + i]
+                srow = sc[rows[i]]
                 for d in range(D):  # the smallest code: −128 marks a side-table entry
                     low = min(low, np.int32(src[d]))
                 if ng == 1:  # per token: one scale for the row
                     s = srow[0]
                     for d in range(D):
                         dst[d] = np.float32(src[d]) * s
-                    continue
-                for gi in range(ng):  # per group of g channels
-                    s = srow[gi]
-                    sg = src[gi * g:gi * g + g]
-                    dg = dst[gi * g:gi * g + g]
-                    for d in range(g):
-                        dg[d] = np.float32(sg[d]) * s
-            return buf[:nb], np.int32(low == np.int32(-128))
+                else:
+                    for gi in range(ng):  # per group of g channels
+                        sgi = srow[gi]
+                        sg = src[gi * g:gi * g + g]
+                        dg = dst[gi * g:gi * g + g]
+                        for d in range(g):
+                            dg[d] = np.float32(sg[d]) * sgi
+            return buf, ident, np.int32(low == np.int32(-128))
     else:
         return None
     return impl
 
 
 @numba.njit(inline="always", fastmath=FASTMATH)
-def update4(qb, r0, kb, vb, nb, j, lim0, nq, sc, s, p, ib, fb, acc, m, l):
-    """Online-softmax update of query rows r0..r0+3 with the key block kb, vb (nb rows,
-    keys j..j+nb). Row r sees keys below lim0 + (r mod nq) (bottom-right causal)."""
+def update4(qb, r0, kb, kix, vb, vix, nb, j, lim0, nq, sc, s, p, ib, fb, acc, m, l):
+    """Online-softmax update of query rows r0..r0+3 with the key block (keys j..j+nb at
+    rows kb[kix[i]], vb[vix[i]]). Row r sees keys below lim0 + (r mod nq) (bottom-right
+    causal)."""
     D = kb.shape[1]
     Dv = vb.shape[1]
     q0, q1, q2, q3 = qb[r0], qb[r0 + 1], qb[r0 + 2], qb[r0 + 3]
     a0, a1, a2, a3 = acc[r0], acc[r0 + 1], acc[r0 + 2], acc[r0 + 3]
     for jj in range(nb):  # 4 dot products from one pass over the key row
-        kj = kb[jj]
+        kj = kb[kix[jj]]
         t0 = np.float32(0.0)
         t1 = np.float32(0.0)
         t2 = np.float32(0.0)
@@ -220,7 +223,7 @@ def update4(qb, r0, kb, vb, nb, j, lim0, nq, sc, s, p, ib, fb, acc, m, l):
         l[r] += t
     for jj in range(nb):  # p·V: one pass over each value row updates the 4 rows
         p0, p1, p2, p3 = p[0, jj], p[1, jj], p[2, jj], p[3, jj]
-        vj = vb[jj]
+        vj = vb[vix[jj]]
         for e in range(Dv):  # vectorised over e: 1 load of v, 4 FMAs
             ve = vj[e]
             a0[e] += p0 * ve
@@ -260,18 +263,28 @@ def decode_items(q, kraw, vraw, ksc, vsc, tbl, hstride, pstride, bs, items, lens
         vbi = vbf.view(np.int32)
         qb = q[b, h]
         bad = 0
+        rows = np.empty(KEY_BLOCK, dtype=np.int64)
+        ident = np.arange(KEY_BLOCK)
+        page = j // bs
+        off = j - page * bs
+        base = h * hstride + tbl[b, page] * pstride
         while j < j1:
-            page = j // bs
-            off = j - page * bs
-            nb = min(KEY_BLOCK, j1 - j, bs - off)
+            nb = min(KEY_BLOCK, j1 - j)
             if j < lim0:  # a block is either all-visible or inside the causal tail
                 nb = min(nb, lim0 - j)
-            row0 = h * hstride + tbl[b, page] * pstride + off
-            kb, kbad = load_rows(kraw, ksc, row0, nb, kbf, kbi)
-            vb, vbad = load_rows(vraw, vsc, row0, nb, vbf, vbi)
+            for jj in range(nb):  # rows through the block table (a block may span pages)
+                rows[jj] = base + off
+                off += 1
+                if off == bs and (j + jj + 1) < j1:
+                    page += 1
+                    off = 0
+                    base = h * hstride + tbl[b, page] * pstride
+            kb, kix, kbad = load_rows(kraw, ksc, rows, nb, kbf, kbi, ident)
+            vb, vix, vbad = load_rows(vraw, vsc, rows, nb, vbf, vbi, ident)
             bad += kbad + vbad
             for r0 in range(0, Rp, 4):
-                update4(qb, r0, kb, vb, nb, j, lim0, nq, sc, s, p, ib, fb, acc, m, l)
+                update4(qb, r0, kb, kix, vb, vix, nb, j, lim0, nq, sc, s, p, ib, fb, acc, m,
+                        l)
             j += nb
         finish(acc, m, l, o_part[i, h], lse_part[i, h])
         flags[i, h] = 1 if bad > 0 else 0
