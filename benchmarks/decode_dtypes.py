@@ -9,7 +9,8 @@ Reported per row: median time, GB/s of the bytes actually stored (codes + scales
 fraction of the attainable rate min(streaming read bandwidth, fp32 matmul peak ÷ the
 kernel's FLOP per stored byte) — 4·Hq·D FLOP per key over 2·Hkv·D·bytes/elem stored:
 2 for fp32, 4 for bf16/fp16, ≈8 for int8. Peers in the same run: attnlab's previous
-decode paths (`decode_attention` auto, `paged_attention`) and SDPA (`enable_gqa`).
+decode paths (`decode_attention`: the fp32 numba kernel, the torch chunk path for bf16/fp16;
+`paged_attention`) and SDPA (`enable_gqa`).
 Run: `python -m benchmarks.decode_dtypes [--quick]`; writes results/decode_dtypes.md.
 """
 from __future__ import annotations
@@ -94,10 +95,13 @@ def bench_long(n: int, machine, repeats: int):
         times[(name, "contiguous")] = t
         peer = ""
         if dtype != torch.int8:
-            tp = time_fn(lambda: decode_attention(qd, k, v), max(2, repeats // 2)).median
+            prior = "auto" if dtype == torch.float32 else "torch"  # what auto ran before
+            tp = time_fn(lambda: decode_attention(qd, k, v, impl=prior),
+                         max(2, repeats // 2)).median
             ts = time_fn(lambda: F.scaled_dot_product_attention(qd, k, v, enable_gqa=True),
                          max(2, repeats // 2)).median
-            peer = (f"decode_attention {nbytes / tp / 1e9:.1f} GB/s ({tp / t:.1f}× slower); "
+            peer = (f"decode_attention impl={prior} {nbytes / tp / 1e9:.1f} GB/s "
+                    f"({tp / t:.1f}× the time); "
                     f"SDPA {nbytes / ts / 1e9:.1f} GB/s ({ts / t:.1f}×)")
         rows.append(row(f"{name} contiguous", t, nbytes, ai, machine, peer))
         perm = torch.randperm(n // BS, generator=gen)
@@ -111,7 +115,7 @@ def bench_long(n: int, machine, repeats: int):
         if dtype == torch.float32:
             tp = time_fn(lambda: paged_attention(qd, pools[0], pools[1], tab, lens),
                          max(2, repeats // 2)).median
-            peer += f"; paged_attention {nbytes / tp / 1e9:.1f} GB/s ({tp / t2:.1f}× slower)"
+            peer += f"; paged_attention {nbytes / tp / 1e9:.1f} GB/s ({tp / t2:.1f}× the time)"
         rows.append(row(f"{name} paged (shuffled blocks)", t2, nbytes, ai, machine, peer))
         del k, v, ks, vs, pools
     return rows, times

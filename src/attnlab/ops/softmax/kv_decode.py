@@ -211,7 +211,8 @@ def decode_rows(q: torch.Tensor, kv: KVRows, lens: torch.Tensor, starts: torch.T
                          (kv.v_scale if kv.v_scale is not None else dummy).numpy(),
                          kv.table.numpy(), int(kv.hstride), int(kv.pstride), int(kv.bs),
                          items.numpy(), lens.numpy().astype(np.int64), int(Nq), float(scale),
-                         o_part.numpy(), lse_part.numpy(), flags.numpy())
+                         o_part.numpy(), lse_part.numpy(), flags.numpy(),
+                         torch.empty(n, hkv).numpy())
         flags = flags.bool()
     else:
         parts = [_torch_item(qg[b], kv, b, j0, j1, int(lim0[b]), Nq, scale)

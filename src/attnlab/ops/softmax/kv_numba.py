@@ -232,15 +232,41 @@ def update4(qb, r0, kb, kix, vb, vix, nb, j, lim0, nq, sc, s, p, ib, fb, acc, m,
             a3[e] += p3 * ve
 
 
+@numba.njit(inline="always")
+def block_len(j, j1, lim0):
+    """Keys in the block starting at j: up to KEY_BLOCK, stopping at the item's end and at
+    the start of the causal tail (a block is all-visible or all in the tail); 0 past j1."""
+    if j >= j1:
+        return 0
+    n = min(KEY_BLOCK, j1 - j)
+    return min(n, lim0 - j) if j < lim0 else n
+
+
+@numba.njit(inline="always")
+def lookup(rows, n, j, j1, page, off, base, h, hstride, pstride, bs, tbl_b):
+    """Rows of keys j..j+n through the block table; (page, off, base) is the position of
+    key j, returned advanced to key j+n (a table entry is read only while keys remain)."""
+    for jj in range(n):
+        rows[jj] = base + off
+        off += 1
+        if off == bs and j + jj + 1 < j1:
+            page += 1
+            off = 0
+            base = h * hstride + tbl_b[page] * pstride
+    return page, off, base
+
+
 @numba.njit(parallel=True, cache=True, fastmath=FASTMATH)
 def decode_items(q, kraw, vraw, ksc, vsc, tbl, hstride, pstride, bs, items, lens, nq, scale,
-                 o_part, lse_part, flags):
+                 o_part, lse_part, flags, sink):
     """q (B, Hkv, Rp, D) float32, Rp a multiple of 4 (rows ordered (group, query));
     kraw (rows, D), vraw (rows, Dv) stored rows (float32 / uint16 bf16 / int16 fp16 /
     int8); ksc (rows, gk), vsc (rows, gv) float32 scales of int8 rows (unused otherwise);
     tbl (B, W) int64 block table; items (n, 3) int64 (sequence, first key, end key);
     lens (B,) int64. Writes o_part (n, Hkv, Rp, Dv), lse_part (n, Hkv, Rp), flags (n, Hkv)
-    (int8 codes −128 met)."""
+    (int8 codes −128 met), sink (n, Hkv) float32 (a sum of the touched elements: the next
+    key block's rows are loaded once ahead of use, so on a paged pool the misses of up to
+    2·KEY_BLOCK scattered rows are in flight together)."""
     Hkv, Rp, D = q.shape[1], q.shape[2], q.shape[3]
     Dv = vraw.shape[1]
     n = items.shape[0]
@@ -264,27 +290,31 @@ def decode_items(q, kraw, vraw, ksc, vsc, tbl, hstride, pstride, bs, items, lens
         qb = q[b, h]
         bad = 0
         rows = np.empty(KEY_BLOCK, dtype=np.int64)
+        nxt = np.empty(KEY_BLOCK, dtype=np.int64)
         ident = np.arange(KEY_BLOCK)
         page = j // bs
         off = j - page * bs
         base = h * hstride + tbl[b, page] * pstride
+        touch = np.float32(0.0)
+        nb = block_len(j, j1, lim0)
+        page, off, base = lookup(rows, nb, j, j1, page, off, base, h, hstride, pstride, bs,
+                                 tbl[b])
         while j < j1:
-            nb = min(KEY_BLOCK, j1 - j)
-            if j < lim0:  # a block is either all-visible or inside the causal tail
-                nb = min(nb, lim0 - j)
-            for jj in range(nb):  # rows through the block table (a block may span pages)
-                rows[jj] = base + off
-                off += 1
-                if off == bs and (j + jj + 1) < j1:
-                    page += 1
-                    off = 0
-                    base = h * hstride + tbl[b, page] * pstride
+            jn = j + nb
+            nn = block_len(jn, j1, lim0)
+            page, off, base = lookup(nxt, nn, jn, j1, page, off, base, h, hstride, pstride,
+                                     bs, tbl[b])
+            for jj in range(nn):  # touch the next block's rows: their misses overlap
+                touch += np.float32(kraw[nxt[jj], 0]) + np.float32(vraw[nxt[jj], 0])
             kb, kix, kbad = load_rows(kraw, ksc, rows, nb, kbf, kbi, ident)
             vb, vix, vbad = load_rows(vraw, vsc, rows, nb, vbf, vbi, ident)
             bad += kbad + vbad
             for r0 in range(0, Rp, 4):
                 update4(qb, r0, kb, kix, vb, vix, nb, j, lim0, nq, sc, s, p, ib, fb, acc, m,
                         l)
-            j += nb
+            rows, nxt = nxt, rows
+            j = jn
+            nb = nn
+        sink[i, h] = touch  # keeps the touches (their value is unused)
         finish(acc, m, l, o_part[i, h], lse_part[i, h])
         flags[i, h] = 1 if bad > 0 else 0
