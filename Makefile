@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow grill-loop bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# `attnlab grill` 20 times in a row, timing checks included; prints each run and the count.
+grill-loop: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m slow tests/test_grill_loop.py
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]" || echo "bench extras unavailable; peers that are missing are reported as such"

@@ -1,5 +1,6 @@
 """Grill questions 27, 28, 29, 37, 48 (FlashAttention, online softmax, prefill/decode)."""
 import pytest
+from grill_cases import assert_evidence_ok
 
 from attnlab.grill.registry import EvidenceContext, all_questions
 from attnlab.grill.runner import run_one
@@ -13,7 +14,7 @@ def test_kernel_questions_pass(qid, tmp_path):
     q = BY_ID[qid]
     assert q.answered and q.formulas and q.seed_note
     r = run_one(q, EvidenceContext(plot_dir=str(tmp_path)))
-    assert r.status == "pass", (r.error, r.failed_checks)
+    assert_evidence_ok(r)
     assert r.evidence.key_figure and len(r.evidence.measurements) >= 3
     assert len(r.evidence.checks) >= 3
 

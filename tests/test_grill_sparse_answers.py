@@ -18,7 +18,8 @@ def test_headline_numbers():
     assert ev15.measurements["Mistral 7B exact span L·(W−1)+1"] == 131_041
     assert ev15.measurements["seed's L·W"] == 131_072
     ev46 = run_one(BY_ID[46], EvidenceContext()).evidence
-    assert ev46.measurements["window W"] == 4096
-    assert ev46.measurements["per sequence, 32 layers"] == 512 * 2 ** 20
+    assert ev46.measurements["window W; layers / KV heads / head_dim"][0] == 4096
+    assert ev46.measurements["rolling cache bytes per layer (fp16); per sequence, 32 layers"][1] \
+        == 512 * 2 ** 20
     ev39 = run_one(BY_ID[39], EvidenceContext()).evidence
     assert ev39.measurements["growth per layer"] == [4, 4, 4, 4]

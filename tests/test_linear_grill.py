@@ -1,5 +1,6 @@
 """The linear family's grill answers (Q21–Q26, Q47) run and pass."""
 import pytest
+from grill_cases import assert_evidence_ok
 
 from attnlab.grill.registry import EvidenceContext, all_questions
 from attnlab.grill.runner import run_one
@@ -12,6 +13,6 @@ def test_evidence_passes(qid):
     q = {q.id: q for q in all_questions()}[qid]
     assert q.answered, f"Q{qid} has no evidence"
     res = run_one(q, EvidenceContext())
-    assert res.status == "pass", (res.failed_checks, res.error)
+    assert_evidence_ok(res)
     assert res.evidence.key_figure
     assert q.formulas and q.seed_note

@@ -87,7 +87,7 @@ def test_crash_between_temp_write_and_rename_keeps_previous_progress(tmp_path, m
         p.save()
     monkeypatch.undo()
     assert p.path.read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ["p.json"]  # no temp file left behind
+    assert sorted(os.listdir(tmp_path)) == [".p.json.lock", "p.json"]  # no temp file left
     assert prog.load(p.path).cards[1].box == 2
 
 

@@ -82,6 +82,9 @@ def test_bad_tier_is_rejected_naming_the_option():
 
 # --- a real terminal -------------------------------------------------------------------------
 
+GRADE_PROMPT = "s(kip) / q(uit): "  # ends both grade prompts (with and without a suggestion)
+
+
 class Tmux:
     """A private tmux server (its own socket) holding one 100x50 terminal."""
 
@@ -134,11 +137,11 @@ def test_quiz_in_a_real_terminal_under_tmux(tmp_path):
         screen = term.wait_for("Your answer (enter to reveal")
         assert "reading from the terminal" in screen
         term.type("queries share one KV head")
-        term.wait_for("Did you know it?")
+        term.wait_for(GRADE_PROMPT)  # "Grade: enter accepts …" where the rubric gave a hint
         term.type("n")
         term.wait_for("Your answer (enter to reveal", count=2)
         term.type("")
-        term.wait_for("Did you know it?", count=2)
+        term.wait_for(GRADE_PROMPT, count=2)
         term.type("y")
         screen = term.wait_for("QUIZ-EXIT-")
     finally:
@@ -147,6 +150,9 @@ def test_quiz_in_a_real_terminal_under_tmux(tmp_path):
     assert "queries share one KV head" in screen  # echoed by the terminal, not by the quiz
     assert "Score: 1/2 known (50%), 0 skipped." in screen
     ids = asked(screen)
+    from attnlab.grill.registry import all_questions
+    if next(q for q in all_questions() if q.id == ids[0]).rubric:  # typed: feedback shown
+        assert "key points" in screen and "Suggested grade:" in screen
     cards = json.loads(progress.read_text())["questions"]
     assert len(ids) == 2 and cards[str(ids[0])]["box"] == 1 and cards[str(ids[1])]["box"] == 2
 
@@ -164,7 +170,7 @@ def test_ctrl_c_in_a_real_terminal_keeps_the_grades_given(tmp_path):
     try:
         term.wait_for("Your answer (enter to reveal")
         term.type("")
-        term.wait_for("Did you know it?")
+        term.wait_for(GRADE_PROMPT)
         term.type("y")
         term.wait_for("Your answer (enter to reveal", count=2)
         term.tmux("send-keys", "-t", "quiz", "C-c")

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import app
+from ._checks import check_output_paths
 
 
 @app.command()
@@ -22,7 +23,10 @@ def grill(
     full: bool = typer.Option(False, "--full", help="Run the longer experiments."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print answers and checks."),
 ) -> None:
-    """Answer the grill's questions with live evidence; exit 1 if any answered check fails."""
+    """Answer the grill's questions with live evidence; exit 1 if any answered check fails.
+
+    Output paths are checked before any evidence runs; each question's short interview
+    answer leads the reports (and `--verbose`)."""
     from ..grill.registry import EvidenceContext
     from ..grill.runner import select
 
@@ -31,6 +35,7 @@ def grill(
         qs = select(section, question)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    check_output_paths(json=json_path, markdown=markdown_path, html=html_path)
     # Plots are only drawn when a report will show them; they live in a temporary folder
     # until the report embeds (HTML) or copies (Markdown) them.
     plot_tmp = tempfile.TemporaryDirectory(prefix="attnlab-plots-") if (
@@ -45,7 +50,7 @@ def grill(
 
 def _grill(console: Console, qs, ctx, json_path: str | None, markdown_path: str | None,
            html_path: str | None, verbose: bool) -> None:
-    from ..grill.report import write_markdown
+    from ..grill.report import evidence_counts, write_markdown
     from ..grill.report_html import write_html
     from ..grill.runner import machine_line, run, to_markdown, write_json
 
@@ -68,8 +73,8 @@ def _grill(console: Console, qs, ctx, json_path: str | None, markdown_path: str 
     console.print(table)
     counts = {s: sum(r.status == s for r in results) for s in ("pass", "fail", "pending")}
     total_s = sum(r.seconds for r in results)
-    console.print(f"{counts['pass']} pass, {counts['fail']} fail, {counts['pending']} pending "
-                  f"({total_s:.1f} s of evidence)")
+    console.print(f"{counts['pass']} pass, {counts['fail']} fail, {counts['pending']} pending; "
+                  f"{evidence_counts(results)} ({total_s:.1f} s of evidence)")
     if verbose:
         console.print(to_markdown(results), markup=False, highlight=False)
     if json_path:

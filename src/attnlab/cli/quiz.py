@@ -17,7 +17,8 @@ def quiz(
         None, "--tier", "-t", help="1 = Q1-10 (basics), 2 = Q11-25 (LLM-architecture round), "
         "3 = Q26-50 (frontier-lab depth)."),
     due: bool = typer.Option(False, "--due", help="Only questions practised before and due now."),
-    stats: bool = typer.Option(False, "--stats", help="Show mastery per section and exit."),
+    stats: bool = typer.Option(False, "--stats", help="Show mastery per section and the key "
+                               "points typed answers missed most often, and exit."),
     progress_path: str | None = typer.Option(
         None, "--progress", help="Progress file (default: the user data directory)."),
     no_evidence: bool = typer.Option(False, "--no-evidence",
@@ -30,13 +31,15 @@ def quiz(
     """Ask questions one at a time; you answer, see ours with live evidence, and grade yourself.
 
     Reads from the terminal, or line by line from stdin when it is not a terminal (an answer
-    line, then a grade line y/n/s/q, per question).
+    line, then a grade line y/n/s/q, per question). A typed answer is checked against the
+    question's key points; an empty grade line accepts the suggested grade.
     """
     from ..grill import progress as prog_mod
     from ..grill.quiz import (
         LineReader,
         QuizOptions,
         id_ranges,
+        missed_points_table,
         run_session,
         select_questions,
         stats_table,
@@ -51,6 +54,8 @@ def quiz(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     try:
+        if not stats:  # a session must be able to save: check before the first question
+            prog_mod.check_location(progress_path)
         progress = prog_mod.load(progress_path)
     except prog_mod.ProgressError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
@@ -58,6 +63,10 @@ def quiz(
     all_qs = all_questions()
     if stats:
         console.print(stats_table(all_qs, progress))
+        missed = missed_points_table(all_qs, progress)
+        console.print(missed if missed is not None else
+                      "No key points missed yet (type answers in `attnlab quiz` to get "
+                      "feedback on them).")
         return
 
     sel = select_questions(all_qs, opts, progress)
@@ -89,13 +98,24 @@ def quiz(
     except KeyboardInterrupt:
         console.print("\nInterrupted; every grade given so far is saved.")
         raise typer.Exit(130) from None
+    except (OSError, TimeoutError) as exc:  # the location went bad mid-session
+        Console(stderr=True).print(f"[bold red]error:[/] progress could not be saved to "
+                                   f"{escape(str(progress.path))}: {escape(str(exc))}",
+                                   soft_wrap=True)
+        raise typer.Exit(1) from None
     known, missed, skipped = res.counts()
-    progress.sessions.append({
+    progress.log_session({
         "started": started.isoformat(timespec="seconds"), "asked": len(res.grades),
         "known": known, "missed": missed, "skipped": skipped,
         "filters": {"section": opts.section, "tier": tier, "due": due},
     })
-    progress.save()
+    try:
+        progress.save()
+    except (OSError, TimeoutError, prog_mod.ProgressError) as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] the session log could not be saved "
+                                   f"({escape(str(exc))}); every grade was saved as given.",
+                                   soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print()
     if res.quit_early:
         console.print("Session ended early; grades so far are saved.")

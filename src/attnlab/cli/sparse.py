@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import app
+from ._checks import check_output_paths, fail
 
 
 @app.command("receptive-field")
@@ -54,9 +55,20 @@ def scaling(
 
     if hi < lo:
         raise typer.BadParameter(f"--to ({hi}) must be >= --from ({lo})")
-    res = measure_scaling(default_mechanisms(), geometric(lo, hi), repeats, estimator="min")
+    ns = geometric(lo, hi)
+    if len(ns) < 2:
+        raise typer.BadParameter(
+            f"--from {lo} --to {hi} gives one length (N doubles from --from); a slope fit needs "
+            f"two points, so use --to {2 * lo} or more")
+    if plot is not None:
+        check_output_paths(plot=plot)
+        try:
+            import matplotlib  # noqa: F401 — checked before measuring, used by plot_scaling
+        except ImportError:
+            fail("--plot needs matplotlib (pip install attnlab[viz])")
+    res = measure_scaling(default_mechanisms(), ns, repeats, estimator="min")
     if plot and plot_scaling(res, plot) is None:
-        raise typer.BadParameter("--plot needs matplotlib (pip install attnlab[viz])")
+        fail("--plot needs matplotlib (pip install attnlab[viz])")
     if as_json:
         print(json.dumps([{"name": r.name, "ns": r.ns, "seconds": r.seconds,
                            "slope": r.slope} for r in res]))

@@ -56,7 +56,9 @@ def first_fraction_over(curve, base: float, rise: float) -> float:
     return ok
 
 
-def one_seed(c: RedundancyConfig, seed: int) -> dict:
+def one_seed(c: RedundancyConfig, seed: int, keep: dict | None = None) -> dict:
+    """Train and measure one seed; `keep`, if given, receives the trained model under
+    "model" and the evaluation tokens under "eval_tokens"."""
     cfg = ModelConfig(vocab_size=256, d_model=c.d_model, n_layers=c.n_layers,
                       mixers=AttentionSpec(c.n_heads, backend="sdpa"), max_seq_len=c.seq_len)
     model = build_lm(cfg, seed)
@@ -70,6 +72,8 @@ def one_seed(c: RedundancyConfig, seed: int) -> dict:
     delta = single_head_ablation(model, evt)  # (L, H)
     curve = pruning_curve(model, imp_batches, evt, step=c.prune_step)
     flat = delta.flatten().tolist()
+    if keep is not None:
+        keep["model"], keep["eval_tokens"] = model, evt
     return {"seed": seed, "base_loss": base, "single_head_delta": delta.tolist(),
             "frac_heads_below_1pct": sum(d < 0.01 * base for d in flat) / len(flat),
             "max_single_head_delta": max(flat),

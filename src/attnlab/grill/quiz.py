@@ -1,12 +1,16 @@
 """`attnlab quiz`: self-graded practice on the grill's questions with Leitner repetition.
 
 One question at a time: the user answers in their own words (or just thinks), presses enter,
-sees our answer, its formulas, the seed note and the evidence measured on this machine a
-moment ago, then grades themselves y / n / s(kip). Every grade is saved at once (atomically,
-see `progress`), so quitting or a crash loses nothing already graded.
+sees our short interview answer first, then the depth, its formulas, the evidence measured
+on this machine a moment ago and the seed note. A typed answer is checked against the
+question's rubric (`feedback`): the key points it covered and missed are shown, with a
+suggested grade the user accepts (enter) or overrides (y / n / s(kip)). Every grade is saved
+at once (locked, merged and atomic, see `progress`), so quitting, a crash or a second quiz
+on the same file loses nothing already graded.
 
 Input comes from the terminal when stdin is a TTY; otherwise from stdin line by line, in the
-order answer line, grade line, answer line, grade line, ... (end of input ends the session).
+order answer line, grade line, answer line, grade line, ... (end of input ends the session;
+an empty grade line accepts the suggested grade where there is one).
 Questions without a written answer yet ("pending") are left out unless asked for, because
 there is nothing to reveal; the session header says how many were left out.
 """
@@ -25,9 +29,11 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from .feedback import Feedback, assess, show_feedback
 from .progress import MAX_BOX, Progress
 from .registry import EvidenceContext, Question
-from .runner import Result, _fmt, run_one
+from .report import check_mark
+from .runner import Result, fmt_value, run_one
 from .titles import SECTIONS
 
 # The seed's self-grading bands, with our own description of each.
@@ -147,6 +153,8 @@ class LineReader:
 class SessionResult:
     grades: dict[int, str] = field(default_factory=dict)  # id -> "y" | "n" | "s"
     quit_early: bool = False
+    feedback: dict[int, Feedback] = field(default_factory=dict)  # typed answers only
+    overridden: list[int] = field(default_factory=list)  # ids graded against the suggestion
 
     def counts(self, ids: set[int] | None = None) -> tuple[int, int, int]:
         g = [v for k, v in self.grades.items() if ids is None or k in ids]
@@ -165,15 +173,22 @@ def show_reveal(console: Console, q: Question, result: Result | None) -> None:
     if not q.answered:
         console.print("[yellow]Pending:[/] no answer has been written for this question yet.")
         return
-    console.print(Panel(escape(q.answer), title="Our answer", title_align="left"))
+    if q.short:
+        console.print(Panel(escape(q.short.strip()), title="Short answer (say this first)",
+                            title_align="left"))
+    console.print(Panel(escape(q.answer), title="In depth" if q.short else "Our answer",
+                        title_align="left"))
     if q.formulas:
         console.print("[bold]Formulas[/]")
         for f in q.formulas:
             console.print(f"  {escape(f)}", highlight=False)
+    if result is not None:
+        _show_evidence(console, result)
     if q.seed_note:
         console.print(f"[bold]Seed note:[/] {escape(q.seed_note)}")
-    if result is None:
-        return
+
+
+def _show_evidence(console: Console, result: Result) -> None:
     colors = {"pass": "green", "fail": "bold red", "pending": "yellow"}
     status = f"[{colors.get(result.status, 'white')}]{result.status}[/]"
     if result.evidence is None:
@@ -185,13 +200,15 @@ def show_reveal(console: Console, q: Question, result: Result | None) -> None:
                   f"{escape(ev.key_figure)}")
     table = Table(show_header=False, box=None, padding=(0, 1))
     for k, v in list(ev.measurements.items())[:12]:
-        table.add_row(f"  {escape(str(k))}", escape(_fmt(v)))
+        table.add_row(f"  {escape(str(k))}", escape(fmt_value(v)))
     if ev.measurements:
         console.print(table)
     for c in ev.checks:
-        mark = "[green]PASS[/]" if c.passed else "[bold red]FAIL[/]"
+        color = "green" if c.passed else "bold red"
         detail = f" — {escape(c.detail)}" if c.detail else ""
-        console.print(f"  {mark} {escape(c.name)}{detail}", highlight=False)
+        console.print(f"  [{color}]{check_mark(c)}[/] {escape(c.name)}{detail}", highlight=False)
+    for c in ev.citations:
+        console.print(f"  [dim]cited[/] {escape(c.claim)} — {escape(c.source)}", highlight=False)
 
 
 def run_session(questions: list[Question], progress: Progress | None, reader: LineReader,
@@ -211,18 +228,20 @@ def run_session(questions: list[Question], progress: Progress | None, reader: Li
             with console.status(f"measuring Q{q.id} on this machine…", spinner="dots"):
                 result = evidence_fn(q, EvidenceContext(seed=seed))
         show_reveal(console, q, result)
-        grade = None
-        while grade is None:
-            reply = reader.ask("Did you know it? y(es) / n(o) / s(kip) / q(uit): ")
-            if reply is None:
-                break
-            grade = GRADES.get(reply.strip().lower())
-            if grade is None:
-                console.print(f"Please type y, n, s or q (got {escape(reply)!r}).")
+        fb = assess(q, reply)
+        if fb is not None:
+            show_feedback(console, fb)
+        grade = _ask_grade(reader, console, fb.suggested if fb else None)
         if grade is None or grade == "q":
             out.quit_early = True
             break
         out.grades[q.id] = grade
+        if fb is not None:
+            out.feedback[q.id] = fb
+            if grade != fb.suggested:
+                out.overridden.append(q.id)
+            if progress is not None:
+                progress.record_feedback(q.id, fb.missed_names)
         if progress is not None:
             card = progress.grade(q.id, grade)
             if grade != "s":
@@ -231,12 +250,34 @@ def run_session(questions: list[Question], progress: Progress | None, reader: Li
     return out
 
 
+def _ask_grade(reader: LineReader, console: Console, suggested: str | None) -> str | None:
+    """The user's grade ("y" / "n" / "s" / "q"), enter accepting `suggested`; None at EOF."""
+    prompt = (f"Grade: enter accepts {suggested}, or y(es) / n(o) / s(kip) / q(uit): "
+              if suggested else "Did you know it? y(es) / n(o) / s(kip) / q(uit): ")
+    while True:
+        reply = reader.ask(prompt)
+        if reply is None:
+            return None
+        if suggested and not reply.strip():
+            return suggested
+        grade = GRADES.get(reply.strip().lower())
+        if grade is not None:
+            return grade
+        console.print(f"Please type y, n, s or q (got {escape(reply)!r}).")
+
+
 def summary_lines(res: SessionResult) -> list[str]:
     """Score, the tier verdicts the seed's rubric implies, and the weakest section."""
     known, missed, skipped = res.counts()
     graded = known + missed
     lines = [f"Score: {known}/{graded} known" + (f" ({known / graded:.0%})" if graded else "")
              + f", {skipped} skipped."]
+    if res.feedback:
+        covered = sum(len(f.covered) for f in res.feedback.values())
+        total = sum(f.total for f in res.feedback.values())
+        lines.append(f"Typed answers: {len(res.feedback)} checked against their rubrics, "
+                     f"{covered}/{total} key points covered; {len(res.overridden)} grade(s) "
+                     "differ from the suggestion.")
     if not graded:
         return lines + ["Nothing graded, so no verdict."]
     lines.append(f"At this rate, about {round(50 * known / graded)}/50 over the whole grill "
@@ -293,4 +334,23 @@ def stats_table(all_qs: list[Question], progress: Progress) -> Table:
         table.add_row(label, str(len(qs)), str(sum(q.answered for q in qs)), str(len(cards)),
                       str(sum(c.is_due(now) for c in cards)), " ".join(map(str, boxes)),
                       f"{known / tries:.0%}" if tries else "–", f"{mastery:.0%}")
+    return table
+
+
+def missed_points_table(all_qs: list[Question], progress: Progress, top: int = 10) -> Table | None:
+    """The rubric key points typed answers missed most often (None if none was missed)."""
+    rows = progress.missed_points_ranking()[:top]
+    if not rows:
+        return None
+    by_id = {q.id: q for q in all_qs}
+    formulas = {(q.id, kp.name): kp.formula for q in all_qs for kp in q.rubric}
+    table = Table(title="Key points missed most often (typed answers)", title_justify="left",
+                  box=SIMPLE_HEAD, pad_edge=False)
+    for col, just in (("Q", "right"), ("key point", "left"), ("missed", "right"),
+                      ("of typed", "right"), ("formula", "left")):
+        table.add_column(col, justify=just, overflow="fold")
+    for qid, name, n, typed in rows:
+        title = by_id[qid].title if qid in by_id else ""
+        table.add_row(str(qid), f"{escape(name)} [dim]({escape(title)})[/]", str(n),
+                      str(typed), escape(formulas.get((qid, name)) or ""))
     return table

@@ -1,9 +1,11 @@
 """The grill's study report as Markdown, with the evidence's PNG plots copied beside it.
 
-The HTML report (`report_html`) shows the same content; both read results through the
-helpers here so the two stay in step: per question the title and status, our answer, the
-formulas as plain text, the seed note, the key figure, every measurement and check, the time
-the evidence took, any error, and the plots the evidence wrote (`Evidence.plots`).
+The HTML report (`report_html`) shows the same content in the same order; both read results
+through the helpers here so the two stay in step. Per question: the title and status, the
+short interview answer (first, always), the depth, the formulas as plain text, the evidence
+(key figure, measurements with floats rounded to meaningful digits, measured checks marked
+PASS/FAIL, cited facts shown as citations, never as PASS, the time the evidence took, the
+plots it wrote), any error, and last the seed note.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from .runner import Result, _fmt, machine_line
+from .registry import Check
+from .runner import Result, fmt_value, machine_line
 from .titles import SECTIONS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -30,11 +33,21 @@ def counts(results: list[Result]) -> dict[str, int]:
     return {s: sum(r.status == s for r in results) for s in STATUSES}
 
 
+def evidence_counts(results: list[Result]) -> str:
+    """'312 measured checks (14 timing), 9 citations' over the results that ran."""
+    evs = [r.evidence for r in results if r.evidence is not None]
+    checks = sum(len(e.checks) for e in evs)
+    timing = sum(c.timing for e in evs for c in e.checks)
+    cites = sum(len(e.citations) for e in evs)
+    return f"{checks} measured checks ({timing} timing), {cites} citations"
+
+
 def summary_line(results: list[Result]) -> str:
     c = counts(results)
     parts = [f"{c[s]} {s}" for s in STATUSES if c[s] or s != "not run"]
     total = sum(r.seconds for r in results)
-    return f"{len(results)} questions: " + ", ".join(parts) + f" ({total:.1f} s of evidence)"
+    return (f"{len(results)} questions: " + ", ".join(parts)
+            + f"; {evidence_counts(results)} ({total:.1f} s of evidence)")
 
 
 def generated_line() -> str:
@@ -58,6 +71,11 @@ def plots_of(r: Result) -> list[tuple[Path, str | None]]:
 
 def paragraphs(text: str) -> list[str]:
     return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+def check_mark(c: Check) -> str:
+    """PASS / FAIL, tagged when the verdict rests on wall-clock timings."""
+    return ("PASS" if c.passed else "FAIL") + (" (timing)" if c.timing else "")
 
 
 def _md_cell(v: object) -> str:
@@ -84,24 +102,28 @@ def render_markdown(results: list[Result],
         if not q.answered:
             lines += ["_Pending: no answer written yet, so nothing was measured._", ""]
             continue
+        if q.short:
+            lines += [f"**Short answer.** {q.short.strip()}", ""]
         for p in paragraphs(q.answer):
             lines += [p, ""]
         if q.formulas:
             lines += ["Formulas:", "", "```text"] + list(q.formulas) + ["```", ""]
-        if q.seed_note:
-            lines += [f"> **Seed note.** {q.seed_note}", ""]
         ev = r.evidence
         if ev is not None:
             lines += [f"**Evidence** ({r.seconds:.2f} s): {ev.key_figure}", ""]
             if ev.measurements:
                 lines += ["| measurement | value |", "|---|---|"]
-                lines += [f"| {_md_cell(k)} | {_md_cell(_fmt(v))} |"
+                lines += [f"| {_md_cell(k)} | {_md_cell(fmt_value(v))} |"
                           for k, v in ev.measurements.items()]
                 lines.append("")
             for c in ev.checks:
-                mark = "PASS" if c.passed else "FAIL"
-                lines.append(f"- [{mark}] {c.name}" + (f" — {c.detail}" if c.detail else ""))
+                lines.append(f"- [{check_mark(c)}] {c.name}" + (f" — {c.detail}" if c.detail
+                                                                 else ""))
             if ev.checks:
+                lines.append("")
+            for c in ev.citations:
+                lines.append(f"- [cited] {c.claim} — {c.source}")
+            if ev.citations:
                 lines.append("")
             for i, (path, problem) in enumerate(plots_of(r)):
                 if problem:
@@ -113,6 +135,8 @@ def render_markdown(results: list[Result],
             lines += ["_Evidence not run for this report._", ""]
         if r.error:
             lines += ["```text", r.error.strip(), "```", ""]
+        if q.seed_note:
+            lines += [f"> **Seed note.** {q.seed_note}", ""]
     return "\n".join(lines)
 
 

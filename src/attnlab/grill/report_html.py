@@ -2,7 +2,8 @@
 
 No network and no server: the CSS is inline, there is no script, plots are embedded as
 base64 `data:image/png` URIs, and formulas are plain Unicode text in <pre> blocks, readable
-without a math renderer. Content matches `report.render_markdown`.
+without a math renderer. Content and order match `report.render_markdown`: the short
+interview answer first, then depth, formulas, evidence (checks and citations), seed note.
 """
 from __future__ import annotations
 
@@ -10,8 +11,15 @@ import base64
 from html import escape
 from pathlib import Path
 
-from .report import STATUS_TEXT, generated_line, paragraphs, plots_of, summary_line
-from .runner import Result, _fmt, machine_line
+from .report import (
+    STATUS_TEXT,
+    check_mark,
+    generated_line,
+    paragraphs,
+    plots_of,
+    summary_line,
+)
+from .runner import Result, fmt_value, machine_line
 from .titles import SECTIONS
 
 CSS = """
@@ -28,6 +36,8 @@ pre { background: #f5f7f9; border: 1px solid #e2e6ea; padding: .6rem .8rem; over
       font: 14px/1.45 ui-monospace, "DejaVu Sans Mono", Menlo, monospace; white-space: pre-wrap; }
 .seed { border-left: 4px solid #c9a227; background: #fffaf0; padding: .4rem .8rem; }
 .key { font-weight: 600; }
+.short { border-left: 4px solid #2f6fb3; background: #f0f6fc; padding: .4rem .8rem; }
+ul.cites { padding-left: 1.2rem; } .cite { color: #56606b; font-style: italic; }
 table { border-collapse: collapse; margin: .5rem 0; font-size: .9rem; }
 td, th { border: 1px solid #e2e6ea; padding: .2rem .5rem; text-align: left; vertical-align: top; }
 ul.checks { list-style: none; padding-left: 0; } .ok { color: #17672b; } .bad { color: #a1161a; }
@@ -55,27 +65,34 @@ def _question_html(r: Result) -> list[str]:
         out += ["<p><em>Pending: no answer written yet, so nothing was measured.</em></p>",
                 "</section>"]
         return out
+    if q.short:
+        out.append(f'<p class="short"><strong>Short answer.</strong> {escape(q.short.strip())}</p>')
     out += [f"<p>{escape(p)}</p>" for p in paragraphs(q.answer)]
     if q.formulas:
         out.append('<p><strong>Formulas</strong></p><pre class="formulas">'
                    + "\n".join(escape(f) for f in q.formulas) + "</pre>")
-    if q.seed_note:
-        out.append(f'<p class="seed"><strong>Seed note.</strong> {escape(q.seed_note)}</p>')
     ev = r.evidence
     if ev is not None:
         out.append(f'<p><strong>Evidence</strong> ({r.seconds:.2f} s on this machine): '
                    f'<span class="key">{escape(ev.key_figure)}</span></p>')
         if ev.measurements:
             out.append("<table><tr><th>measurement</th><th>value</th></tr>")
-            out += [f"<tr><td>{escape(str(k))}</td><td>{escape(_fmt(v))}</td></tr>"
+            out += [f"<tr><td>{escape(str(k))}</td><td>{escape(fmt_value(v))}</td></tr>"
                     for k, v in ev.measurements.items()]
             out.append("</table>")
         if ev.checks:
             out.append('<ul class="checks">')
             for c in ev.checks:
-                mark = '<span class="ok">PASS</span>' if c.passed else '<span class="bad">FAIL</span>'
+                cls = "ok" if c.passed else "bad"
                 detail = f" — {escape(c.detail)}" if c.detail else ""
-                out.append(f"<li>{mark} {escape(c.name)}{detail}</li>")
+                out.append(f'<li><span class="{cls}">{escape(check_mark(c))}</span> '
+                           f"{escape(c.name)}{detail}</li>")
+            out.append("</ul>")
+        if ev.citations:
+            out.append('<p><strong>Cited</strong> (from the sources, not measured here)</p>'
+                       '<ul class="cites">')
+            out += [f'<li>{escape(c.claim)} <span class="cite">— {escape(c.source)}</span></li>'
+                    for c in ev.citations]
             out.append("</ul>")
         for path, problem in plots_of(r):
             if problem:
@@ -88,6 +105,8 @@ def _question_html(r: Result) -> list[str]:
         out.append("<p><em>Evidence not run for this report.</em></p>")
     if r.error:
         out.append(f"<pre>{escape(r.error.strip())}</pre>")
+    if q.seed_note:
+        out.append(f'<p class="seed"><strong>Seed note.</strong> {escape(q.seed_note)}</p>')
     out.append("</section>")
     return out
 

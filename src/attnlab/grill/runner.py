@@ -44,8 +44,8 @@ def machine_line() -> str:
 
 def select(section: str | None = None, ids: list[int] | None = None) -> list[Question]:
     qs = all_questions()
-    if section:
-        sec = section.upper()
+    if section is not None:
+        sec = section.strip().upper()
         if sec not in SECTIONS:
             raise ValueError(f"section ({section!r}) must be one of {', '.join(SECTIONS)}")
         qs = [q for q in qs if q.section == sec]
@@ -69,9 +69,7 @@ def run_one(q: Question, ctx: EvidenceContext) -> Result:
         return Result(q, "fail", None, time.perf_counter() - t0,
                       error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")
     dt = time.perf_counter() - t0
-    failed = [c.name for c in ev.checks if not c.passed]
-    if not ev.checks:
-        failed = ["evidence made no checks"]
+    failed = ev.verdict()
     return Result(q, "fail" if failed else "pass", ev, dt, failed_checks=failed)
 
 
@@ -107,14 +105,21 @@ def to_json(results: list[Result]) -> dict:
             "section": q.section,
             "title": q.title,
             "status": r.status,
+            "short": q.short,
             "answer": q.answer,
             "formulas": q.formulas,
+            "rubric": [{"name": k.name, "accept": k.accept, "formula": k.formula}
+                       for k in q.rubric],
             "seed_note": q.seed_note,
             "key_figure": r.evidence.key_figure if r.evidence else "",
             "measurements": _jsonable(r.evidence.measurements) if r.evidence else {},
             "checks": [
-                {"name": c.name, "passed": c.passed, "detail": c.detail}
+                {"name": c.name, "passed": c.passed, "detail": c.detail, "timing": c.timing}
                 for c in (r.evidence.checks if r.evidence else [])
+            ],
+            "citations": [
+                {"claim": c.claim, "source": c.source}
+                for c in (r.evidence.citations if r.evidence else [])
             ],
             "plots": list(r.evidence.plots) if r.evidence else [],
             "seconds": round(r.seconds, 3),
@@ -131,14 +136,42 @@ def to_markdown(results: list[Result]) -> str:
     return render_markdown(results)
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any, digits: int = 3) -> str:
+    """A measurement as printed in reports: floats rounded to `digits` significant digits.
+
+    Whole floats print as integers with thousands separators (131072.0 -> 131,072), values
+    of 10^4 and more round to the integer, very small or very large ones use an exponent;
+    lists, tuples and dicts are formatted element by element (long lists shortened).
+    """
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, torch.Tensor):
+        return fmt_value(v.item() if v.numel() == 1 else v.tolist(), digits)
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10_000 else str(v)
     if isinstance(v, float):
-        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e6):
-            return f"{v:.3e}"
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)) and len(v) > 8:
-        return f"[{', '.join(_fmt(x) for x in v[:8])}, …] ({len(v)} items)"
+        if not math.isfinite(v):
+            return str(v)
+        a = abs(v)
+        if v == 0:
+            return "0"
+        if a >= 1e12 or a < 1e-3:
+            return f"{v:.{digits - 1}e}"
+        text = f"{v:.{digits}g}"
+        if v.is_integer() or a >= 10 ** digits or "e" in text:
+            return f"{round(v):,}"
+        return text
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {fmt_value(x, digits)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        items = [fmt_value(x, digits) for x in v[:8]]
+        if len(v) > 8:
+            return f"[{', '.join(items)}, …] ({len(v)} items)"
+        return f"[{', '.join(items)}]" if isinstance(v, list) else f"({', '.join(items)})"
     return str(v)
+
+
+_fmt = fmt_value  # the name the report modules used before
 
 
 def write_json(results: list[Result], path: str) -> None:

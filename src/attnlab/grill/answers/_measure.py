@@ -1,12 +1,11 @@
-"""Shared evidence helpers: KV bytes measured from real attnlab caches, timing."""
+"""Shared evidence helpers: KV bytes measured from real attnlab caches, decode-step timing."""
 from __future__ import annotations
-
-import time
 
 import torch
 
 from ...analysis.configs import ArchConfig, get_config
 from ...analysis.memory import build_cache, kv_memory
+from ._timing import median_time
 
 
 def measured_bytes_per_token_per_layer(cfg: ArchConfig, dtype: str = "fp16",
@@ -35,18 +34,17 @@ def variant_table(name: str, variants: list[tuple[str, int | None]], dtype: str 
 
 
 def decode_step_ms(n_heads: int, n_kv_heads: int, head_dim: int, context: int,
-                   reps: int = 7, seed: int = 0) -> float:
-    """Best-of-`reps` time (ms) of one decode step of attention (1 query token, fp32) over a cache.
+                   repeats: int = 7, seed: int = 0) -> float:
+    """Median time (ms) of one decode step of attention (1 query token, fp32) over a cache,
+    after a warm-up call (`_timing.median_time`: robust to a busy machine).
 
     GQA-aware: the query heads of a group become rows of one attention call against their
     KV head, so each KV head is read once per step (as decode kernels do).
     """
-
-
     g = torch.Generator().manual_seed(seed)
     group = n_heads // n_kv_heads
     q = torch.randn(1, n_kv_heads, group, head_dim, generator=g)  # (B, Hkv, group·1, D)
-    k = torch.randn(1, n_kv_heads, context, head_dim, generator=g)
+    k = torch.randn(1, n_kv_heads, context, head_dim, generator=g)  # (B, Hkv, T, D)
     v = torch.randn(1, n_kv_heads, context, head_dim, generator=g)
     scale = head_dim ** -0.5
 
@@ -54,11 +52,4 @@ def decode_step_ms(n_heads: int, n_kv_heads: int, head_dim: int, context: int,
         p = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # (1, Hkv, group, T)
         return p @ v  # (1, Hkv, group, D)
 
-    step()  # warm-up
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        ts.append(time.perf_counter() - t0)
-    return min(ts) * 1e3  # the least-disturbed run: the step is memory-bound and short
-
+    return median_time(step, repeats=repeats, warmup=1) * 1e3

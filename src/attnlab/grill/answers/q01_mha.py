@@ -6,7 +6,7 @@ import torch
 from ...analysis.configs import get_config
 from ...layers.attention import Attention
 from ...ops.softmax import attention_reference
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._measure import measured_bytes_per_token_per_layer
 
@@ -53,6 +53,26 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=1,
     title=TITLES[1],
+    short=(
+        'MHA runs H attention heads in parallel, each with its own query, key and value '
+        'projections of width d_h = d_model/H; their outputs are concatenated and mixed by W_O. '
+        'Because every head has its own keys and values, decoding must cache 2·H·d_h numbers per '
+        'token per layer: for Llama-2-7B that is 512 KiB per token in fp16.'
+    ),
+    rubric=[
+        KeyPoint("H heads, each with its own W_Q, W_K, W_V",
+                 [r"own (query|key|value|projection|w_?q|w_?k)", r"separate (projection|k|key)",
+                  r"per[- ]head (projection|weights|k)", r"each head"]),
+        KeyPoint("outputs concatenated and projected by W_O",
+                 [r"concat", r"w_?o\b", r"output projection"],
+                 formula="MHA(X) = Concat(head_1, …, head_H) W_O"),
+        KeyPoint("head width d_h = d_model / H",
+                 [r"d_?model ?/ ?h", r"d_?h ?= ?d", r"split (the )?(model|hidden) (dim|width)"]),
+        KeyPoint("KV cache holds K and V of every head: 2·L·H·d_h per token",
+                 [r"2 ?[·*x×]? ?l? ?[·*x×]? ?h ?[·*x×]? ?d", r"every head'?s? (k|key)",
+                  r"cache.*(all|every) heads?", r"kv cache.*(grow|per token)"],
+                 formula="KV bytes/token = 2 · n_layers · H · d_h · bytes"),
+    ],
     answer=(
         "Multi-head attention (Vaswani et al. 2017) runs H attention functions side by side. "
         "Head h has its own projections W_Q^h, W_K^h, W_V^h (each d_model × d_h, usually "

@@ -5,7 +5,7 @@ import torch
 
 from ...analysis.configs import get_config
 from ...layers.attention import Attention
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._measure import measured_bytes_per_token_per_layer
 
@@ -48,6 +48,25 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=2,
     title=TITLES[2],
+    short=(
+        'MQA keeps H query heads but gives them a single shared key head and value head. '
+        'The KV cache shrinks H-fold, to 2·d_h numbers per token per layer, which makes the '
+        'memory-bound decode step much cheaper; the cost is some quality, since all heads read '
+        'the same keys and values.'
+    ),
+    rubric=[
+        KeyPoint("one shared K and V head for all query heads",
+                 [r"(single|one|shared) (k|key|kv)", r"share[sd]? (the |a )?(k|key|kv)",
+                  r"all (query )?heads (share|read|use) (the same|one)"]),
+        KeyPoint("query heads stay separate (per-head softmax)",
+                 [r"(h|multiple|many|separate|all) query heads", r"queries? (stay|remain)"]),
+        KeyPoint("cache shrinks by a factor H",
+                 [r"factor (of )?h\b", r"\bh ?(×|x|-fold|times)", r"by h\b", r"1 ?/ ?h"],
+                 formula="reduction = H;  KV bytes/token = 2 · n_layers · d_h · bytes"),
+        KeyPoint("decode is memory-bound, so it speeds up decoding / frees memory for batch",
+                 [r"memory[- ]bound", r"bandwidth", r"faster decod", r"larger batch"]),
+        KeyPoint("quality cost", [r"quality", r"accuracy", r"degrad", r"loses?"]),
+    ],
     answer=(
         "Multi-query attention (Shazeer 2019, 'Fast Transformer Decoding: One Write-Head is "
         "All You Need') keeps H query heads but gives them a single key head and a single "
@@ -56,8 +75,10 @@ QUESTION = Question(
         "values. The cache shrinks by the factor H: 2·d_h numbers per token per layer "
         "instead of 2·H·d_h. Falcon-7B (71 query heads of 64) caches 8 KiB per token in "
         "fp16 instead of 568 KiB. Decoding is memory-bound — each step rereads the whole "
-        "cache — so an H-times smaller cache is close to an H-times cheaper attention step "
-        "at long context, and it frees memory for larger batches."
+        "cache — so an H-times smaller cache cuts the bytes each attention step streams "
+        "H-fold; the step gets much cheaper at long context, though by less than H because "
+        "fixed per-step costs remain (Q5 and Q6 measure it), and the freed memory allows "
+        "larger batches."
     ),
     formulas=[
         "head_h = softmax((X W_Q^h)(X W_K)ᵀ / √d_h) (X W_V)   (W_K, W_V shared by all h)",

@@ -6,7 +6,7 @@ import torch
 from ...analysis.configs import get_config
 from ...layers.attention import Attention
 from ...layers.convert import mha_to_gqa
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._measure import variant_table
 
@@ -50,6 +50,27 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=3,
     title=TITLES[3],
+    short=(
+        'GQA splits the H query heads into G groups that each share one key and value head, so '
+        'it interpolates between MHA (G = H) and MQA (G = 1) and cuts the cache by H/G. '
+        'Llama-2-70B uses 64 query heads and 8 KV heads, an 8× smaller cache at almost MHA '
+        "quality, and an MHA checkpoint can be converted by mean-pooling each group's K/V heads "
+        'and briefly uptraining.'
+    ),
+    rubric=[
+        KeyPoint("G groups of query heads, each sharing one K/V head",
+                 [r"groups?", r"g kv heads", r"share.*(k|key|kv) head"]),
+        KeyPoint("interpolates: G = H is MHA, G = 1 is MQA",
+                 [r"g ?= ?h", r"g ?= ?1", r"between (mha|mqa)", r"interpolat", r"compromise",
+                  r"middle ground"]),
+        KeyPoint("cache reduction H/G",
+                 [r"h ?/ ?g", r"8 ?(×|x|-fold|times)", r"factor"],
+                 formula="KV bytes/token = 2 · n_layers · G · d_h · bytes;  reduction H/G"),
+        KeyPoint("Llama-2-70B: 64 query heads, 8 KV heads",
+                 [r"\b8 kv", r"64 (query )?heads", r"llama"]),
+        KeyPoint("uptraining: mean-pool K/V heads, ~5% of pre-training",
+                 [r"mean[- ]pool", r"uptrain", r"5 ?%", r"average the (k|key)"]),
+    ],
     answer=(
         "Grouped-query attention (Ainslie et al. 2023) sits between MHA and MQA: the H query "
         "heads are split into G groups and each group shares one key head and one value "

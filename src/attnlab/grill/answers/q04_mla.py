@@ -5,7 +5,7 @@ import torch
 
 from ...analysis.configs import get_config
 from ...layers.mla import MLASpec, MultiLatentAttention, mla_path_flops
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._measure import measured_bytes_per_token_per_layer
 
@@ -13,19 +13,27 @@ from ._measure import measured_bytes_per_token_per_layer
 def evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     ds = get_config("deepseek-v2")
-    elems = ds.cached_elements_per_token_per_layer
-    per_layer = measured_bytes_per_token_per_layer(ds, "fp16")
-    ev.measurements["DeepSeek-V2 cached elements/token/layer"] = elems
-    ev.measurements["DeepSeek-V2 fp16 bytes/token (real latent cache × 60 layers)"] = \
-        per_layer * ds.n_layers
-    ev.check("576 = kv_lora_rank 512 + rope 64 elements", elems == 576)
-    ev.check("67.5 KiB/token in fp16 (docs/sources.md)", per_layer * ds.n_layers == int(67.5 * 1024))
-    d_h = ds.mla.qk_nope_head_dim
-    ev.measurements["latent as multiple of d_h"] = elems / d_h
-    ev.measurements["equivalent GQA groups (576 / (2·d_h))"] = elems / (2 * d_h)
-    ev.check("MLA = GQA with 2.25 groups (report Table 1)", elems / (2 * d_h) == 2.25)
+    m = ds.mla
+    per_layer = measured_bytes_per_token_per_layer(ds, "fp16")  # a real LatentKVCache
+    gqa1 = ds.variant("mqa")  # one K and one V head of d_h = 128: the unit of "GQA groups"
+    per_group = measured_bytes_per_token_per_layer(gqa1, "fp16")
+    groups = per_layer / per_group
+    ev.measurements["DeepSeek-V2 latent cache: fp16 bytes/token/layer (real cache)"] = per_layer
+    ev.measurements["DeepSeek-V2 fp16 bytes/token (× 60 layers)"] = per_layer * ds.n_layers
+    ev.measurements["one GQA group (K + V head of d_h = 128): fp16 bytes/token/layer"] = per_group
+    ev.measurements["MLA cache in GQA groups (measured bytes ratio)"] = round(groups, 4)
+    ev.check("latent cache holds d_c + d_R = 512 + 64 elements per token per layer",
+             per_layer == (m.kv_lora_rank + m.qk_rope_head_dim) * 2, f"{per_layer} B")
+    ev.check("67.5 KiB/token in fp16 across 60 layers (docs/sources.md)",
+             per_layer * ds.n_layers == int(67.5 * 1024), f"{per_layer * ds.n_layers} B")
+    ev.check("measured MLA cache = 2.25 GQA groups, the report's Table 1 figure",
+             abs(groups - 2.25) < 1e-9, f"{groups:.4f}")
+    ev.cite("MLA's cache equals GQA with 2.25 groups; quality at or above MHA",
+            "DeepSeek-V2 report, Table 1 and §2.1 (docs/sources.md)")
+    d_h = m.qk_nope_head_dim
+    elems = per_layer // 2
     mha_elems = 2 * ds.n_heads * d_h
-    ev.measurements["MLA / MHA(d_h = 128) cache"] = elems / mha_elems
+    ev.measurements["MLA / MHA(d_h = 128) cache"] = round(elems / mha_elems, 4)
 
     # absorbed == naive on a small layer, and the extra work MLA trades for memory
     torch.manual_seed(ctx.seed)
@@ -46,7 +54,6 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.check("absorbed decode == naive decode", err < 1e-4, f"{err:.1e}")
     ev.measurements["latent cache bytes (fp32, 2 seqs × 24 tokens)"] = c2.nbytes
 
-    m = ds.mla
     nv, ab = mla_path_flops(ds.n_heads, 1, 4096, m.kv_lora_rank, m.qk_nope_head_dim,
                             m.qk_rope_head_dim, m.v_head_dim)
     gqa_like = ds.n_heads * 4096 * (m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim)
@@ -57,14 +64,36 @@ def evidence(ctx: EvidenceContext) -> Evidence:
              f"{nv / ab:.1f}× fewer")
     ev.check("but attention over the latent costs more than MHA over d_h-sized heads",
              ab > gqa_like, f"{ab / gqa_like:.2f}× MHA's attention MACs")
-    ev.key_figure = (f"DeepSeek-V2: 576 elem/token/layer = 67.5 KiB/token (GQA-2.25 equiv); "
-                     f"absorbed == naive to {err:.0e}")
+    ev.key_figure = (f"DeepSeek-V2: {elems} elem/token/layer = {per_layer * ds.n_layers / 1024:g} "
+                     f"KiB/token (= {groups:g} GQA groups); absorbed == naive to {err:.0e}")
     return ev
 
 
 QUESTION = Question(
     id=4,
     title=TITLES[4],
+    short=(
+        'MLA, from DeepSeek-V2, caches one low-rank latent per token (512 numbers) plus a single '
+        '64-dim RoPE key shared by all heads, and rebuilds per-head keys and values from the '
+        'latent with up-projections that can be folded into the query and output projections. '
+        "That is 576 numbers per token per layer, smaller than GQA-8 at DeepSeek's shapes, with "
+        'quality the report finds at or above MHA; the price is wider attention dot products '
+        'and a more complex implementation.'
+    ),
+    rubric=[
+        KeyPoint("compress K/V jointly into a low-rank latent c_KV",
+                 [r"latent", r"low[- ]rank", r"compress", r"c_?kv", r"down[- ]project"],
+                 formula="c_KV = W_DKV h;  k_C = W_UK c_KV,  v_C = W_UV c_KV"),
+        KeyPoint("decoupled RoPE key shared by all heads, also cached",
+                 [r"decoupled", r"rope key", r"k_?r\b", r"rotary.*(separate|shared)"]),
+        KeyPoint("576 elements per token per layer (512 + 64)",
+                 [r"576", r"512 ?\+ ?64", r"d_?c ?\+ ?d_?r"],
+                 formula="cache elements/token/layer = d_c + d_R = 512 + 64 = 576"),
+        KeyPoint("absorption: W_UK into the query, W_UV into the output projection",
+                 [r"absor", r"fold", r"merge.*(projection|weights)"]),
+        KeyPoint("trade-off: more attention compute / complexity",
+                 [r"compute", r"flops?", r"wider", r"complex"]),
+    ],
     answer=(
         "Multi-head latent attention (DeepSeek-V2, 2024) compresses each token's keys and "
         "values jointly into one low-rank latent c_KV = W_DKV h (d_c = 512 in DeepSeek-V2) "

@@ -7,7 +7,7 @@ import torch
 
 from ...layers.attention import Attention
 from ...ops.rope import apply_rope
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -50,6 +50,27 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=8,
     title=TITLES[8],
+    short=(
+        'Project X to H query heads, Q = X W_Q, but to a single key head K = X W_K and a single '
+        'value head V = X W_V. Each head computes softmax(Q_h Kᵀ/√d_h + causal mask) V, the head '
+        'outputs are concatenated and multiplied by W_O; in practice the H query heads are '
+        'stacked as extra rows against the one K, so K and V are read once.'
+    ),
+    rubric=[
+        KeyPoint("Q has H heads; K and V one head each (W_K, W_V are d × d_h)",
+                 [r"(one|single|shared) (k|key)", r"w_?k.{0,20}d_?h", r"d ?[×x] ?d_?h"],
+                 formula="Q = X W_Q ∈ ℝ^{N×H·d_h},  K = X W_K ∈ ℝ^{N×d_h},  V = X W_V ∈ ℝ^{N×d_h}"),
+        KeyPoint("per-head scaled scores with the shared K",
+                 [r"q_?h ?k", r"√ ?d", r"sqrt ?\(?d", r"scaled"],
+                 formula="O_h = softmax(Q_h Kᵀ / √d_h + M) V"),
+        KeyPoint("causal mask / softmax per head",
+                 [r"causal", r"mask", r"softmax"]),
+        KeyPoint("concatenate heads and project with W_O",
+                 [r"concat", r"w_?o\b", r"output projection"],
+                 formula="MQA(X) = Concat(O_1, …, O_H) W_O"),
+        KeyPoint("batched: query heads become rows of one matmul, K/V read once",
+                 [r"rows", r"batch", r"read once", r"one matmul", r"reshape"]),
+    ],
     answer=(
         "Take X of shape (B, N, d). Queries: Q = X W_Q with W_Q of size d × H·d_h, split into "
         "H heads of d_h. Keys and values: one head each, K = X W_K and V = X W_V with W_K, "

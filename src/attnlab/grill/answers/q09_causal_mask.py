@@ -6,7 +6,7 @@ import math
 import torch
 
 from ...masks import causal
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._tiny import tiny_lm
 
@@ -45,6 +45,27 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=9,
     title=TITLES[9],
+    short=(
+        'The causal mask is added to the attention scores before the softmax: 0 where the key is '
+        'at or before the query and minus infinity where it is after. After the softmax future '
+        'keys get exactly zero weight, so position i depends only on positions up to i, which is '
+        'the autoregressive factorisation, with the attention computation itself unchanged.'
+    ),
+    rubric=[
+        KeyPoint("additive mask: 0 on/below the diagonal, −∞ above",
+                 [r"-? ?inf", r"−∞", r"-∞", r"minus infinity", r"lower[- ]triangular",
+                  r"upper triangle"],
+                 formula="M_ij = 0 if j ≤ i, −∞ if j > i;  softmax(QKᵀ/√d_k + M) V"),
+        KeyPoint("future positions get exactly zero weight after softmax",
+                 [r"zero (weight|probability)", r"exp ?\(?-? ?∞\)? ?= ?0", r"weight of 0",
+                  r"exactly (0|zero)", r"becomes? (0|zero)"]),
+        KeyPoint("position i sees only j ≤ i (autoregressive)",
+                 [r"j ?(≤|<=) ?i", r"autoregress", r"cannot (attend|see|look)",
+                  r"only (earlier|previous|past)"],
+                 formula="p(x) = Π_i p(x_i | x_<i)"),
+        KeyPoint("kernels skip masked blocks / never build the matrix",
+                 [r"skip", r"never (build|materiali)", r"block", r"is_causal"]),
+    ],
     answer=(
         "The causal mask is an N × N matrix M added to the attention logits before the "
         "softmax: M_ij = 0 when key j is at or before query i, and −∞ when it is after. "

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ...layers.cross import CrossAttention
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -42,6 +42,25 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=11,
     title=TITLES[11],
+    short=(
+        "Cross-attention takes its queries from one sequence, the decoder's hidden states, and its "
+        "keys and values from another, the encoder's output. Each decoder position mixes encoder "
+        'positions through a rectangular N × S score matrix with no causal mask; encoder-decoder '
+        'models like T5 and BART have it in every decoder layer.'
+    ),
+    rubric=[
+        KeyPoint("Q from the decoder", [r"q(uer(y|ies))? (come )?from (the )?decoder",
+                                         r"decoder.{0,30}quer"]),
+        KeyPoint("K and V from the encoder output",
+                 [r"k(eys)? and v(alues)? (come )?from (the )?encoder",
+                  r"k(eys)? and v(alues)? from (another|the other|a second)",
+                  r"encoder.{0,30}(keys|k/v|kv)"],
+                 formula="softmax((X_dec W_Q)(H_enc W_K)ᵀ / √d_k)(H_enc W_V)"),
+        KeyPoint("rectangular N × S scores, no causal mask",
+                 [r"no (causal )?mask", r"rectangular", r"n ?[×x] ?s", r"whole source"]),
+        KeyPoint("encoder-decoder models: original transformer, T5, BART",
+                 [r"\bt5\b", r"bart", r"encoder[- ]decoder", r"original transformer"]),
+    ],
     answer=(
         "Cross-attention is attention whose queries and keys come from different sequences: "
         "Q = X_dec W_Q from the decoder's hidden states, K = H_enc W_K and V = H_enc W_V from "

@@ -6,7 +6,7 @@ import torch
 from ...analysis.configs import get_config
 from ...analysis.memory import kv_memory
 from ...layers.cross import CrossAttention
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -31,7 +31,9 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.measurements["cross cache bytes after step 1 / after last step"] = (sizes[0], sizes[-1])
     ev.check("K and V projected once for the whole request", calls == {"k": 1, "v": 1},
              str(calls))
-    ev.check("cross cache does not grow with generated tokens", sizes[0] == sizes[-1])
+    expect = 2 * S * d * 4  # K and V of S encoder tokens, fp32
+    ev.check("cross cache holds 2·S·H·d_k·4 B from step 1 and does not grow with generated "
+             "tokens", sizes[0] == sizes[-1] == expect, f"{sizes[0]} → {sizes[-1]} vs {expect}")
 
     t5 = get_config("t5-base")
     mem = kv_memory(t5, context=512, encoder_length=512)
@@ -48,6 +50,26 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=12,
     title=TITLES[12],
+    short=(
+        "The source doesn't change while the decoder generates, so each cross-attention layer's "
+        'keys and values are projected once per request and reused at every decode step. The '
+        'cross cache is written once and never grows with generated tokens, unlike the '
+        'self-attention cache; it is static rather than small, costing as much per source token '
+        'as the self cache costs per generated token.'
+    ),
+    rubric=[
+        KeyPoint("encoder output fixed for the request",
+                 [r"fixed", r"doesn'?t change", r"does not change", r"static", r"constant"]),
+        KeyPoint("K/V projected once per request and reused",
+                 [r"once", r"reused?", r"computed? (only )?once", r"precomput"]),
+        KeyPoint("does not grow with generated tokens (unlike self-attention)",
+                 [r"(not|never) grow", r"doesn'?t grow", r"self[- ]attention.{0,40}grow",
+                  r"independent of (the )?(output|generated)"],
+                 formula="cross K/V bytes = 2 · L_dec · H · d_k · S · bytes (written once)"),
+        KeyPoint("cheap means static, not small: size scales with source length S",
+                 [r"not small", r"source length", r"\bs\b tokens", r"scales with (the )?(input|source)",
+                  r"per (source|encoder) token"]),
+    ],
     answer=(
         "The source sequence does not change while the decoder generates, so the encoder's "
         "keys and values for every cross-attention layer can be computed once when the "

@@ -5,7 +5,7 @@ import torch
 
 from ...layers.attention import Attention
 from ...masks import EMPTY, sliding_window
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -53,6 +53,26 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=14,
     title=TITLES[14],
+    short=(
+        'Each query attends only to the W most recent keys, itself included, so the causal triangle '
+        'becomes a band of width W. With a kernel that skips the empty tiles, work is O(N·W) instead '
+        'of O(N²), and the KV cache becomes a ring buffer of W slots that stops growing; the price is '
+        'no direct access beyond the window.'
+    ),
+    rubric=[
+        KeyPoint("each query sees only the last W keys (a band mask)",
+                 [r"last w", r"previous w", r"w (most )?recent", r"band", r"within (a |the )?window"],
+                 formula="allowed(i, j) = [0 ≤ i − j < W]"),
+        KeyPoint("compute O(N·W) instead of O(N²)",
+                 [r"o\(n ?[·*]? ?w\)", r"n ?[·*×x] ?w", r"linear in n"]),
+        KeyPoint("KV cache capped at W (ring / rolling buffer)",
+                 [r"ring", r"rolling", r"capped", r"bounded", r"min\(t, ?w\)", r"mod w"],
+                 formula="KV bytes per layer = 2 · H_kv · d · min(T, W) · bytes"),
+        KeyPoint("off-by-one conventions (W keys incl. self; window_size = (W−1, 0))",
+                 [r"incl", r"itself", r"w ?[-−] ?1", r"off[- ]by[- ]one"]),
+        KeyPoint("loses direct access beyond the window",
+                 [r"beyond the window", r"long[- ]range", r"further back", r"outside the window"]),
+    ],
     answer=(
         "Sliding-window attention restricts each query to a fixed-length run of the most "
         "recent keys: position i may look at position j only when 0 ≤ i − j < W, i.e. at W "

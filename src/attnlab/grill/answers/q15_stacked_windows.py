@@ -10,7 +10,7 @@ from ...analysis.receptive_field import (
     theoretical_receptive_field,
 )
 from ...masks import sliding_window
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -44,6 +44,26 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=15,
     title=TITLES[15],
+    short=(
+        'Information hops back up to W − 1 positions per layer, because each layer attends to outputs '
+        'that already mixed their own windows, so after L layers the reach is L·(W − 1) + 1 tokens. '
+        'For Mistral 7B, 32 layers of 4,096, that is about 131K tokens, but it is only a reachability '
+        'bound: signals get diluted over the relays, so exact long-range recall still needs global '
+        'tokens, sinks or full-attention layers.'
+    ),
+    rubric=[
+        KeyPoint("stacking: each layer extends the reach by W − 1",
+                 [r"stack", r"each layer", r"per layer", r"hop"]),
+        KeyPoint("receptive field L·(W − 1) + 1 (≈ L·W)",
+                 [r"l ?[·*×x]? ?\(w ?[-−] ?1\)", r"l ?[·*×x] ?w", r"linear in (depth|l)"],
+                 formula="field(L, W) = L·(W − 1) + 1"),
+        KeyPoint("Mistral 7B: 32 × 4096 ≈ 131K",
+                 [r"131", r"mistral", r"32 ?[×x*] ?4096"]),
+        KeyPoint("only a bound: signal diluted over relays",
+                 [r"bound", r"dilut", r"theoretical", r"not (a )?guarantee", r"in principle"]),
+        KeyPoint("global tokens / sinks / full layers for real long range",
+                 [r"global", r"sink", r"full[- ]attention layers?", r"interleav"]),
+    ],
     answer=(
         "One windowed layer only mixes a token with its W − 1 predecessors, but the next "
         "layer's window reads outputs that have already mixed in their own predecessors, so "

@@ -11,7 +11,7 @@ from ...analysis.receptive_field import (
 )
 from ...masks import causal, global_tokens, sliding_window
 from ...ops.softmax import attention, attention_reference
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._sparse import band, window_plus_globals
 
@@ -43,6 +43,16 @@ def evidence(ctx: EvidenceContext) -> Evidence:
                   - attention_reference(q, k, v, mask=longformer)).abs().max())
     ev.measurements["max |sdpa − reference| with the Longformer mask"] = diff
     ev.check("Longformer mask attention is exact", diff < 1e-5, f"{diff:.1e}")
+    # Longformer's released window: attention_window 512 = 256 keys on each side
+    n_lf, radius = 1024, 256
+    keys = band(radius).to_dense(n_lf, n_lf).sum(-1)[radius:n_lf - radius]  # interior rows
+    ev.measurements["Longformer band (256 per side): keys per interior query, incl. itself"] = \
+        sorted({int(x) for x in keys})
+    ev.check("a 512-token window (256 each side) gives each interior query 2·256 + 1 keys",
+             bool((keys == 2 * radius + 1).all()), f"{sorted({int(x) for x in keys})}")
+    ev.cite("Longformer's released models use attention_window 512 (256 tokens on each side); "
+            "4,096 tokens is their maximum sequence length, not the window",
+            "Longformer (Beltagy et al. 2020) and its released configs (docs/sources.md)")
     pairs = int(longformer.to_dense(N, N).sum())
     ev.measurements["visible pairs vs N²"] = (pairs, N * N)
     ev.key_figure = f"band reach 2r+1 per layer; + one global: all {N} inputs in 2 layers"
@@ -52,10 +62,32 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=16,
     title=TITLES[16],
+    short=(
+        "Global tokens are a few positions that attend to every position and are attended by "
+        "every position, while all others keep a local window. They act as hubs, so any two "
+        "tokens connect within two layers at a cost linear in N; Longformer makes task tokens "
+        "such as [CLS] or the question global on top of a 512-token local window, and BigBird "
+        "uses the same idea."
+    ),
+    rubric=[
+        KeyPoint("attend to all and attended by all",
+                 [r"attend(s|ed)? (to )?(all|every)", r"(all|every).{0,30}attend.{0,10}(to )?them",
+                  r"both directions"],
+                 formula="allowed(i, j) = local(i, j) ∨ i ∈ G ∨ j ∈ G"),
+        KeyPoint("hub: any pair connected in two hops / layers",
+                 [r"two (hops|layers|steps)", r"2 (hops|layers)", r"hub", r"short[- ]circuit"]),
+        KeyPoint("cost stays linear: O(N·(W + |G|))",
+                 [r"linear", r"o\(n", r"cheap", r"few (global )?tokens"]),
+        KeyPoint("Longformer: [CLS]/question tokens global, 512-token local window",
+                 [r"longformer", r"\[?cls\]?", r"\b512\b"]),
+        KeyPoint("BigBird / ETC use global tokens too", [r"big ?bird", r"\betc\b"]),
+    ],
     answer=(
         "A global token is a position exempt from locality: it attends to every position, "
         "and every position attends to it, while all other pairs keep the local window. "
-        "Longformer uses them for task tokens such as [CLS] or the question in QA; BigBird "
+        "Longformer uses them for task tokens such as [CLS] or the question in QA, on top of "
+        "a local window of 512 tokens (256 on each side) in its released models, which take "
+        "sequences of up to 4,096 tokens; BigBird "
         "(ITC) makes some existing tokens global, ETC adds extra ones. They act as a hub: "
         "any token can reach any other in two hops (token → global → token), so the "
         "receptive field covers the sequence after two layers however small the window, "
@@ -70,7 +102,10 @@ QUESTION = Question(
         "total work O(N·(W + |G|)·d)",
     ],
     seed_note=(
-        "The seed's description is right for bidirectional encoders; it omits that in a "
+        "The seed gives Longformer a '4K window'; that is its maximum sequence length "
+        "(4,096 tokens). The local window of the released models is 512 tokens, 256 on each "
+        "side. The rest of the seed's description is right for bidirectional encoders; it "
+        "omits that in a "
         "causal decoder a global token cannot collect anything after its own position, so "
         "the two-hop shortcut only links positions on the near side of a late global."
     ),

@@ -7,7 +7,7 @@ from ...analysis.receptive_field import (
     theoretical_receptive_field,
 )
 from ...masks import sliding_window
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._sparse import needle_readout
 
@@ -49,6 +49,27 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=17,
     title=TITLES[17],
+    short=(
+        'A window saves compute and KV memory linearly, but a token more than L·(W − 1) positions back '
+        'has no path to the output at all, its influence is exactly zero. Inside that bound, far '
+        'information must be relayed hop by hop and gets diluted, so exact long-range retrieval '
+        '(needle in a haystack, copying) suffers first; global tokens or full-attention layers are '
+        'the usual fix.'
+    ),
+    rubric=[
+        KeyPoint("saves compute and memory (linear / capped cache)",
+                 [r"save", r"linear", r"capped", r"bounded", r"memory"]),
+        KeyPoint("hard limit: beyond L·(W−1)+1 influence is exactly zero",
+                 [r"exactly (0|zero)", r"no path", r"cannot (reach|propagate)", r"hard (limit|bound)",
+                  r"l ?[·*×x]? ?\(w ?[-−] ?1\)"],
+                 formula="∂y_i/∂x_j = 0 for i − j ≥ L·(W−1)+1"),
+        KeyPoint("within the bound, relayed and diluted",
+                 [r"relay", r"dilut", r"hop", r"indirect"]),
+        KeyPoint("exact long-range recall suffers (needle in a haystack)",
+                 [r"needle", r"recall", r"retriev", r"copy"]),
+        KeyPoint("remedy: global/sink tokens or interleaved full layers",
+                 [r"global", r"sink", r"full[- ]attention", r"interleav", r"hybrid"]),
+    ],
     answer=(
         "A window buys linear compute and a cache capped at W tokens, and pays with reach. "
         "Within one layer a token further back than W − 1 is invisible; across L layers the "

@@ -6,7 +6,7 @@ import torch
 from ...analysis.receptive_field import RandomAttentionStack, graph_reach, measured_reach
 from ...masks import EMPTY, bigbird
 from ...ops.softmax import attention, attention_reference
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -54,6 +54,26 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=19,
     title=TITLES[19],
+    short=(
+        'BigBird is block-sparse attention where each query block sees a few neighbouring blocks, a '
+        'few global blocks and a few random blocks. The count per block is constant, so cost is '
+        'linear in N and runs as dense tiles; with the global tokens the paper proves it keeps full '
+        "attention's expressiveness, universal approximation and Turing completeness. It served "
+        'long-document encoders, while decoder LLMs kept full attention with fused kernels.'
+    ),
+    rubric=[
+        KeyPoint("three parts: window + global + random",
+                 [r"random", r"window|local|neighbo", r"global"]),
+        KeyPoint("block-sparse: dense b×b tiles",
+                 [r"block", r"tile"]),
+        KeyPoint("linear cost in N",
+                 [r"linear", r"o\(n\)", r"constant (number|count) (of )?blocks"],
+                 formula="cost = O(N · b · (w + g + r) · d)"),
+        KeyPoint("theory: universal approximator, Turing complete (needs globals)",
+                 [r"universal", r"turing", r"expressiv"]),
+        KeyPoint("less used than full attention + FlashAttention in LLMs",
+                 [r"flash ?attention", r"full attention", r"encoders?", r"long[- ]document"]),
+    ],
     answer=(
         "BigBird (Zaheer et al., NeurIPS 2020) is a block-sparse pattern with three parts, "
         "each query block of b tokens attending to: a few neighbouring blocks (the window), "

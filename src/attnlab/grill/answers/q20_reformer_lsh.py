@@ -5,7 +5,7 @@ import itertools
 
 from ...analysis.lsh_quality import clustered_qk, quality_curve
 from ...ops.lsh import lsh_attention, shared_qk_attention
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -38,6 +38,29 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=20,
     title=TITLES[20],
+    short=(
+        'Reformer hashes shared query-key vectors with random-rotation LSH so that similar vectors '
+        'land in the same bucket, sorts tokens by bucket, and attends only within fixed-size chunks '
+        'of that order plus the previous chunk. Several hash rounds cut the chance of missing a close '
+        'key, and cost drops to about O(N log N) for the sort plus O(N·c) attention; it is elegant '
+        'but sorting and gathering are slow on accelerators, so it is rarely used now.'
+    ),
+    rubric=[
+        KeyPoint("locality-sensitive hashing of queries/keys into buckets",
+                 [r"lsh", r"locality[- ]sensitive", r"hash", r"bucket"],
+                 formula="h(x) = argmax([xR ; −xR])"),
+        KeyPoint("shared QK (keys = normalised queries)",
+                 [r"shared[- ]?qk", r"tie[sd]? (q|quer)", r"same projection", r"normali[sz]ed quer"]),
+        KeyPoint("sort by bucket, attend within chunks (own + previous)",
+                 [r"sort", r"chunk"]),
+        KeyPoint("multiple hash rounds reduce misses",
+                 [r"(several|multiple|more) (hash(ing)? )?rounds", r"n_hashes", r"rounds"]),
+        KeyPoint("O(N log N) complexity",
+                 [r"n ?log ?n"], formula="O(n_hashes · N · c · d + n_hashes · N log N)"),
+        KeyPoint("rarely used in production (slow sort/gather, FlashAttention)",
+                 [r"rarely", r"not (widely )?used", r"slow on (gpu|accelerator|hardware)",
+                  r"flash ?attention"]),
+    ],
     answer=(
         "Reformer (Kitaev, Kaiser and Levskaya, ICLR 2020) observes that softmax is "
         "dominated by the few keys closest to the query, and finds them with "

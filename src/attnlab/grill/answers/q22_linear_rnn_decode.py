@@ -5,7 +5,7 @@ import torch
 
 from ...cache.contiguous import ContiguousKVCache
 from ...layers.linear_attention import LinearAttention
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -56,6 +56,24 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=22,
     title=TITLES[22],
+    short=(
+        'With a causal mask, what query t reads is two running sums over the past, the matrix '
+        'S_t = Σ φ(k_j)ᵀv_j and the normaliser z_t = Σ φ(k_j). Each new token adds one outer product '
+        'and one vector, and old keys and values are never needed again, so decoding is an RNN with '
+        'a fixed-size state and constant time and memory per step.'
+    ),
+    rubric=[
+        KeyPoint("running state S = Σ φ(k)ᵀv (plus normaliser z)",
+                 [r"running (sum|state)", r"prefix sum", r"s_?t", r"state"],
+                 formula="S_t = S_{t−1} + φ(k_t)ᵀ v_t;  z_t = z_{t−1} + φ(k_t)"),
+        KeyPoint("output from the state", [r"φ\(q", r"phi\(q", r"read", r"o_?t"],
+                 formula="o_t = φ(q_t) S_t / (φ(q_t) · z_t)"),
+        KeyPoint("constant time and memory per step",
+                 [r"constant (time|memory|state|size)", r"o\(1\)", r"fixed[- ]size",
+                  r"doesn'?t grow", r"independent of (n|length)"]),
+        KeyPoint("like an RNN: old K/V not needed, no growing KV cache",
+                 [r"rnn", r"recurren", r"no (kv )?cache", r"never needed", r"discard"]),
+    ],
     answer=(
         "With a causal mask, what query t reads is a function of two running sums over the "
         "past: the d×d_v matrix S_t = Σ_{j≤t} φ(k_j)ᵀ v_j and the d-vector z_t = Σ_{j≤t} φ(k_j). "

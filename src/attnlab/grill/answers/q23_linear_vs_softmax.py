@@ -5,7 +5,7 @@ import torch
 
 from ...ops.linear import linear_attention
 from ...ops.softmax import attention
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._kv_quality import full_table
 
@@ -61,8 +61,6 @@ def evidence(ctx: EvidenceContext) -> Evidence:
              li[0] > 0.9 and li[big] < 0.5, f"identity φ: {li}")
     ev.check("elu+1 linear attention recalls worse still at n = 256", le[big] <= li[big] + 0.05,
              f"elu+1: {le}")
-    ev.check("softmax pays for it: its cache at n = 256 is larger than the linear state",
-             kv[big] > state, f"{kv[big]} vs {state}")
     tab = full_table()  # trained small models (KV-sharing experiment, 3 seeds) when committed
     if tab is not None:
         rows = {t: {r["variant"]: r for r in tab[t]["rows"]} for t in ("mqar", "text")}
@@ -71,12 +69,12 @@ def evidence(ctx: EvidenceContext) -> Evidence:
             ev.measurements[f"trained 2-layer models, {name}: KV B/token, MQAR acc, text loss"] = (
                 m["kv_bytes_per_token"], f"{m['acc']:.3f} ± {m['acc_sd']:.3f}",
                 f"{t['loss']:.3f} ± {t['loss_sd']:.3f}")
-        mha, lin = rows["mqar"]["MHA"], rows["mqar"]["linear"]
-        ev.check("trained small models (3 seeds, committed run): linear attention recalls "
-                 "less than softmax MHA on MQAR",
-                 lin["acc"] + lin["acc_sd"] < mha["acc"],
-                 f"{lin['acc']:.3f} ± {lin['acc_sd']:.3f} vs {mha['acc']:.3f} ± "
-                 f"{mha['acc_sd']:.3f}")
+        mha, lin, ssd = (rows["mqar"][v] for v in ("MHA", "linear", "SSD"))
+        ev.cite(f"trained 2-layer models ({mha['params']:,} parameters, 3 seeds): MQAR recall "
+                f"linear {lin['acc']:.3f} ± {lin['acc_sd']:.3f} vs softmax MHA {mha['acc']:.3f} "
+                f"± {mha['acc_sd']:.3f}, Mamba-2 SSD {ssd['acc']:.3f}; at this size and "
+                "training length it ranks recall, not language-model quality at scale",
+                "attnlab's committed KV-sharing run, experiments/results/kv_sharing.json")
     ev.key_figure = (f"recall at n = 256 pairs, width {d}: softmax {sm[big]:.0%}, linear "
                      f"{li[big]:.0%} (identity φ) / {le[big]:.0%} (elu+1); state {state} numbers "
                      f"vs KV {kv[big]}")
@@ -86,6 +84,26 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=23,
     title=TITLES[23],
+    short=(
+        'Linear attention costs O(N·d²) and decodes with a constant d×d state, while softmax costs '
+        'O(N²·d) and keeps a KV cache that grows with N. The price is memory: a d×d state can hold '
+        'only about d key-value associations before they interfere and its weights are not sharpened '
+        'by an exponential, so it loses on exact recall and in-context retrieval; hybrids with a few '
+        'softmax layers are the usual compromise.'
+    ),
+    rubric=[
+        KeyPoint("compute: linear O(N·d²) vs softmax O(N²·d)",
+                 [r"o\(n ?[·*]? ?d ?(²|\^2)\)", r"o\(n ?(²|\^2)", r"linear (in|compute)", r"quadratic"]),
+        KeyPoint("decode memory: constant state vs growing KV cache",
+                 [r"constant", r"fixed[- ]size", r"grow", r"kv cache"]),
+        KeyPoint("capacity: a d×d state holds ~d associations",
+                 [r"capacity", r"~? ?d associations", r"interfer", r"crosstalk", r"compress"],
+                 formula="crosstalk Σ_{i≠j} (φ(q)·φ(k_i)) v_i grows with n/d"),
+        KeyPoint("weaker on exact recall / in-context learning",
+                 [r"recall", r"in[- ]context", r"retriev", r"quality"]),
+        KeyPoint("mitigations: gating/selectivity, delta rule, hybrids",
+                 [r"hybrid", r"gat(ed|ing)", r"select", r"delta", r"mamba"]),
+    ],
     answer=(
         "Linear attention buys O(N·d²) compute and a constant d×d state per head at decode "
         "time; softmax attention pays O(N²·d) compute and a KV cache that grows with N. What "
@@ -94,8 +112,9 @@ QUESTION = Question(
         "associations before they interfere, and the φ(q)·φ(k) weights are not sharpened by "
         "an exponential, so even a matching key does not dominate the read-out. Softmax keeps "
         "every token and can pick one out exactly. The probe here stores n random key-value "
-        "pairs and queries them back at equal width d = 32: softmax retrieves all of them "
-        "while linear attention collapses once n passes d, and the positive elu+1 map is "
+        "pairs and queries them back at equal width d = 32: softmax retrieves essentially "
+        "all of them while linear attention collapses once n passes d, and the positive "
+        "elu+1 map is "
         "worse because all its features share a common positive component. This capacity "
         "limit is what studies of associative recall (e.g. Zoology, Arora et al. 2023) "
         "measure in trained models; gated and selective variants (GLA, Mamba-2, RWKV-6, "
@@ -113,10 +132,9 @@ QUESTION = Question(
         "The seed's complexity formula was lost (restored above). Its quality claim is stated "
         "without a mechanism; the evidence shows the one that matters — a fixed d×d state "
         "holds about d associations. The probe uses random, untrained keys (a capacity "
-        "argument); the committed KV-sharing run adds trained 2-layer models (3 seeds, 500 "
-        "steps): on MQAR linear attention recalls 0.18 against 0.26 for MHA and Mamba-2 SSD "
-        "stays near chance (0.06), while on bytes of text SSD reaches the lowest loss. At "
-        "this size and training time that ranks recall, not language-model quality at scale."
+        "argument); the committed KV-sharing run adds trained 2-layer models (3 seeds), "
+        "quoted in the evidence: on MQAR linear attention recalls less than MHA. At that "
+        "size and training time it ranks recall, not language-model quality at scale."
     ),
     evidence=evidence,
 )

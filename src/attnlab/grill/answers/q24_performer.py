@@ -8,7 +8,7 @@ import torch
 from ...masks import causal
 from ...ops.linear import draw_random_features, favor_kernel_estimate, performer_attention
 from ...ops.softmax import attention_reference
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -73,6 +73,25 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=24,
     title=TITLES[24],
+    short=(
+        'Performer keeps the softmax kernel and estimates it with positive random features: with '
+        'Gaussian directions ω, φ(x) = exp(ωᵀx − |x|²/2)/√m makes φ(q)·φ(k) an unbiased estimate of '
+        'exp(q·k), so attention runs as linear attention over m features in O(N·m·d). Positive '
+        'features keep the normaliser stable, orthogonal directions (with the QR sign fix) cut the '
+        'variance, and the error falls like 1/√m.'
+    ),
+    rubric=[
+        KeyPoint("random features approximate the softmax kernel (FAVOR+)",
+                 [r"random features?", r"favor", r"approximat.{0,30}softmax", r"softmax kernel"]),
+        KeyPoint("positive exponential features (not trigonometric)",
+                 [r"positive", r"exp ?\(ω", r"exp\(w", r"not (trig|fourier|sin)"],
+                 formula="φ(x) = exp(ωᵀx − |x|²/2) / √m,  E[φ(q)·φ(k)] = exp(q·k)"),
+        KeyPoint("unbiased estimate", [r"unbiased", r"expectation", r"e\["]),
+        KeyPoint("orthogonal features (with the QR sign fix) lower variance",
+                 [r"orthogonal", r"qr", r"sign"]),
+        KeyPoint("linear cost O(N·m·d); error ~ 1/√m",
+                 [r"o\(n ?[·*]? ?m", r"1 ?/ ?√ ?m", r"1/sqrt\(m\)", r"linear"]),
+    ],
     answer=(
         "Performer (Choromanski et al. 2020) keeps softmax's kernel and estimates it. For "
         "Gaussian ω, E[exp(ωᵀx − |x|²/2) · exp(ωᵀy − |y|²/2)] = exp(xᵀy), so with m random "

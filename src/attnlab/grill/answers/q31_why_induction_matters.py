@@ -1,7 +1,7 @@
 """Q31: why induction heads matter — ablating them removes the in-context gain (measured)."""
 from __future__ import annotations
 
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._heads_lab import induction_run
 
@@ -24,6 +24,9 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     if other is not None:
         ev.check("ablating other heads keeps most of it (specificity)", other > 0.5 * gain,
                  f"{other:.2f}")
+    ev.cite("in small attention-only models, knocking out induction heads removes most of the "
+            "in-context learning; for large models the evidence is correlational",
+            "Olsson et al. 2022, \"In-context Learning and Induction Heads\"; docs/sources.md")
     ev.key_figure = (f"in-context gain {gain:.2f} nats → {abl:.2f} with the induction heads "
                      f"ablated" + ("" if other is None else f" ({other:.2f} ablating others)"))
     return ev
@@ -32,6 +35,23 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=31,
     title=TITLES[31],
+    short=(
+        "They are the clearest mechanism found for in-context learning: they appear abruptly "
+        "in training at the same moment the model starts using earlier context to predict "
+        "later tokens, and knocking them out in small models removes that gain. So they "
+        "give a mechanistic story for few-shot behaviour (Olsson et al. 2022)."
+    ),
+    rubric=[
+        KeyPoint("mechanism for in-context learning",
+                 [r"in[- ]context", r"\bicl\b", r"few[- ]shot"]),
+        KeyPoint("emergence coincides with a phase change in training",
+                 [r"phase change", r"abrupt", r"sudden", r"emerge", r"coincid"]),
+        KeyPoint("ablating them removes the in-context gain (causal in small models)",
+                 [r"ablat", r"knock(ing)? (them )?out", r"remov(e|ing) them", r"zero(ing)?"],
+                 formula="in-context gain = loss(early tokens) − loss(late tokens)"),
+        KeyPoint("evidence is correlational for large models",
+                 [r"correlat", r"small models", r"large models"]),
+    ],
     answer=(
         "They are the first concrete mechanism for in-context learning. Olsson et al. (2022) "
         "found that induction heads appear abruptly early in training, at the same moment "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...analysis.ablation import ablate
 from ...experiments.induction import eval_tokens, in_context_gain
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._heads_lab import induction_run
 
@@ -37,6 +37,21 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=32,
     title=TITLES[32],
+    short=(
+        "A head whose query at position i puts almost all its weight on position i − 1, so "
+        "it copies information about the previous token forward. It sits in early layers and "
+        "is the first half of the induction circuit: it tags each position with 'my "
+        "predecessor was A', which the induction head then matches."
+    ),
+    rubric=[
+        KeyPoint("attends from i to i − 1", [r"i\s*[-−]\s*1", r"previous (token|position)",
+                                            r"one (token|position) back"],
+                 formula="previous-token score = (1/N) Σ_i P[i, i − 1]"),
+        KeyPoint("found in early layers", [r"early", r"lower", r"first layer", r"layer 0"]),
+        KeyPoint("feeds induction heads (K-composition)",
+                 [r"induction", r"k[- ]composition"]),
+        KeyPoint("needs only relative position", [r"relative position", r"rope", r"positional"]),
+    ],
     answer=(
         "A head whose query at position i puts most of its weight on key i − 1, so it "
         "copies (a function of) the previous token into position i. It needs only relative "

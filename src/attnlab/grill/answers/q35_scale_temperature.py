@@ -1,11 +1,12 @@
-"""Q35: the 1/sqrt(d) factor as a softmax temperature, measured."""
+"""Q35: the 1/sqrt(d) factor as a softmax temperature, measured on attnlab's attention."""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from ..registry import Evidence, EvidenceContext, Question
+from ...ops.softmax import attention
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -13,45 +14,75 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
 
 
+def weights(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """The attention probabilities attnlab computes, read out with one-hot values: with
+    V = I (one value per key) the output row i is P[i, :]."""
+    eye = torch.eye(k.shape[-2]).view(1, 1, k.shape[-2], k.shape[-2])  # (1, 1, Nk, Nk)
+    return attention(q, k, eye, scale=scale)[0, 0]  # (Nq, Nk)
+
+
 def evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     g = torch.Generator().manual_seed(ctx.seed)
     n_keys, n_q = 256, 512
     max_entropy = math.log(n_keys)
-    rows = {}
+    # unit-variance logits (σ² = 1): softmax entropy ≈ ln n − σ²/2 for large n
+    expect = max_entropy - 0.5
+    rows, ref_err = {}, 0.0
     for d in (16, 64, 256, 1024):
-        q = torch.randn(n_q, d, generator=g)
-        k = torch.randn(n_keys, d, generator=g)
-        s = q @ k.T  # unit-variance entries: Var(q·k) = d
-        var = float(s.var())
-        ent_raw = float(_entropy(torch.softmax(s, -1)).mean())
-        ent_scaled = float(_entropy(torch.softmax(s / math.sqrt(d), -1)).mean())
-        top_raw = float(torch.softmax(s, -1).amax(-1).mean())
-        rows[d] = (var, ent_raw, ent_scaled, top_raw)
-        ev.measurements[f"d={d}: Var(q·k)"] = round(var, 1)
-        ev.measurements[f"d={d}: entropy unscaled / scaled (nats)"] = (round(ent_raw, 3),
-                                                                      round(ent_scaled, 3))
-        ev.measurements[f"d={d}: mean max weight, unscaled"] = round(top_raw, 3)
-    ev.measurements["max possible entropy ln(256)"] = round(max_entropy, 3)
-    for d, (var, _, _, _) in rows.items():
-        ev.check(f"Var(q·k) ≈ d at d={d} (within 15%)", abs(var / d - 1) < 0.15,
-                 f"measured {var:.1f}")
+        q = torch.randn(1, 1, n_q, d, generator=g)
+        k = torch.randn(1, 1, n_keys, d, generator=g)
+        s = q[0, 0] @ k[0, 0].T  # unit-variance entries: Var(q·k) = d
+        p_def, p_raw = weights(q, k), weights(q, k, scale=1.0)  # default scale vs none
+        ref_err = max(ref_err, float((p_def - torch.softmax(s / math.sqrt(d), -1)).abs().max()))
+        rows[d] = (float(s.var()), float(_entropy(p_raw).mean()), float(_entropy(p_def).mean()),
+                   float(p_raw.amax(-1).mean()))
+        ev.measurements[f"d={d}: Var(q·k)"] = round(rows[d][0], 1)
+        ev.measurements[f"d={d}: entropy unscaled / default scale (nats)"] = (
+            round(rows[d][1], 3), round(rows[d][2], 3))
+        ev.measurements[f"d={d}: mean max weight, unscaled"] = round(rows[d][3], 3)
+    ev.measurements["max possible entropy ln(256); expected at unit variance ln n − 1/2"] = (
+        round(max_entropy, 3), round(expect, 3))
+    ev.measurements["max |attnlab weights − softmax(q·k/√d)|"] = ref_err
     scaled = [r[2] for r in rows.values()]
     raw = [r[1] for r in rows.values()]
-    ev.check("scaled entropy is flat in d (spread < 0.1 nats)", max(scaled) - min(scaled) < 0.1,
-             f"{min(scaled):.3f}..{max(scaled):.3f}")
-    ev.check("unscaled entropy collapses as d grows", raw[-1] < 0.5 * raw[0] and raw[-1] < 1.0,
+    ev.check("attnlab's default scale is 1/√d: its weights equal softmax(q·k/√d) (≤ 1e-5)",
+             ref_err <= 1e-5, f"{ref_err:.1e}")
+    ev.check("with the default scale the entropy stays at ln n − 1/2 for every d (± 0.1 nats)",
+             all(abs(h - expect) < 0.1 for h in scaled),
+             f"{min(scaled):.3f}..{max(scaled):.3f} vs {expect:.3f}")
+    ev.check("without it the entropy collapses as d grows (halves or more from d=16 to 1024, "
+             "below 1 nat)", raw[-1] < 0.5 * raw[0] and raw[-1] < 1.0,
              f"{raw[0]:.3f} at d=16 → {raw[-1]:.3f} at d=1024")
-    ev.check("unscaled softmax saturates at d=1024 (mean max weight > 0.8)", rows[1024][3] > 0.8,
-             f"{rows[1024][3]:.3f}")
-    ev.key_figure = (f"Var(q·k) = {rows[1024][0]:.0f} at d=1024; entropy {raw[-1]:.2f} nats unscaled "
-                     f"vs {scaled[-1]:.2f} scaled (max {max_entropy:.2f})")
+    ev.key_figure = (f"Var(q·k) = {rows[1024][0]:.0f} at d=1024; entropy {raw[-1]:.2f} nats "
+                     f"unscaled vs {scaled[-1]:.2f} with 1/√d (expected {expect:.2f}, max "
+                     f"{max_entropy:.2f})")
     return ev
 
 
 QUESTION = Question(
     id=35,
     title=TITLES[35],
+    short=(
+        "Dividing the logits by √d_k is a softmax temperature. With unit-variance entries, "
+        "q·k has variance d_k, so without the correction the logits spread out as heads get "
+        "wider, softmax saturates to near one-hot and its gradients vanish; dividing by √d_k "
+        "brings the logits back to unit variance, keeping the same sharpness for any head "
+        "size."
+    ),
+    rubric=[
+        KeyPoint("Var(q·k) = d_k for unit-variance entries",
+                 [r"variance", r"var\(", r"grows with d", r"scales? with d"],
+                 formula="Var(q·k) = Σ_i Var(q_i k_i) = d_k"),
+        KeyPoint("τ = √d_k acts as a temperature",
+                 [r"temperature", r"√\s*d", r"sqrt\(?d", r"root d"],
+                 formula="softmax(s/τ), τ = √d_k"),
+        KeyPoint("without it softmax saturates / gradients vanish",
+                 [r"saturat", r"one[- ]hot", r"vanish", r"peaky", r"sharp"],
+                 formula="∂p_i/∂s_j = p_i(δ_ij − p_j) → 0 as p becomes one-hot"),
+        KeyPoint("higher temperature flattens, lower sharpens",
+                 [r"flat", r"soft(er)?", r"smooth"]),
+    ],
     answer=(
         "Dividing the logits by a constant τ before softmax is a temperature: softmax(s/τ). "
         "If the entries of q and k are independent with zero mean and unit variance, the dot "

@@ -8,7 +8,7 @@ from ...analysis.memory import kv_memory, standard_kv_bytes
 from ...cache.base import CacheStack
 from ...cache.paged import PagedKVCache
 from ...layers.attention import Attention
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -90,8 +90,9 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     s70, i70, r70 = _fit_line(ctxs, seq)
     ev.measurements["Llama-2-70B fp16 bytes/sequence at 1K..8K"] = seq
     ev.measurements["Llama-2-70B slope (bytes/token)"] = round(s70, 3)
-    ev.check("Llama-2-70B: slope = 2·80·8·128·2 = 327,680 B/token",
-             abs(s70 - 2 * 80 * 8 * 128 * 2) < 1e-3 and abs(i70) < 1e-3 and r70 < 1e-3,
+    f70 = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2  # from the config's fields
+    ev.check(f"Llama-2-70B: the calculator's line has slope 2·L·H_kv·d·2 = {f70:,} B/token "
+             "through zero", abs(s70 - f70) < 1e-3 and abs(i70) < 1e-3 and r70 < 1e-3,
              f"slope {s70:.1f}")
     # where the law bends: a sliding window caps the per-sequence bytes (Mistral, W = 4096)
     mis = get_config("mistral-7b")
@@ -107,6 +108,24 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=38,
     title=TITLES[38],
+    short=(
+        "Every token leaves a key and a value in every layer and KV head, and nothing is "
+        "ever dropped because any later query may attend to it, so each token adds the same "
+        "2·L·H_kv·d·bytes. The total is that constant times the context length — a straight "
+        "line (times the batch) — which is what GQA, MLA, quantisation and sliding windows "
+        "attack."
+    ),
+    rubric=[
+        KeyPoint("each token stores K and V in every layer and KV head",
+                 [r"every (token|layer)", r"per token", r"each (new )?token", r"k and v"]),
+        KeyPoint("nothing is evicted: later queries may attend to any earlier token",
+                 [r"(never|ever) (dropped|evicted|thrown)", r"attend to (any|it)",
+                  r"all (previous|earlier)", r"any later query"]),
+        KeyPoint("the formula", [r"2\s*(·|\*|x)?\s*l", r"n_?layers", r"h_?kv", r"head_?dim"],
+                 formula="KV bytes = 2 · L · H_kv · d_head · T · bytes · batch"),
+        KeyPoint("what bends the line: GQA/MQA/MLA, quantisation, sliding window",
+                 [r"gqa", r"mqa", r"mla", r"quanti", r"sliding", r"window"]),
+    ],
     answer=(
         "During generation every layer stores, for every token it has seen, that token's key "
         "and value in each KV head; nothing already stored is ever thrown away, because later "

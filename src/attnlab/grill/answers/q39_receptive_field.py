@@ -5,9 +5,9 @@ import itertools
 
 import torch
 
-from ...analysis.receptive_field import field_size, theoretical_receptive_field
+from ...analysis.receptive_field import field_size
 from ...layers.attention import Attention
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 
@@ -22,7 +22,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
         h = h + layer(h)
         (g,) = torch.autograd.grad(h[0, -1].sum(), x, retain_graph=True)
         fields.append(field_size(g[0].abs().sum(-1) > 0))
-    formula = [theoretical_receptive_field(ell, W) for ell in range(1, L + 1)]
+    formula = [ell * (W - 1) + 1 for ell in range(1, L + 1)]  # evaluated here, independently
     growth = [b - a for a, b in itertools.pairwise(fields)]
     ev.measurements["W"] = W
     ev.measurements["field after layer ℓ = 1..5 (autograd through Attention layers)"] = fields
@@ -38,6 +38,19 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=39,
     title=TITLES[39],
+    short=(
+        "ℓ·(W−1)+1 positions. Each layer's window holds W keys including the query itself, "
+        "so it reaches W−1 new positions further back, and stacking ℓ layers chains those "
+        "reaches: Mistral 7B's 32 layers of 4096 span 131,041 tokens in principle."
+    ),
+    rubric=[
+        KeyPoint("ℓ·(W−1)+1", [r"\(\s*w\s*[-−]\s*1\s*\)", r"w\s*[-−]\s*1", r"ℓ\s*·?\s*w", r"l\s*(·|\*|x)\s*w"],
+                 formula="field(ℓ) = ℓ·(W − 1) + 1"),
+        KeyPoint("grows linearly with depth by stacking layers",
+                 [r"stack", r"each layer", r"per layer", r"linear(ly)? (in|with) (depth|layers)"]),
+        KeyPoint("reachability, not influence strength",
+                 [r"in principle", r"theoretical", r"reach", r"influence", r"decay"]),
+    ],
     answer=(
         "Count backwards from a token at position i. The first layer's output there mixes "
         "inputs i − (W−1) … i. The second layer's window reaches back to position i − (W−1), "

@@ -8,7 +8,7 @@ import torch
 from ...analysis.configs import ArchConfig
 from ...analysis.memory import build_cache, kv_memory
 from ...layers.attention import Attention
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 
 # "Attention Is All You Need", base model: §3.1 N = 6 encoder and 6 decoder layers,
@@ -37,14 +37,18 @@ def _multihead_by_hand(layer: Attention, x: torch.Tensor) -> torch.Tensor:
 def evidence(ctx: EvidenceContext) -> Evidence:
     ev = Evidence()
     torch.manual_seed(ctx.seed)
+    ev.cite("multi-head attention introduced: MultiHead(Q, K, V) = Concat(head_1..head_h) W_O, "
+            "head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V), scaled dot-product with 1/√d_k",
+            "Vaswani et al. 2017, \"Attention Is All You Need\", §3.2.1–3.2.2")
+    ev.cite("base model: N = 6 encoder and 6 decoder layers, d_model = 512, h = 8 heads, "
+            "d_k = d_v = d_model / h = 64", "Vaswani et al. 2017, §3.1, §3.2.2, Table 3 (base)")
     layer = Attention(D_MODEL, H, rope=False, causal=False)  # encoder self-attention, MHA
-    ev.measurements["d_model, h, d_k = d_model/h"] = (D_MODEL, layer.n_heads, layer.head_dim)
-    ev.check("d_model = h · d_k = 8 · 64", layer.head_dim * layer.n_heads == D_MODEL
-             and layer.head_dim == 64, f"head_dim {layer.head_dim}")
+    ev.measurements["layer heads, head size (from d_model 512, h 8)"] = (layer.n_heads,
+                                                                         layer.head_dim)
     n_params = sum(p.numel() for n, p in layer.named_parameters() if n.endswith("weight"))
-    ev.measurements["projection parameters W_Q, W_K, W_V, W_O"] = n_params
-    ev.check("the four projections hold 4 · d_model² parameters", n_params == 4 * D_MODEL**2,
-             f"{n_params:,} vs {4 * D_MODEL**2:,}")
+    ev.measurements["projection parameters W_Q, W_K, W_V, W_O (counted on the layer)"] = n_params
+    ev.check("splitting into heads adds no parameters: the layer holds 4 · d_model² projection "
+             "weights", n_params == 4 * D_MODEL ** 2, f"{n_params:,} vs {4 * D_MODEL ** 2:,}")
 
     x = torch.randn(2, 9 if not ctx.full else 65, D_MODEL)
     with torch.no_grad():
@@ -54,26 +58,39 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.check("attnlab's MHA equals Concat(head_i) W_O computed head by head", err < 1e-4,
              f"max abs diff {err:.2e}")
 
-    # per-token KV of the base decoder: self-attention per target token, cross per source token
-    mem = kv_memory(TRANSFORMER_BASE, context=32, batch=1, dtype="fp32", encoder_length=48)
-    stack, cross = build_cache(TRANSFORMER_BASE, context=32, batch=1, dtype="fp32",
-                               encoder_length=48)
-    elems = mem.cached_elements_per_token_per_layer * N_LAYERS
-    ev.measurements["decoder KV elements per target token (2·N·h·d_k)"] = elems
-    ev.measurements["cross-attention bytes per source token, fp32"] = mem.cross_bytes_per_encoder_token
-    ev.measurements["real caches (self + cross) nbytes, 32 target / 48 source tokens"] = (
-        stack.nbytes + cross.nbytes)
-    ev.check("per-token KV = 2 · 6 · 8 · 64 = 6144 elements", elems == 2 * 6 * 8 * 64, str(elems))
-    ev.check("calculator equals real cache nbytes (self + cross)",
-             stack.nbytes + cross.nbytes == mem.bytes_total, f"{mem.bytes_total:,} B")
+    # the base decoder's caches, allocated for real: self-attention per target token, cross
+    # per source token, against 2 · N · h · d_k · tokens · 4 bytes evaluated here
+    T, S = 32, 48
+    stack, cross = build_cache(TRANSFORMER_BASE, context=T, batch=1, dtype="fp32",
+                               encoder_length=S)
+    per_token = 2 * N_LAYERS * H * D_K * 4
+    ev.measurements["decoder KV elements per token (2·N·h·d_k)"] = 2 * N_LAYERS * H * D_K
+    ev.measurements[f"real caches nbytes, self ({T} target) / cross ({S} source tokens)"] = (
+        stack.nbytes, cross.nbytes)
+    ev.check("real caches hold 2·N·h·d_k·4 bytes per target token (self) and per source "
+             "token (cross)", stack.nbytes == per_token * T and cross.nbytes == per_token * S,
+             f"{stack.nbytes:,} + {cross.nbytes:,} B")
+    mem = kv_memory(TRANSFORMER_BASE, context=T, batch=1, dtype="fp32", encoder_length=S)
+    ev.check("the calculator agrees with the real caches", mem.bytes_total ==
+             stack.nbytes + cross.nbytes, f"{mem.bytes_total:,} B")
     ev.key_figure = (f"d_model 512 = 8 heads · 64; MHA == per-head formula (err {err:.1e}); "
-                     f"{elems} KV elements per decoder token")
+                     f"{2 * N_LAYERS * H * D_K} KV elements per decoder token")
     return ev
 
 
 QUESTION = Question(
     id=41,
     title=TITLES[41],
+    short=(
+        "Vaswani et al., \"Attention Is All You Need\" (NeurIPS 2017): the Transformer paper, "
+        "whose base model ran 8 heads of size 64 on a 512-wide model."
+    ),
+    rubric=[
+        KeyPoint("Vaswani et al. 2017", [r"vaswani", r"2017"]),
+        KeyPoint("\"Attention Is All You Need\"", [r"attention is all you need", r"transformer"]),
+        KeyPoint("base model: 8 heads of 64 on d_model 512", [r"\b8 heads", r"\b64\b", r"512"],
+                 formula="d_k = d_model / h = 512 / 8 = 64"),
+    ],
     answer=(
         "Multi-head attention was introduced by Vaswani, Shazeer, Parmar, Uszkoreit, Jones, "
         "Gomez, Kaiser and Polosukhin in \"Attention Is All You Need\" (NeurIPS 2017), the "
@@ -91,7 +108,7 @@ QUESTION = Question(
         "Attention(Q, K, V) = softmax(Q Kᵀ / √d_k) V",
         "MultiHead(X) = Concat(head_1, …, head_h) W_O,  head_i = Attention(X W_i^Q, X W_i^K, X W_i^V)",
         "base model: h = 8, d_k = d_v = d_model / h = 512 / 8 = 64, N = 6",
-        "decoder KV per token = 2 · N · h · d_k = 6144 elements",
+        "decoder KV per token = 2 · N · h · d_k = 2 · 6 · 8 · 64 = 6144 elements",
     ],
     seed_note=(
         "The seed gives only the citation. We add the title, what the paper defined, its base "

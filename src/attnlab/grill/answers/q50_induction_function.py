@@ -5,7 +5,7 @@ import torch
 
 from ...analysis.hooks import run_with_cache
 from ...models.data import repeated_random_tokens
-from ..registry import Evidence, EvidenceContext, Question
+from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._heads_lab import induction_run
 
@@ -29,6 +29,11 @@ def evidence(ctx: EvidenceContext) -> Evidence:
         res["copying_scores"]
     eff = res["copying_scores_effective"]
     ev.measurements["copying scores on the residual the head reads (effective OV path)"] = eff
+    direct = min(res["copying_scores"].values())
+    ev.measurements["reading"] = (
+        f"direct-path copying score {direct:.2f} vs effective {min(eff.values()):.2f}: "
+        + ("the raw-embedding circuit understates the copy; the head reads the layer-0 output"
+           if direct < min(eff.values()) - 0.5 else "both paths show the copy"))
     ev.check("the head's top key is the token after the previous occurrence in ≥ 70% of rows",
              argmax_ok >= 0.7, f"{argmax_ok:.2f}")
     ev.check("the model then predicts the copied token in ≥ 70% of second-copy positions",
@@ -43,6 +48,18 @@ def evidence(ctx: EvidenceContext) -> Evidence:
 QUESTION = Question(
     id=50,
     title=TITLES[50],
+    short=(
+        "Prefix matching then copying: at token A it attends to the token that came right "
+        "after an earlier A and raises that token's logit, completing [A][B] … [A] → [B]."
+    ),
+    rubric=[
+        KeyPoint("prefix matching: attend to the token after the earlier occurrence",
+                 [r"prefix", r"(token )?after", r"follow(ed|s|ing)", r"next token"],
+                 formula="attend i → j + 1 where x_j = x_i, j < i"),
+        KeyPoint("copying: predict that token", [r"cop(y|ies|ying)", r"predict", r"logit"]),
+        KeyPoint("the [A][B] … [A] → [B] pattern", [r"\[a\]\s*\[b\]", r"a\s*b\s*(…|\.\.\.)\s*a",
+                                                    r"recur", r"repeat"]),
+    ],
     answer=(
         "Prefix matching then copying: at token A it attends to whatever came right after "
         "an earlier A, and pushes up the logit of that token, completing [A][B] … [A] → [B]."
@@ -50,11 +67,12 @@ QUESTION = Question(
     formulas=["attend: i → j + 1 where x_j = x_i, j < i;   predict x_{j+1}"],
     seed_note=(
         "The seed says 'copy a token after prefix recurrence', which is right in spirit; the "
-        "copied token is the one that FOLLOWED the earlier occurrence. On our tiny model the "
-        "direct-path OV copying score (W_U W_O W_V W_E) comes out near −1 although the head "
-        "copies: the residual the head reads at the attended position is dominated by the "
-        "layer-0 output (V-composition), not by the raw embedding. Scoring the OV circuit on "
-        "the per-token mean of the residual the head actually reads gives ≈ +1."
+        "copied token is the one that FOLLOWED the earlier occurrence. A caveat on measuring "
+        "the copy: the direct-path OV copying score (W_U W_O W_V W_E) can miss it, because "
+        "the residual the head reads at the attended position is dominated by the layer-0 "
+        "output (V-composition), not by the raw embedding; scoring the OV circuit on the "
+        "per-token mean of the residual the head actually reads shows it. The evidence "
+        "reports both scores from this run."
     ),
     evidence=evidence,
 )
