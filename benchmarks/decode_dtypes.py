@@ -16,6 +16,7 @@ Run: `python -m benchmarks.decode_dtypes [--quick]`; writes results/decode_dtype
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -91,14 +92,14 @@ def bench_long(n: int, machine, repeats: int):
         nbytes = stored_bytes(k, v, ks, vs)
         ai = intensity(dtype, groups)
         name = NAMES[dtype] + (f" g={D // groups}" if dtype == torch.int8 and groups > 1 else "")
-        t = time_fn(lambda: kv_decode(qd, k, v, k_scale=ks, v_scale=vs), repeats).median
+        t = time_fn(partial(kv_decode, qd, k, v, k_scale=ks, v_scale=vs), repeats).median
         times[(name, "contiguous")] = t
         peer = ""
         if dtype != torch.int8:
             prior = "auto" if dtype == torch.float32 else "torch"  # what auto ran before
-            tp = time_fn(lambda: decode_attention(qd, k, v, impl=prior),
+            tp = time_fn(partial(decode_attention, qd, k, v, impl=prior),
                          max(2, repeats // 2)).median
-            ts = time_fn(lambda: F.scaled_dot_product_attention(qd, k, v, enable_gqa=True),
+            ts = time_fn(partial(F.scaled_dot_product_attention, qd, k, v, enable_gqa=True),
                          max(2, repeats // 2)).median
             peer = (f"decode_attention impl={prior} {nbytes / tp / 1e9:.1f} GB/s "
                     f"({tp / t:.1f}× the time); "
@@ -108,16 +109,15 @@ def bench_long(n: int, machine, repeats: int):
         pools = [to_pool(x, perm) if x is not None else None for x in (k, v, ks, vs)]
         tab = perm.reshape(1, -1)
         lens = torch.tensor([n])
-        t2 = time_fn(lambda: paged_decode(qd, pools[0], pools[1], tab, lens, k_scale=pools[2],
-                                          v_scale=pools[3]), repeats).median
+        t2 = time_fn(partial(paged_decode, qd, pools[0], pools[1], tab, lens,
+                             k_scale=pools[2], v_scale=pools[3]), repeats).median
         times[(name, "paged")] = t2
         peer = f"paged/contiguous time {t2 / t:.2f}"
         if dtype == torch.float32:
-            tp = time_fn(lambda: paged_attention(qd, pools[0], pools[1], tab, lens),
+            tp = time_fn(partial(paged_attention, qd, pools[0], pools[1], tab, lens),
                          max(2, repeats // 2)).median
             peer += f"; paged_attention {nbytes / tp / 1e9:.1f} GB/s ({tp / t2:.1f}× the time)"
         rows.append(row(f"{name} paged (shuffled blocks)", t2, nbytes, ai, machine, peer))
-        del k, v, ks, vs, pools
     return rows, times
 
 
@@ -133,7 +133,7 @@ def bench_batch(machine, repeats: int, n_seq: int = 16, lo: int = 1024, hi: int 
         per_tok = stored_bytes(k, v, ks, vs) / (n_seq * hi)
         nbytes = int(per_tok * int(lens.sum()))
         ai = intensity(dtype, 1)
-        t = time_fn(lambda: kv_decode(qd, k, v, lens=lens, k_scale=ks, v_scale=vs),
+        t = time_fn(partial(kv_decode, qd, k, v, lens=lens, k_scale=ks, v_scale=vs),
                     repeats).median
         rows.append(row(f"{NAMES[dtype]} contiguous, lens {lo}–{hi}", t, nbytes, ai, machine))
         nbk = hi // BS
@@ -148,11 +148,10 @@ def bench_batch(machine, repeats: int, n_seq: int = 16, lo: int = 1024, hi: int 
             pool[:, perm] = x.transpose(0, 1).reshape(HKV, n_seq * nbk, BS, c)
             pools.append(pool)
         tab = perm.reshape(n_seq, nbk)
-        t2 = time_fn(lambda: paged_decode(qd, pools[0], pools[1], tab, lens, k_scale=pools[2],
-                                          v_scale=pools[3]), repeats).median
+        t2 = time_fn(partial(paged_decode, qd, pools[0], pools[1], tab, lens,
+                             k_scale=pools[2], v_scale=pools[3]), repeats).median
         rows.append(row(f"{NAMES[dtype]} paged, lens {lo}–{hi}", t2, nbytes, ai, machine,
                         f"paged/contiguous time {t2 / t:.2f}"))
-        del k, v, ks, vs, pools
     return rows
 
 

@@ -7,6 +7,6 @@ __all__ = [
            "check_paged_inputs",
            "gather_sequence",
            "paged_attention",
-           "paged_decode",
            "paged_attention_reference",
+           "paged_decode",
 ]

@@ -18,8 +18,14 @@ import math
 import torch
 
 from ..._checks import check_positive_int, check_tensor
-from ..softmax.kv_decode import (DEFAULT_CHUNK, KVRows, _side_flat, check_kv_dtypes,
-                                 choose_impl, decode_rows)
+from ..softmax.kv_decode import (
+    DEFAULT_CHUNK,
+    KVRows,
+    _side_flat,
+    check_kv_dtypes,
+    choose_impl,
+    decode_rows,
+)
 
 
 def paged_decode(q, k_pool, v_pool, block_tables, seq_lens, *, k_scale=None, v_scale=None,
@@ -35,7 +41,7 @@ def paged_decode(q, k_pool, v_pool, block_tables, seq_lens, *, k_scale=None, v_s
     check_tensor("v_pool", v_pool, 4)
     check_tensor("block_tables", block_tables, 2)
     check_tensor("seq_lens", seq_lens, 1)
-    B, Hq, Nq, D = q.shape
+    B, Hq, _, D = q.shape
     Hkv, NB, bs, Dk = k_pool.shape
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"q dtype ({q.dtype}) must be float32, bfloat16 or float16")

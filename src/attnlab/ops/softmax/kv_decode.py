@@ -296,7 +296,7 @@ def kv_decode(q, k, v, *, lens=None, starts=None, k_scale=None, v_scale=None,
     """
     for name, x in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, x, 4)
-    B, Hq, Nq, D = q.shape
+    B, Hq, _, D = q.shape
     Bk, Hkv, N, Dk = k.shape
     if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"q dtype ({q.dtype}) must be float32, bfloat16 or float16")

@@ -194,9 +194,9 @@ def update4(qb, r0, kb, kix, vb, vix, nb, j, lim0, nq, sc, s, p, ib, fb, acc, m,
         else:
             for jj in range(nb):
                 sj = sr[jj]
-                if sj > mb or sj != sj:  # a NaN sticks: nothing replaces it
+                if sj > mb or math.isnan(sj):  # a NaN sticks: nothing replaces it
                     mb = sj
-                    if sj != sj:
+                    if math.isnan(sj):
                         break
         if math.isnan(mb):  # poisoned row: stats NaN, p = 0 from here on
             m[r] = mb
