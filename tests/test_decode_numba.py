@@ -170,3 +170,17 @@ def test_numba_fast_path_masked_keys_no_row_sees_are_not_read():
     for chunk in (7, 33, 8192):
         out = decode_attention(q, k2, v2, mask=keep, chunk=chunk, impl="numba")
         torch.testing.assert_close(out, attention_reference(q, k, v, mask=keep), **TOL)
+
+
+@pytest.mark.parametrize("G", [4, 2])  # the R == 4 kernel and the generic one
+def test_numba_nan_score_survives_a_masked_key_after_it(G):
+    """Finding 6 of issue 12: a NaN score followed by a masked key in the same key block
+    lost the NaN (the masked −inf replaced it in the running max) and the row came back
+    0 / −inf; conventions §2 wants the row NaN."""
+    q, k, v = rand_qkv(1, G, 1, 1, 6, 8)
+    k[0, 0, 2] = float("nan")  # visible key 2 gives a NaN score
+    keep = torch.ones(1, 1, G, 6, dtype=torch.bool)
+    keep[..., 3:] = False  # keys after the NaN are masked
+    o, lse = dn.decode_numba(q.reshape(1, 1, G, 8), k, v, 8 ** -0.5, 6, keep)
+    assert bool(torch.isnan(lse).all()), lse
+    assert bool(torch.isnan(o).all())

@@ -22,7 +22,7 @@ import math
 import torch
 
 from ..._checks import check_positive_int, check_qkv
-from . import decode_numba
+from . import decode_numba, kv_decode
 from .flash import check_result, compute_dtype
 from .merge import merge_many
 from .reference import dense_mask
@@ -100,6 +100,9 @@ def decode_attention(q, k, v, *, mask=None, scale: float | None = None,
     if impl == "numba" and not decode_numba.supports(q, k, v):
         raise ValueError("impl 'numba' needs numba installed (extra 'fast') and float32, "
                          "contiguous CPU q, k, v without grad; use impl='auto' or 'torch'")
+    if impl == "auto" and not grad and mask is None and Nq == 1 and kv_decode.numba_available() \
+            and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == v.dtype == q.dtype:
+        return kv_decode.kv_decode(q, k, v, scale=scale, return_lse=return_lse)  # widens in-kernel
     fused = impl == "fused" or (impl in ("auto", "torch") and Dv == D and not grad)
     partial = _chunk_partial_fused if fused else _chunk_partial
     cd = compute_dtype(q)

@@ -159,8 +159,11 @@ def _kernel():
                         mb = m[r]
                     else:
                         for jj in range(nb):
-                            if not s[r, jj] <= mb:  # also true for NaN: it must propagate
-                                mb = s[r, jj]
+                            sj = s[r, jj]
+                            if sj > mb or sj != sj:  # a NaN sticks: nothing replaces it
+                                mb = sj
+                                if sj != sj:
+                                    break
                     if math.isnan(mb):  # poisoned row: p = 0 from here on, stats NaN
                         m[r] = mb
                         l[r] = mb
@@ -236,8 +239,11 @@ def _kernel():
                         continue  # row already poisoned by a NaN score
                     mb = neg_inf
                     for jj in range(nb):
-                        if not s[r, jj] <= mb:  # also true for NaN: it must propagate
-                            mb = s[r, jj]
+                        sj = s[r, jj]
+                        if sj > mb or sj != sj:  # a NaN sticks: nothing replaces it
+                            mb = sj
+                            if sj != sj:
+                                break
                     if math.isnan(mb):  # a NaN/inf input reached a visible score: poison the row
                         m[r] = mb
                         l[r] = mb

@@ -1,0 +1,184 @@
+"""Decode in every cache dtype, contiguous and paged, single long context and ragged batch.
+
+Workloads (issue 14): one token, Hq=32, Hkv=8, D=128 (4 query heads per KV head) at 128K
+context, KV stored in fp32, bf16, fp16 and int8 (per-token scales; per-group g=32 too),
+contiguous and paged (block 16, block table shuffled: scattered physical blocks); and a
+batch of 16 sequences with ragged lengths 1K–32K in one call (fp32, bf16, int8).
+
+Reported per row: median time, GB/s of the bytes actually stored (codes + scales), and the
+fraction of the attainable rate min(streaming read bandwidth, fp32 matmul peak ÷ the
+kernel's FLOP per stored byte) — 4·Hq·D FLOP per key over 2·Hkv·D·bytes/elem stored:
+2 for fp32, 4 for bf16/fp16, ≈8 for int8. Peers in the same run: attnlab's previous
+decode paths (`decode_attention`: the fp32 numba kernel, the torch chunk path for bf16/fp16;
+`paged_attention`) and SDPA (`enable_gqa`).
+Run: `python -m benchmarks.decode_dtypes [--quick]`; writes results/decode_dtypes.md.
+"""
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+from attnlab.analysis.machine import measure
+from attnlab.cache.quantized import quantize_symmetric_int8
+from attnlab.ops.paged import paged_attention, paged_decode
+from attnlab.ops.softmax.decode import decode_attention
+from attnlab.ops.softmax.kv_decode import kv_decode, numba_available
+
+from .common import header, md_table, time_fn, write_results
+
+HQ, HKV, D, BS = 32, 8, 128, 16
+NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
+         torch.int8: "int8"}
+
+
+def quantize(x: torch.Tensor, groups: int = 1):
+    """(…, N, D) float -> int8 codes (…, N, D) and float32 scales (…, N, groups)."""
+    *lead, n, d = x.shape
+    c, s = quantize_symmetric_int8(x.reshape(*lead, n, groups, d // groups))
+    return c.reshape(*lead, n, d), s.reshape(*lead, n, groups)
+
+
+def stored_bytes(*ts) -> int:
+    return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+def intensity(dtype, groups: int) -> float:
+    """Kernel FLOP per stored byte: 4·G·D FLOP per key per KV head (G = 4 here) over the
+    bytes of one K and one V row (+ 4-byte scales for int8)."""
+    per_row = D * (1 if dtype == torch.int8 else torch.empty((), dtype=dtype).element_size())
+    per_row += 4 * groups if dtype == torch.int8 else 0
+    return 4 * (HQ // HKV) * D / (2 * per_row)
+
+
+def make_cache(n: int, b: int, dtype, groups: int, gen):
+    """Contiguous (b, Hkv, n, D) K/V in `dtype` (int8: codes + scales)."""
+    k = torch.randn(b, HKV, n, D, generator=gen)
+    v = torch.randn(b, HKV, n, D, generator=gen)
+    if dtype == torch.int8:
+        (kc, ks), (vc, vs) = quantize(k, groups), quantize(v, groups)
+        return kc, vc, ks, vs
+    return k.to(dtype), v.to(dtype), None, None
+
+
+def to_pool(x: torch.Tensor, perm: torch.Tensor):
+    """(1, Hkv, n, c) -> pool (Hkv, NB, BS, c) with logical block i at physical perm[i]."""
+    _, h, n, c = x.shape
+    nb = n // BS
+    pool = torch.empty(h, nb, BS, c, dtype=x.dtype)
+    pool[:, perm] = x[0].reshape(h, nb, BS, c)
+    return pool
+
+
+def row(label, t, nbytes, ai, machine, peer=None):
+    bw = nbytes / t
+    att = min(machine.read_bw, machine.peak(torch.float32) / ai)
+    bound = "memory" if machine.read_bw <= machine.peak(torch.float32) / ai else "compute"
+    return [label, f"{t * 1e3:.1f} ms", f"{bw / 1e9:.1f}", f"{ai:.1f}",
+            f"{att / 1e9:.1f} ({bound})", f"{bw / att:.0%}", peer or ""]
+
+
+def bench_long(n: int, machine, repeats: int):
+    """128K decode, one token, every dtype, contiguous and paged, with peers."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, HQ, 1, D, generator=gen)
+    rows, times = [], {}
+    for dtype, groups in ((torch.float32, 1), (torch.bfloat16, 1), (torch.float16, 1),
+                          (torch.int8, 1), (torch.int8, D // 32)):
+        k, v, ks, vs = make_cache(n, 1, dtype, groups, gen)
+        qd = q.to(torch.float32 if dtype == torch.int8 else dtype)
+        nbytes = stored_bytes(k, v, ks, vs)
+        ai = intensity(dtype, groups)
+        name = NAMES[dtype] + (f" g={D // groups}" if dtype == torch.int8 and groups > 1 else "")
+        t = time_fn(partial(kv_decode, qd, k, v, k_scale=ks, v_scale=vs), repeats).median
+        times[(name, "contiguous")] = t
+        peer = ""
+        if dtype != torch.int8:
+            prior = "auto" if dtype == torch.float32 else "torch"  # what auto ran before
+            tp = time_fn(partial(decode_attention, qd, k, v, impl=prior),
+                         max(2, repeats // 2)).median
+            ts = time_fn(partial(F.scaled_dot_product_attention, qd, k, v, enable_gqa=True),
+                         max(2, repeats // 2)).median
+            peer = (f"decode_attention impl={prior} {nbytes / tp / 1e9:.1f} GB/s "
+                    f"({tp / t:.1f}× the time); "
+                    f"SDPA {nbytes / ts / 1e9:.1f} GB/s ({ts / t:.1f}×)")
+        rows.append(row(f"{name} contiguous", t, nbytes, ai, machine, peer))
+        perm = torch.randperm(n // BS, generator=gen)
+        pools = [to_pool(x, perm) if x is not None else None for x in (k, v, ks, vs)]
+        tab = perm.reshape(1, -1)
+        lens = torch.tensor([n])
+        t2 = time_fn(partial(paged_decode, qd, pools[0], pools[1], tab, lens,
+                             k_scale=pools[2], v_scale=pools[3]), repeats).median
+        times[(name, "paged")] = t2
+        peer = f"paged/contiguous time {t2 / t:.2f}"
+        if dtype == torch.float32:
+            tp = time_fn(partial(paged_attention, qd, pools[0], pools[1], tab, lens),
+                         max(2, repeats // 2)).median
+            peer += f"; paged_attention {nbytes / tp / 1e9:.1f} GB/s ({tp / t2:.1f}× the time)"
+        rows.append(row(f"{name} paged (shuffled blocks)", t2, nbytes, ai, machine, peer))
+    return rows, times
+
+
+def bench_batch(machine, repeats: int, n_seq: int = 16, lo: int = 1024, hi: int = 32768):
+    """16 sequences of ragged lengths in one call, contiguous (lens) and paged."""
+    gen = torch.Generator().manual_seed(1)
+    lens = torch.randint(lo, hi + 1, (n_seq,), generator=gen)
+    q = torch.randn(n_seq, HQ, 1, D, generator=gen)
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16, torch.int8):
+        k, v, ks, vs = make_cache(hi, n_seq, dtype, 1, gen)
+        qd = q.to(torch.float32 if dtype == torch.int8 else dtype)
+        per_tok = stored_bytes(k, v, ks, vs) / (n_seq * hi)
+        nbytes = int(per_tok * int(lens.sum()))
+        ai = intensity(dtype, 1)
+        t = time_fn(partial(kv_decode, qd, k, v, lens=lens, k_scale=ks, v_scale=vs),
+                    repeats).median
+        rows.append(row(f"{NAMES[dtype]} contiguous, lens {lo}–{hi}", t, nbytes, ai, machine))
+        nbk = hi // BS
+        perm = torch.randperm(n_seq * nbk, generator=gen)
+        pools = []
+        for x in (k, v, ks, vs):
+            if x is None:
+                pools.append(None)
+                continue
+            c = x.shape[-1]
+            pool = torch.empty(HKV, n_seq * nbk, BS, c, dtype=x.dtype)
+            pool[:, perm] = x.transpose(0, 1).reshape(HKV, n_seq * nbk, BS, c)
+            pools.append(pool)
+        tab = perm.reshape(n_seq, nbk)
+        t2 = time_fn(partial(paged_decode, qd, pools[0], pools[1], tab, lens,
+                             k_scale=pools[2], v_scale=pools[3]), repeats).median
+        rows.append(row(f"{NAMES[dtype]} paged, lens {lo}–{hi}", t2, nbytes, ai, machine,
+                        f"paged/contiguous time {t2 / t:.2f}"))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    n = 16384 if args.quick else 131072
+    repeats = 3 if args.quick else 5
+    machine = measure((torch.float32, torch.bfloat16))
+    path = "numba kernel (kv_numba.py)" if numba_available() else \
+        "torch fallback (numba not installed)"
+    cols = ["workload", "median", "GB/s stored", "FLOP/byte", "attainable GB/s", "of attainable",
+            "peers / notes"]
+    long_rows, _ = bench_long(n, machine, repeats)
+    batch_rows = bench_batch(machine, repeats)
+    text = header("Decode in every cache dtype (benchmarks/decode_dtypes.py)", machine=machine)
+    text += (f"\nPath: {path}; torch threads {torch.get_num_threads()}. Attainable = min(read "
+             "bandwidth, fp32 peak ÷ FLOP per stored byte); the bound named is the smaller "
+             "term. fp16 has no native arithmetic here: the kernel widens its bits to fp32.\n\n"
+             f"## Decode, 1 token, Hq={HQ}, Hkv={HKV}, D={D}, context {n}\n\n"
+             + md_table(cols, long_rows)
+             + "\n\n## Batched decode, 16 sequences, ragged lengths, one call\n\n"
+             + md_table(cols, batch_rows) + "\n")
+    print(text)
+    write_results("decode_dtypes" + ("_quick" if args.quick else ""), text)
+
+
+if __name__ == "__main__":
+    main()
