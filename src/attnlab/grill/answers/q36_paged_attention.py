@@ -10,6 +10,7 @@ from ...ops.softmax import attention_reference
 from ...serving.engine import Engine, EngineConfig, Request
 from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
+from ._serving import add_engine_served, add_sequence_memory
 from ._tiny import tiny_lm
 
 
@@ -96,9 +97,12 @@ def evidence(ctx: EvidenceContext) -> Evidence:
             "PagedAttention (Kwon et al., SOSP 2023), §1 and Fig. 2; docs/sources.md")
     ev.cite("default block size 16 tokens; copy-on-write per block with reference counts",
             "PagedAttention (Kwon et al., SOSP 2023), §4 (method), §7.2 (block size); docs/sources.md")
+    served = add_engine_served(ev, ctx.seed)  # windowed and MLA models on the engine
+    memory = add_sequence_memory(ev)
     slack = ev.measurements["largest per-sequence slack seen (slots)"]
     ev.key_figure = (f"waste {res['paged'].waste_pct:.1f}% paged vs {res['max'].waste_pct:.1f}% "
-                     f"max-reserved; slack ≤ {slack} < 16 slots/seq; CoW copies 1 block")
+                     f"max-reserved; slack ≤ {slack} < 16 slots/seq; CoW copies 1 block; "
+                     f"{served}; {memory}")
     return ev
 
 
@@ -145,7 +149,12 @@ QUESTION = Question(
         "partly filled block copies that one block (copy-on-write). Identical prompt prefixes "
         "are found by hashing each full block together with the hash of its prefix. When the "
         "pool runs out, the scheduler preempts a sequence: it swaps its blocks to host memory "
-        "or frees them and recomputes later."
+        "or frees them and recomputes later. The same machinery serves more than plain "
+        "attention: a sliding-window layer releases the blocks that leave its window, so a "
+        "sequence holds O(W) bytes however long it gets, and an MLA layer pages its latent "
+        "plus RoPE key instead of per-head K/V. The evidence serves windowed and MLA models "
+        "through their own forward on attnlab's engine, preempting under a small pool, and "
+        "checks every request against generating it alone."
     ),
     formulas=[
         "physical slot(p) = table[⌊p / B⌋] · B + (p mod B)",

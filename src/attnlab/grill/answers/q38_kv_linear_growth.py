@@ -11,6 +11,7 @@ from ...layers.attention import Attention
 from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._context_parallel import add_context_parallel_memory
+from ._serving import add_sequence_memory
 
 
 def _fit_line(xs: list[int], ys: list[int]) -> tuple[float, float, float]:
@@ -101,10 +102,12 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.measurements["Mistral-7B fp16 bytes/sequence at 8K and 32K (W = 4096)"] = (m8k, m32k)
     ev.check("a sliding window stops the growth (Mistral 8K == 32K)", m8k == m32k,
              f"{m8k} vs {m32k}")
+    # served: the engine's pools hold a windowed sequence flat, an MLA latent on the line
+    served = add_sequence_memory(ev)
     # beyond one device: context parallelism splits the line P ways (attnlab.distributed)
     cp = add_context_parallel_memory(ev, ctx, focus="kv")
     ev.key_figure = (f"used bytes grow {slope:,.0f} B/token (formula {per_token:,}); "
-                     f"Llama-2-70B {s70:,.0f} B/token fp16" + (f"; {cp}" if cp else ""))
+                     f"Llama-2-70B {s70:,.0f} B/token fp16; {served}" + (f"; {cp}" if cp else ""))
     return ev
 
 
@@ -145,6 +148,8 @@ QUESTION = Question(
         " How the line is allocated is a separate choice: a preallocated cache reserves "
         "the whole context up front, a paged cache (vLLM) reserves 16-token blocks as "
         "tokens arrive and wastes under one block per sequence."
+        " attnlab's serving engine shows both shapes on real pools: an MLA sequence's "
+        "latent bytes grow on the line, a windowed sequence's stay flat past W."
         " Beyond one device, context parallelism splits the line itself: each of P ranks "
         "holds the K/V of its N/P positions (contiguous or zigzag shards), so a 1M-token "
         "context with Llama-3-8B-like heads needs 128 GiB of bf16 cache on one device but "
