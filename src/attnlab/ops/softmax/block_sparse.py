@@ -350,8 +350,10 @@ def block_sparse_run(call: Call, q_block: int = 128, kv_block: int = 128, impl: 
         if store is not None:
             store.put(pkey, plan, 64 * sum(len(ks) + 1 for _, _, ks in plan.rows))
     tile_mask = make_tile_mask(mask, B, Hq, Nq, Nk, q_pos, kv_pos)
+    # torch's fused tile keeps float32 statistics even for float64 inputs: float64 runs on
+    # the tiled engine, which keeps float64 statistics and lse (conventions §1)
     if (impl == "tiled" or call.Dv != D or call.score_mod is not None
-            or nonfinite(call.q, call.k, call.v)):
+            or call.q.dtype == torch.float64 or nonfinite(call.q, call.k, call.v)):
         return run_tiles(call, plan, tile_mask)
     if store is not None:
         plan = replace(plan, memo=(store, prefix + ("fused schedule", B, Hq, Hkv, Nq, Nk, D,
@@ -374,7 +376,8 @@ def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None, sc
     absolute positions, PARTIAL blocks only), a bool tensor, or None. `impl`: "fused"
     (torch's CPU flash kernel per contiguous run; needs Dv == D and no score_mod), "tiled"
     (pure torch; takes a score_mod), or "auto" (fused when possible). float16/bfloat16
-    run in the fused path with float32 statistics; float64 keeps float64. Rows with no
+    run in the fused path with float32 statistics; float64 runs tiled with float64
+    statistics. Rows with no
     visible key give 0 and lse = -inf; non-finite inputs follow docs/conventions.md §2.
     """
     call = validate(q, k, v, mask=mask, scale=scale, score_mod=score_mod, sink=sink,

@@ -117,7 +117,9 @@ def decode_run(call: Call, chunk: int = DEFAULT_CHUNK, impl: str = "auto"):
     use_numba = impl == "numba" or (impl == "auto" and decode_numba.supports(q, k, v))
     if use_numba and not numba_keeps_nan() and nonfinite(k):
         return _exact(call, chunk)
-    fused = impl == "fused" or (impl in ("auto", "torch") and Dv == D and not grad)
+    # torch's fused tile keeps float32 statistics: float64 takes the matmul form
+    fused = impl == "fused" or (impl in ("auto", "torch") and Dv == D and not grad
+                                and q.dtype != torch.float64)
     partial = _chunk_partial_fused if fused else _chunk_partial
     cd = compute_dtype(q)
     G = Hq // Hkv

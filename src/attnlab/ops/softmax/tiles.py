@@ -242,7 +242,9 @@ def tiled_backward(do, dlse, q, k, v, out, lse, spec: TileSpec):
     # rows with no key: lse = +inf makes P = exp(S − inf) = 0 on every tile
     lse_safe = torch.where(lse == -math.inf, math.inf, lse).to(q.dtype)
     lsg = lse_safe.view(B, Hkv, G, Nq)
-    dlg = None if dlse is None else dlse.to(q.dtype).view(B, Hkv, G, Nq)
+    dlg = None  # rows with no key do not depend on anything: their dlse is dropped
+    if dlse is not None:
+        dlg = torch.where(lse == -math.inf, 0.0, dlse).to(q.dtype).view(B, Hkv, G, Nq)
     dqg = _fold(dq, Hkv)
     for q0, q1, ks in spec.plan.rows:
         if not ks:
