@@ -165,6 +165,9 @@ def _kernel(name: str, case: Case, qb: int, kb: int, grad: bool):
 @example(  # finding 10: every key masked, gradients flow
     case=_pin(mask_name="bool(0)", mask=torch.zeros(4, 9, dtype=torch.bool)),
     kernel="decode_matmul", qb=1, kb=4, grad=True)
+@example(  # deep-run finding: a document mask evaluated on zero keys (max() of nothing)
+    case=_pin(Nq=1, Nk=0, mask_name="document", mask=M.document(torch.tensor([0, 1]))),
+    kernel="flash", qb=1, kb=1, grad=False)
 def test_kernels_with_small_blocks_equal_the_reference(case, kernel, qb, kb, grad):
     grad = grad and case.finite and case.dtype in EXACT
     fn = _kernel(kernel, case, qb, kb, grad)

@@ -246,7 +246,7 @@ def document(doc_ids: Tensor) -> Mask:
     n = ids.shape[-1]
 
     def fn(b, h, q, k):
-        if q.numel() and (int(q.max()) >= n or int(k.max()) >= n):
+        if q.numel() and k.numel() and (int(q.max()) >= n or int(k.max()) >= n):
             raise ValueError(f"document mask covers {n} positions but was evaluated beyond it")
         # a negative position (a query before the keys under bottom-right alignment, or a
         # negative q_pos) belongs to no document: it sees nothing and nothing sees it
