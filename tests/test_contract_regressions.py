@@ -193,7 +193,8 @@ print("ok")
 
 def test_12_degenerate_shapes_never_kill_the_process():
     """Run in a child process: a SIGFPE would kill the test runner itself."""
-    res = subprocess.run([sys.executable, "-c", DEGENERATE], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", DEGENERATE], check=False, capture_output=True,
+                         text=True,
                          timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", (res.returncode, res.stderr[-2000:])
 
