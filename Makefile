@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench lint clean
+.PHONY: demo test test-slow fuzz bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the differential fuzz suite's deep run: randomised, 4 properties x FUZZ_EXAMPLES (default
+# 5500, so >= 20,000 examples); `make test` runs the same suite with the derandomised "ci"
+# profile (tests/conftest.py)
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=deep $(BIN)/python -m pytest -q tests/fuzz -p no:cacheprovider \
+		--hypothesis-show-statistics
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
