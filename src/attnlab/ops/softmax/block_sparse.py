@@ -18,20 +18,23 @@ Two implementations, the same answer:
   call, so each key/value block is read once per KV head. The backward calls the fused
   flash backward per run with the merged `out`/`lse` (P = exp(S − lse) and
   Δ = rowsum(dO ∘ O) are global quantities, so per-run gradients simply add up).
-  Requires Dv == D (the kernel's constraint); otherwise "tiled" is used. Consecutive
+  When the lse is used (dlse ≠ 0: merged partials, ring attention) the backward is the
+  tiled engine's, which takes dlse. Requires Dv == D, no score_mod and float16/bfloat16/
+  float32 (the kernel keeps float32 statistics); otherwise "tiled" is used. Consecutive
   query blocks whose run has the same length, the same offset and an identical mask
   (every interior block of a sliding window) are stacked into ONE batched call, the
   overlapping key ranges unfolded (bounded by BATCH_COPY_BYTES): under load on 2 cores,
   a few large calls were 1.7–2.5× faster than one call per block (kernels.md). With a
-  `Mask` and default positions the schedule (runs and their additive masks) is memoised
-  on the mask when small, so a layer's repeated calls skip predicate evaluation.
-- "tiled": the readable pure-torch FlashAttention-2 tiles of `flash.py`, visiting only
-  the non-empty blocks.
+  `Mask` and default positions the tile plan and the schedule (runs and their additive
+  masks) are memoised by the mask's structure when small (`masks.memo`), so a layer's
+  repeated calls — even with a mask built afresh each call — skip predicate evaluation.
+- "tiled": the pure-torch FlashAttention-2 engine of `tiles.py` (score_mod, float64 and
+  the exact non-finite rules), visiting only the non-empty blocks.
 
 Cost: O(B·Hq·D · Σ non-empty block areas) time; O(B·Hq·(Nq + Nk)·D) memory plus one
 (q_block × run length) tile. The fused path and q_block = 128 were chosen by measurement
-on this CPU (window N=16384, W=512: 128-row calls beat 64, 256 and 512 rows and beat
-per-block matmul + softmax in torch; see benchmarks/results/kernels_notes.md).
+(window N=16384, W=512: 128-row calls beat 64, 256 and 512 rows and beat per-block
+matmul + softmax in torch; benchmarks/results/kernels_notes.md).
 """
 from __future__ import annotations
 
