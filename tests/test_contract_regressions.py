@@ -241,3 +241,16 @@ def test_fuzz_finding_document_mask_with_zero_keys():
     assert m.to_dense(1, 0).shape == (1, 0)
     out, lse = flash_attention(q, k, v, mask=m, q_block=1, kv_block=1, return_lse=True)
     assert (out == 0).all() and torch.isneginf(lse).all()
+
+
+@pytest.mark.parametrize("backend", WITH_LSE)
+def test_fuzz_finding_sink_is_merged_before_rounding_to_low_precision(backend):
+    """Found by the deep fuzz run: a bf16 output rounded before the sink's rescale was
+    rounded twice; the sink is merged in float32 and the result rounded once."""
+    q, k, v = (t.bfloat16() for t in rand_qkv(1, 3, 1, 5, 70, 8))
+    sink = torch.tensor([-math.inf, 0.5, -1.0])
+    out = attention(q, k, v, sink=sink, backend=backend)
+    want = attention_reference(q.float(), k.float(), v.float(), sink=sink).bfloat16()
+    assert torch.equal(out, want) or (out.float() - want.float()).abs().max() <= 2 ** -8
+    once = attention_reference(q, k, v, sink=sink)  # the oracle rounds once
+    assert torch.equal(attention(q, k, v, sink=sink, backend="reference"), once)

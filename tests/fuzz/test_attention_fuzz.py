@@ -17,6 +17,7 @@ from fuzz_cases import (
     assert_lowp,
     assert_same,
     cases,
+    head_bias,
     naive_lowp,
 )
 from hypothesis import example, given
@@ -115,6 +116,10 @@ def _compare_grads(case: Case, fn, q, k, v) -> None:
 @example(  # deep-run finding (test oracle): fp16 with a NaN value hidden by the mask
     case=_pin(Hq=1, Nq=7, Nk=9, D=1, Dv=1, dtype=torch.float16, mask_name="causal",
               mask=M.causal(), bad=[(2, (0, 0, 3, 0), math.nan)]), backend="reference",
+    grad=False)
+@example(  # deep-run finding: bf16 out rounded before the sink's rescale (two roundings)
+    case=_pin(Hq=3, Nq=5, Nk=70, dtype=torch.bfloat16, mod_name="bias", score_mod=head_bias,
+              sink=torch.tensor([-math.inf, -math.inf, -1.0]), seed=813), backend="reference",
     grad=False)
 def test_every_backend_equals_the_reference(case, backend, grad):
     grad = grad and case.finite and case.dtype in EXACT

@@ -355,7 +355,10 @@ def block_sparse_run(call: Call, q_block: int = 128, kv_block: int = 128, impl: 
     tile_mask = make_tile_mask(mask, B, Hq, Nq, Nk, q_pos, kv_pos)
     # torch's fused tile keeps float32 statistics even for float64 inputs: float64 runs on
     # the tiled engine, which keeps float64 statistics and lse (conventions §1)
-    if (impl == "tiled" or call.Dv != D or call.score_mod is not None
+    # a sink on float16/bfloat16 too: the fused tile's output is already rounded, and the
+    # sink's rescale would round it twice
+    lowp_sink = call.sink is not None and call.q.dtype in (torch.float16, torch.bfloat16)
+    if (impl == "tiled" or call.Dv != D or call.score_mod is not None or lowp_sink
             or call.q.dtype == torch.float64 or nonfinite(call.q, call.k, call.v)):
         return run_tiles(call, plan, tile_mask)
     if store is not None:

@@ -131,13 +131,16 @@ def poison(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
 
 
 def finish(call: Call, out: torch.Tensor, lse: torch.Tensor | None):
-    """Apply the sink, rule (b) and the return convention to a backend's (out, lse)."""
+    """Apply the sink, rule (b) and the return convention to a backend's (out, lse).
+    `out` may come in the compute dtype (float32 for float16/bfloat16): the sink is merged
+    in the statistics dtype and the result is rounded to q's dtype once, here."""
     if lse is not None:
         if call.sink is not None:
             s = call.sink.to(lse.dtype).view(1, call.Hq, 1).expand_as(lse)
-            o, lse = merge(out, lse, torch.zeros_like(out), s)
-            out = o
+            o = out.to(lse.dtype)
+            out, lse = merge(o, lse, torch.zeros_like(o), s)
         out = poison(out, lse)
+    out = out.to(call.q.dtype)
     return (out, lse) if call.return_lse else out
 
 

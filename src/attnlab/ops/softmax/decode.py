@@ -160,7 +160,7 @@ def decode_run(call: Call, chunk: int = DEFAULT_CHUNK, impl: str = "auto"):
     lse = lse.reshape(B, Hq, Nq)
     if suspect or nonfinite(out) or bool((torch.isnan(lse) | (lse == math.inf)).any()):
         return _exact(call, chunk)  # a NaN/inf reached the result: recompute exactly
-    return out.to(q.dtype), lse
+    return out, lse  # compute dtype: `finish` rounds once
 
 
 def decode_attention(q, k, v, *, mask=None, scale: float | None = None, score_mod=None,

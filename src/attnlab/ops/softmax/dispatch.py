@@ -11,6 +11,8 @@ reference's answer, non-finite entries included (docs/conventions.md §2, §5; t
 """
 from __future__ import annotations
 
+import torch
+
 from . import block_sparse as _block_sparse  # noqa: F401  (each module registers its record)
 from . import decode as _decode  # noqa: F401
 from . import flash as _flash  # noqa: F401
@@ -21,7 +23,11 @@ from .reference import attention_reference
 
 
 def _reference_run(call: Call):
-    return attention_reference(call.q, call.k, call.v, mask=call.mask, scale=call.scale,
+    """The oracle in its compute dtype (float32 for float16/bfloat16, as it computes
+    anyway), so `finish` merges a sink before the one rounding to q's dtype."""
+    cd = torch.float64 if call.q.dtype == torch.float64 else torch.float32
+    q, k, v = (t.to(cd) for t in (call.q, call.k, call.v))
+    return attention_reference(q, k, v, mask=call.mask, scale=call.scale,
                                score_mod=call.score_mod, q_pos=call.q_pos, kv_pos=call.kv_pos,
                                return_lse=True)
 

@@ -312,7 +312,8 @@ def compute_dtype(q: torch.Tensor) -> torch.dtype:
 
 def run_tiles(call, plan: TilePlan, tile_mask: TileMask | None = None,
               segment_keys: int = SEGMENT_KEYS):
-    """The tiled engine on a validated `Call` (contract.py): (out in q's dtype, lse).
+    """The tiled engine on a validated `Call` (contract.py): (out in the compute dtype,
+    lse); `contract.finish` rounds out to q's dtype.
     `tile_mask` defaults to the call's mask evaluated per tile."""
     from .contract import nonfinite
 
@@ -328,4 +329,4 @@ def run_tiles(call, plan: TilePlan, tile_mask: TileMask | None = None,
         out, lse = TiledAttentionFn.apply(qc, kc, vc, spec)
     else:
         out, lse = tiled_forward(qc, kc, vc, spec)
-    return out.to(call.q.dtype), lse
+    return out, lse
