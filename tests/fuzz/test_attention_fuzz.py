@@ -182,6 +182,11 @@ def _kernel(name: str, case: Case, qb: int, kb: int, grad: bool):
     case=_pin(B=2, Hq=1, Nq=3, Nk=3, D=1, Dv=1, dtype=torch.bfloat16, mask_name="~causal",
               mask=~M.causal(), bad=[(2, (0, 0, 0, 0), math.nan)]), kernel="flash", qb=1, kb=1,
     grad=False)
+@example(  # deep-run finding: bf16 + sink through flash, rounded twice before the fix
+    case=_pin(Nq=64, Nk=2, D=4, Dv=4, dtype=torch.bfloat16, mask_name="causal",
+              mask=M.causal(), sink=torch.tensor([-1.0, -math.inf]),
+              bad=[(0, (0, 0, 0, 0), math.nan)], seed=194), kernel="flash", qb=1, kb=1,
+    grad=False)
 def test_kernels_with_small_blocks_equal_the_reference(case, kernel, qb, kb, grad):
     grad = grad and case.finite and case.dtype in EXACT
     fn = _kernel(kernel, case, qb, kb, grad)
