@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow grill-loop bench lint clean
+.PHONY: demo test test-slow grill-loop fuzz bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the differential fuzz suite's deep run: randomised, 4 properties x FUZZ_EXAMPLES (default
+# 5500, so >= 20,000 examples) and the paged-cache state machine (400 runs x 50 steps =
+# 20,000 steps); `make test` runs the same suite with the derandomised "ci"
+# profile (tests/conftest.py)
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=deep ATTNLAB_FUZZ_PAGED_EXAMPLES=400 $(BIN)/python -m pytest -q \
+		tests/fuzz tests/test_paged_stress.py -p no:cacheprovider --hypothesis-show-statistics
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -5,6 +5,7 @@ from softmax_cases import MASKS, SHAPES, TOL, check_against_reference, make_mask
 
 from attnlab import masks as M
 from attnlab.analysis.allocations import measure_allocations
+from attnlab.masks.memo import STRUCTURE_MEMO, Memo
 from attnlab.ops.softmax import attention_reference
 from attnlab.ops.softmax import block_sparse as BS
 from attnlab.ops.softmax.block_sparse import block_kinds, block_sparse_attention, runs
@@ -95,7 +96,7 @@ def test_mask_evaluated_only_on_partial_blocks():
 
 
 def test_block_sparse_memory_is_linear():
-    N = 512
+    N = 2048  # the tiled engine joins contiguous blocks into segments of up to 1024 keys
     q, k, v = rand_qkv(1, 2, 2, N, N, 16, grad=True)
     for impl in ("fused", "tiled"):
         rep = measure_allocations(lambda impl=impl: block_sparse_attention(
@@ -129,8 +130,12 @@ def test_block_sparse_bad_input():
     for impl in ("fused", "tiled"):
         bad = q.clone()
         bad[0, 1, 3, 0] = float("nan")
-        with pytest.raises(ValueError, match="NaN or inf"):
-            block_sparse_attention(bad, k, v, mask=M.causal(), impl=impl)
+        with pytest.raises(ValueError, match=r"q contains NaN or inf \(first at index"):
+            block_sparse_attention(bad, k, v, mask=M.causal(), impl=impl, check_finite=True)
+        got = block_sparse_attention(bad, k, v, mask=M.causal(), impl=impl, return_lse=True)
+        want = attention_reference(bad, k, v, mask=M.causal(), return_lse=True)
+        for a, b in zip(got, want):  # docs/conventions.md §2: row (0, 1, 3) is NaN
+            torch.testing.assert_close(a, b, **TOL, equal_nan=True)
 
 
 def test_window_blocks_are_batched_into_few_calls_and_stay_exact():
@@ -169,8 +174,8 @@ def test_full_stretches_split_into_unmasked_calls(mask, monkeypatch):
 
 def test_fused_schedule_memoised_on_the_mask():
     """A layer calls again with the same Mask: the second call evaluates no predicate and
-    gives the same output and gradients; other shapes get their own entries, at most
-    SCHEDULE_MEMO_ENTRIES of them; calls with explicit positions are never memoised."""
+    gives the same output and gradients; the memo stays bounded; calls with explicit
+    positions are never memoised."""
     mask, base, calls = counted_window(16)
     q, k, v = rand_qkv(1, 4, 2, 200, 200, 8)
     first = block_sparse_attention(q, k, v, mask=mask, q_block=32, kv_block=32, impl="fused")
@@ -185,26 +190,68 @@ def test_fused_schedule_memoised_on_the_mask():
     attention_reference(*ref, mask=base).square().sum().backward()
     for got, want in zip((qg, kg, vg), ref):
         torch.testing.assert_close(got.grad, want.grad, **TOL)
-    for n in (40, 72, 104, 136, 168):  # five more shapes: the oldest entries are dropped
+    mask._layouts.max_entries = 6
+    for n in (40, 72, 104, 136, 168):  # more shapes: the oldest entries are dropped
         q2, k2, v2 = rand_qkv(1, 4, 2, n, n, 8)
         out = block_sparse_attention(q2, k2, v2, mask=mask, q_block=32, kv_block=32)
         torch.testing.assert_close(out, attention_reference(q2, k2, v2, mask=base),
                                    **TOL)
-    kept = [key for key in mask._layouts if key[:1] == ("fused schedule",)]
-    assert len(kept) == BS.SCHEDULE_MEMO_ENTRIES
+    assert len(mask._layouts) == 6
+    n_kept = len(mask._layouts)
     calls.clear()
     pos = torch.arange(200)
     block_sparse_attention(q, k, v, mask=mask, q_block=32, kv_block=32, q_pos=pos, kv_pos=pos)
     assert calls  # explicit positions: evaluated again, not memoised
-    assert len([key for key in mask._layouts if key[:1] == ("fused schedule",)]) == len(kept)
+    assert len(mask._layouts) == n_kept
+
+
+def test_fresh_identical_masks_share_layout_and_schedule(monkeypatch):
+    """The memo is keyed by the mask's structure: `sliding_window(16)` built afresh per call
+    reuses the plan and schedule; another window or a user mask that merely carries the
+    name does not."""
+    STRUCTURE_MEMO.clear()
+    built, orig = [], BS._schedule
+
+    def counting(*a):
+        built.append(1)
+        yield from orig(*a)
+
+    monkeypatch.setattr(BS, "_schedule", counting)
+    q, k, v = rand_qkv(1, 2, 2, 96, 96, 8)
+    want = attention_reference(q, k, v, mask=M.sliding_window(16))
+    for _ in range(3):
+        out = block_sparse_attention(q, k, v, mask=M.sliding_window(16), q_block=32, kv_block=32)
+        torch.testing.assert_close(out, want, **TOL)
+    assert len(built) == 1
+    block_sparse_attention(q, k, v, mask=M.sliding_window(17), q_block=32, kv_block=32)
+    assert len(built) == 2
+    named = M.Mask(lambda b, h, qi, ki: qi >= ki, "sliding_window(16)")
+    out = block_sparse_attention(q, k, v, mask=named, q_block=32, kv_block=32)
+    assert len(built) == 3
+    torch.testing.assert_close(out, attention_reference(q, k, v, mask=M.causal()), **TOL)
+
+
+def test_memo_is_bounded_in_entries_and_bytes():
+    memo = Memo(max_entries=3, max_bytes=100)
+    for i in range(5):
+        memo.put(i, str(i), 10)
+    assert memo.keys() == [2, 3, 4]
+    memo.get(2)  # recently used: kept
+    memo.put("big", "x", 80)
+    assert memo.keys() == [4, 2, "big"] and memo.nbytes == 100  # 3 was the oldest
+    memo.put("more", "z", 15)  # over 100 bytes: the oldest go until it fits
+    assert memo.keys() == ["big", "more"] and memo.nbytes == 95
+    memo.put("huge", "y", 101)  # alone over the budget: not kept
+    assert "huge" not in memo
 
 
 def test_large_schedules_stay_lazy(monkeypatch):
     monkeypatch.setattr(BS, "SCHEDULE_MEMO_BYTES", 1)
+    STRUCTURE_MEMO.clear()
     mask = M.causal()
     q, k, v = rand_qkv(1, 2, 2, 96, 96, 8)
     block_sparse_attention(q, k, v, mask=mask, q_block=32, kv_block=32, impl="fused")
-    assert not [key for key in mask._layouts if key[:1] == ("fused schedule",)]
+    assert not [key for key in STRUCTURE_MEMO if "fused schedule" in key]
 
 
 def test_result_check_one_reduction_then_elementwise():

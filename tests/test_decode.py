@@ -110,5 +110,9 @@ def test_decode_fp16_and_bad_input():
         decode_attention(q, k, v, mask=torch.ones(1, 99, dtype=torch.bool))
     vb = v.clone()
     vb[0, 1, 50, 3] = float("inf")
-    with pytest.raises(ValueError, match="NaN or inf"):
-        decode_attention(q, k, vb)
+    with pytest.raises(ValueError, match=r"v contains NaN or inf \(first at index \(0, 1, 50, 3\)"):
+        decode_attention(q, k, vb, check_finite=True)
+    out, lse = decode_attention(q, k, vb, return_lse=True)  # column 3 of heads 2, 3 is inf
+    want, want_lse = attention_reference(q, k, vb, return_lse=True)
+    torch.testing.assert_close(out, want, **TOL, equal_nan=True)
+    torch.testing.assert_close(lse, want_lse, **TOL)

@@ -61,7 +61,11 @@ def test_numba_masked_keys_are_not_read_and_nan_is_reported():
     torch.testing.assert_close(out, attention_reference(q, k, v, mask=M.sliding_window(16)),
                                **TOL)
     with pytest.raises(ValueError, match="NaN or inf"):
-        decode_attention(q, k2, v2, chunk=8, impl="numba")
+        decode_attention(q, k2, v2, chunk=8, impl="numba", check_finite=True)
+    got = decode_attention(q, k2, v2, chunk=8, impl="numba", return_lse=True)
+    want = attention_reference(q, k2, v2, return_lse=True)  # visible NaN: rows are NaN
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL, equal_nan=True)
 
 
 def _count_numba_calls(monkeypatch):

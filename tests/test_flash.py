@@ -80,28 +80,34 @@ def test_flash_rejects_block_sizes(bad):
         flash_attention(q, k, v, q_block=2.0)
 
 
-def test_flash_rejects_mask_shape_and_nonfinite():
+def test_flash_mask_shape_and_nonfinite_policy():
+    """Bad masks raise; NaN/inf data follow docs/conventions.md §2 (equal to the reference,
+    non-finite entries included) unless check_finite=True asks for a ValueError."""
     q, k, v = rand_qkv(1, 2, 2, 6, 9, 8)
     with pytest.raises(ValueError, match=r"\(Nq, Nk\) = \(6, 9\)"):
         flash_attention(q, k, v, mask=torch.ones(6, 8, dtype=torch.bool))
     with pytest.raises(TypeError, match="bool"):
         flash_attention(q, k, v, mask=torch.ones(6, 9))
-    for t in (q, k, v):
+    for i, name in enumerate("qkv"):
         bad = [x.clone() for x in (q, k, v)]
-        idx = [x is t for x in (q, k, v)].index(True)
-        bad[idx][0, 0, 2, 1] = float("nan")
-        with pytest.raises(ValueError, match="NaN or inf"):
-            flash_attention(*bad)
+        bad[i][0, 0, 2, 1] = float("nan")
+        with pytest.raises(ValueError, match=rf"{name} contains NaN or inf \(first at index "
+                                             rf"\(0, 0, 2, 1\)"):
+            flash_attention(*bad, check_finite=True)
+        for mask in (None, M.causal()):
+            got = flash_attention(*bad, mask=mask, return_lse=True)
+            want = attention_reference(*bad, mask=mask, return_lse=True)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, **TOL, equal_nan=True)
     inf_k = k.clone()
     inf_k[0, 1, 3, 0] = float("inf")
-    q_pos = q.clone()
-    q_pos[0, 1, :, 0] = 1.0  # score +inf: the softmax is inf/inf
-    with pytest.raises(ValueError, match="NaN or inf"):
-        flash_attention(q_pos, inf_k, v)
-    q_neg = q.clone()
-    q_neg[0, 1, :, 0] = -1.0  # score -inf: the key acts as masked, exactly as the reference
-    torch.testing.assert_close(flash_attention(q_neg, inf_k, v),
-                               attention_reference(q_neg, inf_k, v), **TOL)
+    for sign in (1.0, -1.0):  # score +inf: lse +inf, out NaN; score -inf: acts as masked
+        qs = q.clone()
+        qs[0, 1, :, 0] = sign
+        got = flash_attention(qs, inf_k, v, return_lse=True)
+        want = attention_reference(qs, inf_k, v, return_lse=True)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, **TOL, equal_nan=True)
 
 
 def test_flash_rejects_integer_dtype():

@@ -162,7 +162,7 @@ def test_float64_inputs_are_computed_in_float64():
     q, k, v = [t.double() for t in rand(2, 2, 2, 7, 9, 16)]
     out, lse = attention_reference(q, k, v, mask=M.causal(), return_lse=True)
     want = _naive_softmax(q, k, v, M.causal().to_dense(7, 9))
-    assert out.dtype == torch.float64 and lse.dtype == torch.float32
+    assert out.dtype == torch.float64 and lse.dtype == torch.float64  # conventions §1, §3
     torch.testing.assert_close(out, want, atol=1e-12, rtol=1e-12)  # float32 math misses this
 
 

@@ -5,7 +5,12 @@ expected. Checks run once per public call, never inside inner loops.
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_tensor(name: str, x, ndim: int | None = None) -> torch.Tensor:
@@ -30,8 +35,37 @@ def check_divisible(name: str, value: int, divisor_name: str, divisor: int) -> N
 
 
 def check_finite(name: str, x: torch.Tensor) -> None:
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf; expected finite values")
+    """Raise ValueError naming `name` and its first non-finite entry (conventions §2)."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} contains NaN or inf (first at index {idx}: "
+                         f"{x[idx].item()}); expected finite values")
+
+
+def check_scale(scale) -> float | None:
+    """`scale`: None (the default 1/sqrt(D)) or a finite real number > 0."""
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a float, got {type(scale).__name__} ({scale!r})")
+    scale = float(scale)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale ({scale}) must be a finite float > 0")
+    return scale
+
+
+def check_positions(name: str, pos, n: int) -> torch.Tensor | None:
+    """Absolute positions: None or an integer tensor of shape (n,); returned as int64 CPU."""
+    if pos is None:
+        return None
+    if not isinstance(pos, torch.Tensor):
+        raise TypeError(f"{name} must be an integer torch.Tensor, got {type(pos).__name__}")
+    if pos.dtype.is_floating_point or pos.dtype.is_complex or pos.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer positions, got dtype {pos.dtype}")
+    if pos.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(pos.shape)}")
+    return pos.long().cpu()
 
 
 def check_same_device_dtype(**tensors: torch.Tensor) -> None:
@@ -45,11 +79,14 @@ def check_same_device_dtype(**tensors: torch.Tensor) -> None:
 
 
 def check_qkv(q, k, v) -> tuple[int, int, int, int, int, int, int]:
-    """Validate conventions §1 layouts. Returns (B, Hq, Hkv, Nq, Nk, D, Dv)."""
+    """Validate conventions §1 layouts and dtypes. Returns (B, Hq, Hkv, Nq, Nk, D, Dv)."""
     check_tensor("q", q, 4)
     check_tensor("k", k, 4)
     check_tensor("v", v, 4)
     check_same_device_dtype(q=q, k=k, v=v)
+    if q.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"q dtype ({q.dtype}) must be a floating type "
+                        f"(float16, bfloat16, float32 or float64)")
     B, Hq, Nq, D = q.shape
     Bk, Hkv, Nk, Dk = k.shape
     Bv, Hv, Nv, Dv = v.shape
@@ -61,6 +98,9 @@ def check_qkv(q, k, v) -> tuple[int, int, int, int, int, int, int]:
         raise ValueError(
             f"v shape {tuple(v.shape)} must match k in heads and length ({Hkv}, {Nk})"
         )
-    if Hkv < 1 or Hq % Hkv != 0:
+    for name, n in (("q heads", Hq), ("k/v heads", Hkv), ("q head_dim", D), ("v head_dim", Dv)):
+        if n < 1:
+            raise ValueError(f"{name} ({n}) must be >= 1")
+    if Hq % Hkv != 0:
         raise ValueError(f"q heads ({Hq}) must be divisible by k/v heads ({Hkv})")
     return B, Hq, Hkv, Nq, Nk, D, Dv

@@ -119,7 +119,7 @@ def bigbird(seq_len: int, block_size: int = 64, window_blocks: int = 3,
     b = cfg.block_size
 
     def fn(bi, hi, q, k):
-        if q.numel() and (int(q.min()) < 0 or int(q.max()) >= seq_len
+        if q.numel() and k.numel() and (int(q.min()) < 0 or int(q.max()) >= seq_len
                           or int(k.min()) < 0 or int(k.max()) >= seq_len):
             raise ValueError(f"bigbird mask covers positions [0, {seq_len}) but was "
                              "evaluated outside it")

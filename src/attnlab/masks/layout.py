@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_positive_int
+from .memo import memo_for
 from .predicates import Mask
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
@@ -130,7 +131,7 @@ def block_layout(mask: Mask, nq: int, nk: int, q_block: int, kv_block: int | Non
     classified from its parts (FULL if a part is FULL, EMPTY if every part is EMPTY) and
     the predicate is evaluated only on the remaining blocks, so `sliding_window(W) |
     global_tokens(g)` costs O(N·(W + |g|·block)), not the O(N²) of its key-bound hull.
-    Layouts with default positions are memoised on the mask object.
+    Layouts with default positions are memoised by the mask's structure (`masks.memo`).
     """
     if not isinstance(mask, Mask):
         raise TypeError(f"mask must be a Mask, got {type(mask).__name__}")
@@ -139,9 +140,11 @@ def block_layout(mask: Mask, nq: int, nk: int, q_block: int, kv_block: int | Non
     check_positive_int("kv_block", kv_block)
     key = None
     if q_pos is None and kv_pos is None:
-        key = (nq, nk, q_block, kv_block, q_offset, batch, heads)
-        if key in mask._layouts:
-            return mask._layouts[key]
+        store, prefix = memo_for(mask)
+        key = prefix + (nq, nk, q_block, kv_block, q_offset, batch, heads)
+        hit = store.get(key)
+        if hit is not None:
+            return hit
     q_pos, kv_pos = _positions(nq, nk, q_offset, q_pos, kv_pos)
     nb, nh = _bh(mask, batch, heads)
     if mask.classify_blocks is not None:
@@ -153,7 +156,7 @@ def block_layout(mask: Mask, nq: int, nk: int, q_block: int, kv_block: int | Non
         kind = _scan_kinds(mask, nb, nh, q_pos, kv_pos, q_block, kv_block)
     layout = BlockLayout(nq, nk, q_block, kv_block, kind, q_pos, kv_pos)
     if key is not None:
-        mask._layouts[key] = layout
+        store.put(key, layout, kind.numel())
     return layout
 
 

@@ -11,15 +11,23 @@ be masked, and `classify_blocks(q_pos, kv_pos, q_block, kv_block) -> (full, empt
 per-block classification computed without evaluating the predicate on every entry (used by
 `global_tokens`, whose rows and columns are what make a mask dense). Lowering uses both to
 skip work; they never change the answer. `|` and `&` keep their operands in `parts`.
+
+Structure is data the factories set, never parsed from `name` (a label for printing):
+`key` is a hashable description of the pattern (factory and parameters, e.g.
+`("sliding_window", 512)`; None for a user predicate), so an identical mask built afresh
+shares memoised layouts and schedules; `is_causal` marks the plain causal pattern `q >= k`
+and `window` the W of a sliding window.
 """
 from __future__ import annotations
 
+import hashlib
 import operator
 from collections.abc import Callable, Sequence
 
 import torch
 
 from .._checks import check_positive_int
+from .memo import Memo
 
 Tensor = torch.Tensor
 MaskFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -37,7 +45,8 @@ class Mask:
 
     def __init__(self, fn: MaskFn, name: str, *, uses_batch: bool = False,
                  uses_head: bool = False, kv_bounds: BoundsFn | None = None,
-                 classify_blocks: ClassifyFn | None = None):
+                 classify_blocks: ClassifyFn | None = None, key: tuple | None = None,
+                 is_causal: bool = False, window: int | None = None):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         self.fn = fn
@@ -48,7 +57,10 @@ class Mask:
         self.classify_blocks = classify_blocks
         self.parts: tuple[Mask, ...] = ()  # operands of `|` / `&` (empty for a leaf)
         self.op: str | None = None  # "|" or "&" when parts are set
-        self._layouts: dict = {}
+        self.key = key  # structural identity (factory + parameters), None: this object only
+        self.is_causal = is_causal  # exactly the plain causal pattern q >= k
+        self.window = window  # W of a sliding window (0 <= q - k < W), else None
+        self._layouts = Memo(max_entries=16)  # memo for masks without a key
 
     def __call__(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return self.fn(b, h, q_idx, kv_idx)
@@ -65,7 +77,8 @@ class Mask:
 
     def __invert__(self) -> Mask:
         return Mask(lambda b, h, q, k: ~self.fn(b, h, q, k), f"~{self.name}",
-                    uses_batch=self.uses_batch, uses_head=self.uses_head)
+                    uses_batch=self.uses_batch, uses_head=self.uses_head,
+                    key=None if self.key is None else ("~", self.key))
 
     def kv_bounds(self, q_pos: Tensor, nk: int) -> tuple[Tensor, Tensor]:
         """Per query position, a key range `[lo, hi)` outside which every key is masked."""
@@ -118,7 +131,9 @@ def _combine(masks: Sequence[Mask], op: str) -> Mask:
 
     mask = Mask(fn, "(" + f" {op} ".join(m.name for m in masks) + ")",
                 uses_batch=any(m.uses_batch for m in masks),
-                uses_head=any(m.uses_head for m in masks), kv_bounds=bounds)
+                uses_head=any(m.uses_head for m in masks), kv_bounds=bounds,
+                key=None if any(m.key is None for m in masks)
+                else (op, tuple(m.key for m in masks)))
     mask.parts, mask.op = tuple(masks), op
     return mask
 
@@ -146,13 +161,15 @@ def _block_any_all(flags: Tensor, block: int) -> tuple[Tensor, Tensor]:
 
 def full() -> Mask:
     """Every query sees every key."""
-    return Mask(lambda b, h, q, k: torch.ones_like(q - k, dtype=torch.bool), "full")
+    return Mask(lambda b, h, q, k: torch.ones_like(q - k, dtype=torch.bool), "full",
+                key=("full",))
 
 
 def causal() -> Mask:
     """Query at position i sees keys j <= i (bottom-right aligned, conventions §2)."""
     return Mask(lambda b, h, q, k: q >= k, "causal",
-                kv_bounds=lambda qp, nk: (torch.zeros_like(qp), qp + 1))
+                kv_bounds=lambda qp, nk: (torch.zeros_like(qp), qp + 1), key=("causal",),
+                is_causal=True)
 
 
 def sliding_window(window: int) -> Mask:
@@ -163,7 +180,8 @@ def sliding_window(window: int) -> Mask:
     """
     check_positive_int("window", window)
     return Mask(lambda b, h, q, k: (q >= k) & (q - k < window), f"sliding_window({window})",
-                kv_bounds=lambda qp, nk: (qp - window + 1, qp + 1))
+                kv_bounds=lambda qp, nk: (qp - window + 1, qp + 1),
+                key=("sliding_window", window), window=window)
 
 
 def global_tokens(indices: Sequence[int] | Tensor, seq_len: int | None = None) -> Mask:
@@ -198,7 +216,8 @@ def global_tokens(indices: Sequence[int] | Tensor, seq_len: int | None = None) -
         empty = ~any_q[:, None] & ~any_k[None, :]
         return full, empty
 
-    return Mask(fn, f"global_tokens({idx.tolist()})", classify_blocks=classify)
+    return Mask(fn, f"global_tokens({idx.tolist()})", classify_blocks=classify,
+                key=("global_tokens", tuple(idx.tolist())))
 
 
 def prefix_lm(prefix_len: int) -> Mask:
@@ -207,7 +226,8 @@ def prefix_lm(prefix_len: int) -> Mask:
     check_positive_int("prefix_len", prefix_len, minimum=0)
     return Mask(lambda b, h, q, k: (k < prefix_len) | (q >= k), f"prefix_lm({prefix_len})",
                 kv_bounds=lambda qp, nk: (torch.zeros_like(qp),
-                                          torch.maximum(qp + 1, torch.full_like(qp, prefix_len))))
+                                          torch.maximum(qp + 1, torch.full_like(qp, prefix_len))),
+                key=("prefix_lm", prefix_len))
 
 
 def document(doc_ids: Tensor) -> Mask:
@@ -222,14 +242,19 @@ def document(doc_ids: Tensor) -> Mask:
         raise ValueError(
             f"doc_ids must be an integer tensor of shape (N,) or (B, N), got {tuple(doc_ids.shape)} "
             f"{doc_ids.dtype}")
-    ids = doc_ids.long()
+    ids = doc_ids.long().cpu()
     n = ids.shape[-1]
 
     def fn(b, h, q, k):
-        if q.numel() and (int(q.max()) >= n or int(k.max()) >= n):
+        if q.numel() and k.numel() and (int(q.max()) >= n or int(k.max()) >= n):
             raise ValueError(f"document mask covers {n} positions but was evaluated beyond it")
-        if ids.ndim == 1:
-            return ids[q] == ids[k]
-        return ids[b, q] == ids[b, k]
+        # a negative position (a query before the keys under bottom-right alignment, or a
+        # negative q_pos) belongs to no document: it sees nothing and nothing sees it
+        inside = (q >= 0) & (k >= 0)
+        qc, kc = q.clamp(min=0), k.clamp(min=0)
+        same = ids[qc] == ids[kc] if ids.ndim == 1 else ids[b, qc] == ids[b, kc]
+        return same & inside
 
-    return Mask(fn, "document", uses_batch=ids.ndim == 2)
+    digest = hashlib.sha1(ids.numpy().tobytes()).hexdigest()
+    return Mask(fn, "document", uses_batch=ids.ndim == 2,
+                key=("document", tuple(ids.shape), digest))

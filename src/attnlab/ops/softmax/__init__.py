@@ -13,6 +13,7 @@ __all__ = [
            "repeat_kv",
            "softcap",
 ]
+from .backends import Backend
 from .block_sparse import block_sparse_attention
 from .decode import decode_attention
 from .dispatch import BACKENDS, attention, register_backend
@@ -20,6 +21,7 @@ from .flash import flash_attention
 
 __all__ += [
            "BACKENDS",
+           "Backend",
            "attention",
            "block_sparse_attention",
            "decode_attention",

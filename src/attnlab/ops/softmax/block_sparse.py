@@ -18,42 +18,41 @@ Two implementations, the same answer:
   call, so each key/value block is read once per KV head. The backward calls the fused
   flash backward per run with the merged `out`/`lse` (P = exp(S − lse) and
   Δ = rowsum(dO ∘ O) are global quantities, so per-run gradients simply add up).
-  Requires Dv == D (the kernel's constraint); otherwise "tiled" is used. Consecutive
+  When the lse is used (dlse ≠ 0: merged partials, ring attention) the backward is the
+  tiled engine's, which takes dlse. Requires Dv == D, no score_mod and float16/bfloat16/
+  float32 (the kernel keeps float32 statistics); otherwise "tiled" is used. Consecutive
   query blocks whose run has the same length, the same offset and an identical mask
   (every interior block of a sliding window) are stacked into ONE batched call, the
   overlapping key ranges unfolded (bounded by BATCH_COPY_BYTES): under load on 2 cores,
   a few large calls were 1.7–2.5× faster than one call per block (kernels.md). With a
-  `Mask` and default positions the schedule (runs and their additive masks) is memoised
-  on the mask when small, so a layer's repeated calls skip predicate evaluation.
-- "tiled": the readable pure-torch FlashAttention-2 tiles of `flash.py`, visiting only
-  the non-empty blocks.
+  `Mask` and default positions the tile plan and the schedule (runs and their additive
+  masks) are memoised by the mask's structure when small (`masks.memo`), so a layer's
+  repeated calls — even with a mask built afresh each call — skip predicate evaluation.
+- "tiled": the pure-torch FlashAttention-2 engine of `tiles.py` (score_mod, float64 and
+  the exact non-finite rules), visiting only the non-empty blocks.
 
 Cost: O(B·Hq·D · Σ non-empty block areas) time; O(B·Hq·(Nq + Nk)·D) memory plus one
 (q_block × run length) tile. The fused path and q_block = 128 were chosen by measurement
-on this CPU (window N=16384, W=512: 128-row calls beat 64, 256 and 512 rows and beat
-per-block matmul + softmax in torch; see benchmarks/results/kernels_notes.md).
+(window N=16384, W=512: 128-row calls beat 64, 256 and 512 rows and beat per-block
+matmul + softmax in torch; benchmarks/results/kernels_notes.md).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
-from ..._checks import check_positive_int, check_qkv
+from ..._checks import check_positive_int
 from ...masks import EMPTY, FULL, PARTIAL, Mask, block_layout
-from .flash import (
-    TilePlan,
-    check_result,
-    compute_dtype,
-    make_tile_mask,
-    recompute_function,
-    run_tiles,
-)
+from ...masks.memo import memo_for
+from .backends import Backend, register_backend
+from .contract import Call, finish, nonfinite, validate
+from .flash import degenerate
 from .merge import merge_many
 from .reference import dense_mask
+from .tiles import TilePlan, TileSpec, make_tile_mask, recompute_function, run_tiles, tiled_backward
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _FLASH_BWD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -196,23 +195,23 @@ def _schedule(plan, tile_mask, B, Hkv, G, D, dtype) -> Iterator[_Item]:
         yield prev
 
 
-# schedules whose masks total at most this many bytes are memoised on the Mask object,
-# at most SCHEDULE_MEMO_ENTRIES shapes per mask (the oldest is dropped)
+# schedules whose masks total at most this many bytes are memoised by the mask's structure
+# (masks.memo: bounded, least recently used dropped)
 SCHEDULE_MEMO_BYTES = 64 * 2 ** 20
-SCHEDULE_MEMO_ENTRIES = 4
 
 
 def _memo_schedule(plan, tile_mask, B, Hkv, G, D, dtype) -> Iterator[_Item]:
-    """`_schedule`, memoised in `plan.memo = (dict, key)` (the mask's layout memo: default
-    positions only) when its additive masks are small, e.g. every sliding window; a layer
-    calling with the same mask then skips predicate evaluation and mask comparisons. Large
-    schedules (a long causal run keeps a (G·n × run) mask per query block) stay lazy."""
+    """`_schedule`, memoised in `plan.memo = (store, key)` (default positions only) when
+    its additive masks are small, e.g. every sliding window; a layer calling with the same
+    mask structure then skips predicate evaluation and mask comparisons. Large schedules
+    (a long causal run keeps a (G·n × run) mask per query block) stay lazy."""
     if plan.memo is None:
         yield from _schedule(plan, tile_mask, B, Hkv, G, D, dtype)
         return
     store, key = plan.memo
-    if key in store:
-        yield from store[key]
+    hit = store.get(key)
+    if hit is not None:
+        yield from hit
         return
     kept, size = [], 0
     for it in _schedule(plan, tile_mask, B, Hkv, G, D, dtype):
@@ -224,10 +223,7 @@ def _memo_schedule(plan, tile_mask, B, Hkv, G, D, dtype) -> Iterator[_Item]:
                 kept = None  # too large to keep: stays lazy
         yield it
     if kept is not None:
-        old = [k for k in store if isinstance(k, tuple) and k[:1] == key[:1]]
-        for k in old[:max(0, len(old) + 1 - SCHEDULE_MEMO_ENTRIES)]:
-            del store[k]
-        store[key] = kept
+        store.put(key, kept, size)
 
 
 def _batch_rows(x, a: int, nb: int, n: int, B: int, Hkv: int, G: int):
@@ -262,12 +258,14 @@ def _fix_empty(o, l, empty):
     return o, l
 
 
-def _fused_forward(q, k, v, scale, plan, tile_mask):
+def _fused_forward(q, k, v, spec: TileSpec):
     B, Hq, Nq, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
+    scale, plan, tile_mask = spec.scale, spec.plan, spec.tile_mask
+    stat = torch.float64 if q.dtype == torch.float64 else torch.float32
     out = q.new_empty(B, Hq, Nq, D)  # every row is written below: by a run or as empty
-    lse = torch.full((B, Hq, Nq, 1), float("-inf"), dtype=torch.float32)
+    lse = torch.full((B, Hq, Nq, 1), float("-inf"), dtype=stat)
     for q0, q1, ks in plan.rows:
         if not ks:  # no visible key in the whole block: output 0, lse -inf
             out[:, :, q0:q1] = 0
@@ -280,7 +278,7 @@ def _fused_forward(q, k, v, scale, plan, tile_mask):
         for r0, r1, add, empty in it.runs:
             kb, vb = _batch_keys(k, r0, r1 - r0, nb, n), _batch_keys(v, r0, r1 - r0, nb, n)
             o, l = _FLASH(qb, kb, vb, attn_mask=add, scale=scale)
-            o, l = _fix_empty(o, l.float(), empty)
+            o, l = _fix_empty(o, l.to(stat), empty)
             outs.append(o)
             lses.append(l)
         o, l = merge_many(outs, lses)
@@ -289,10 +287,16 @@ def _fused_forward(q, k, v, scale, plan, tile_mask):
     return out, lse.squeeze(-1)
 
 
-def _fused_backward(do, q, k, v, out, lse, scale, plan, tile_mask):
+def _fused_backward(do, dlse, q, k, v, out, lse, spec: TileSpec):
+    if dlse is not None and bool(dlse.any()):  # lse is used: the tiled backward takes dlse
+        cd = torch.float64 if q.dtype == torch.float64 else torch.float32
+        grads = tiled_backward(do.to(cd), dlse, q.to(cd), k.to(cd), v.to(cd), out.to(cd), lse,
+                               spec)
+        return tuple(g.to(q.dtype) for g in grads)
     B, Hq, Nq, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
+    scale, plan, tile_mask = spec.scale, spec.plan, spec.tile_mask
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     lse_safe = torch.where(torch.isfinite(lse), lse, float("inf"))  # P = 0 on empty rows
 
@@ -327,40 +331,74 @@ FusedBlockSparseFn = recompute_function(
     "Autograd for the fused path: saves q, k, v, out, lse; recomputes per run.")
 
 
-def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None,
-                           q_block: int = 128, kv_block: int = 128, impl: str = "auto",
-                           return_lse: bool = False, q_pos=None, kv_pos=None):
-    """Exact attention visiting only the mask's non-empty blocks; differentiable.
+def block_sparse_run(call: Call, q_block: int = 128, kv_block: int = 128, impl: str = "auto"):
+    """`attention()`'s "block_sparse" backend on a validated call: (out, lse).
+
+    Non-finite inputs (docs/conventions.md §2): torch's fused tile computes P @ V over
+    masked slots too and returns 0 for a row whose scores are all NaN, so q, k and v are
+    probed first (one sum each, O((Nq + Nk)·D)); when any holds a NaN/inf the call runs on
+    the exact tiled engine over the same plan (EMPTY blocks are still never read)."""
+    if call.Nq == 0 or call.Nk == 0:
+        return degenerate(call)
+    B, Hq, Hkv, Nq, Nk, D = call.B, call.Hq, call.Hkv, call.Nq, call.Nk, call.D
+    mask, q_pos, kv_pos = call.mask, call.q_pos, call.kv_pos
+    store = None
+    if isinstance(mask, Mask) and call.default_positions:
+        store, prefix = memo_for(mask)
+        pkey = prefix + ("tile plan", B, Hq, Nq, Nk, q_block, kv_block)
+        plan = store.get(pkey)
+    if store is None or plan is None:
+        kinds = block_kinds(mask, B, Hq, Nq, Nk, q_block, kv_block, q_pos, kv_pos)
+        plan = tile_plan(kinds, Nq, Nk, q_block, kv_block)
+        if store is not None:
+            store.put(pkey, plan, 64 * sum(len(ks) + 1 for _, _, ks in plan.rows))
+    tile_mask = make_tile_mask(mask, B, Hq, Nq, Nk, q_pos, kv_pos)
+    # torch's fused tile keeps float32 statistics even for float64 inputs: float64 runs on
+    # the tiled engine, which keeps float64 statistics and lse (conventions §1)
+    # a sink on float16/bfloat16 too: the fused tile's output is already rounded, and the
+    # sink's rescale would round it twice
+    lowp_sink = call.sink is not None and call.q.dtype in (torch.float16, torch.bfloat16)
+    if (impl == "tiled" or call.Dv != D or call.score_mod is not None or lowp_sink
+            or call.q.dtype == torch.float64 or nonfinite(call.q, call.k, call.v)):
+        return run_tiles(call, plan, tile_mask)
+    if store is not None:
+        plan = replace(plan, memo=(store, prefix + ("fused schedule", B, Hq, Hkv, Nq, Nk, D,
+                                                    q_block, kv_block, call.q.dtype)))
+    spec = TileSpec(call.scale, plan, tile_mask, None, False)
+    qc, kc, vc = call.q.contiguous(), call.k.contiguous(), call.v.contiguous()
+    if torch.is_grad_enabled() and (qc.requires_grad or kc.requires_grad or vc.requires_grad):
+        return FusedBlockSparseFn.apply(qc, kc, vc, spec)
+    return _fused_forward(qc, kc, vc, spec)
+
+
+def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None, score_mod=None,
+                           sink=None, q_block: int = 128, kv_block: int = 128,
+                           impl: str = "auto", return_lse: bool = False, q_pos=None,
+                           kv_pos=None, check_finite: bool = False):
+    """Exact attention visiting only the mask's non-empty blocks; differentiable (also
+    through `lse`).
 
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); `mask` a `Mask` (evaluated on
     absolute positions, PARTIAL blocks only), a bool tensor, or None. `impl`: "fused"
-    (torch's CPU flash kernel per contiguous run; needs Dv == D), "tiled" (pure torch),
-    or "auto" (fused when possible). float16/bfloat16 run in the fused path with float32
-    statistics; the tiled path computes in float32. Rows with no visible key give 0 and
-    lse = -inf. Raises ValueError if a NaN/inf input reaches the output.
+    (torch's CPU flash kernel per contiguous run; needs Dv == D and no score_mod), "tiled"
+    (pure torch; takes a score_mod), or "auto" (fused when possible). float16/bfloat16
+    run in the fused path with float32 statistics; float64 runs tiled with float64
+    statistics. Rows with no
+    visible key give 0 and lse = -inf; non-finite inputs follow docs/conventions.md §2.
     """
-    B, Hq, Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
+    call = validate(q, k, v, mask=mask, scale=scale, score_mod=score_mod, sink=sink,
+                    return_lse=return_lse, q_pos=q_pos, kv_pos=kv_pos,
+                    check_finite_values=check_finite)
     check_positive_int("q_block", q_block)
     check_positive_int("kv_block", kv_block)
     if impl not in IMPLS:
         raise ValueError(f"impl ({impl!r}) must be one of {IMPLS}")
-    if impl == "fused" and Dv != D:
-        raise ValueError(f"impl 'fused' needs v head_dim ({Dv}) == q head_dim ({D}); "
-                         f"use impl='tiled' or 'auto'")
-    compute_dtype(q)  # raises TypeError on non-floating dtypes
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    kinds = block_kinds(mask, B, Hq, Nq, Nk, q_block, kv_block, q_pos, kv_pos)
-    plan = tile_plan(kinds, Nq, Nk, q_block, kv_block)
-    tile_mask = make_tile_mask(mask, B, Hq, Nq, Nk, q_pos, kv_pos)
-    if isinstance(mask, Mask) and q_pos is None and kv_pos is None:
-        plan = replace(plan, memo=(mask._layouts, ("fused schedule", B, Hq, Hkv, Nq, Nk, D,
-                                                   q_block, kv_block, q.dtype)))
-    if impl == "tiled" or Dv != D:
-        return run_tiles(q, k, v, scale, plan, tile_mask, return_lse)
-    qc, kc, vc = q.contiguous(), k.contiguous(), v.contiguous()
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        out, lse = FusedBlockSparseFn.apply(qc, kc, vc, scale, plan, tile_mask)
-    else:
-        out, lse = _fused_forward(qc, kc, vc, scale, plan, tile_mask)
-    check_result(out.detach(), lse)
-    return (out, lse) if return_lse else out
+    if impl == "fused" and (call.Dv != call.D or score_mod is not None):
+        raise ValueError(f"impl 'fused' needs v head_dim ({call.Dv}) == q head_dim "
+                         f"({call.D}) and no score_mod; use impl='tiled' or 'auto'")
+    return finish(call, *block_sparse_run(call, q_block, kv_block, impl))
+
+
+register_backend(Backend(
+    "block_sparse", block_sparse_run, rank=30, score_mod=True, sink=True, return_lse=True,
+    doc="the mask's non-empty blocks: torch's fused CPU flash tile per run, or the tiles"))

@@ -11,9 +11,15 @@ does ≈ 4·Nk·Hq·Nq·D FLOPs, an arithmetic intensity of about G·Nq/2 FLOP p
 
 Cost: O(B·Hq·Nq·Nk·D) time, O(B·Hkv·G·Nq·chunk) extra memory (one chunk's scores).
 Chunks whose keys are all masked are skipped unread. Two chunk kernels give the same
-answer: torch's fused CPU flash kernel (inference; ≈1.2× faster here) and a plain-torch
-matmul/softmax form, differentiable (decode shapes are inference; the tests check the
-gradients anyway).
+answer: torch's fused CPU flash kernel (inference) and a plain-torch matmul/softmax form,
+differentiable (also through lse). Timings: benchmarks/results/kernels.md.
+
+Non-finite values (docs/conventions.md §2) without re-reading the cache: q is probed
+(O(Nq·D)); the result is checked (O(Nq·Dv)): a NaN/inf in out, a NaN/+inf lse, or a chunk
+row with lse 0 and out 0 (what torch's fused tile returns when every score of a row is
+NaN) sends the call to the exact tiled engine. A score_mod also runs there. The numba
+kernel is checked once for keeping a NaN score that a masked key follows in its key
+block; while it does not, k is probed (one sum, O(Nk·D)) before it is used.
 """
 from __future__ import annotations
 
@@ -21,11 +27,14 @@ import math
 
 import torch
 
-from ..._checks import check_positive_int, check_qkv
+from ..._checks import check_positive_int
 from . import decode_numba, kv_decode
-from .flash import check_result, compute_dtype
+from .backends import Backend, register_backend
+from .contract import Call, finish, nonfinite, validate
+from .flash import degenerate
 from .merge import merge_many
 from .reference import dense_mask
+from .tiles import TilePlan, compute_dtype, run_tiles
 
 DEFAULT_CHUNK = 8192  # measured: 4K–16K chunks stream alike on this CPU (kernels.md)
 
@@ -43,7 +52,7 @@ def _chunk_partial(qg, kc, vc, scale, keep):
     l_safe = torch.where(nonempty, l, torch.ones_like(l))
     o = torch.matmul(p, vc) / l_safe  # (B, Hkv, G·Nq, Dv); 0 on empty rows (p = 0)
     lse = torch.where(nonempty, m + torch.log(l_safe), float("-inf")).squeeze(-1)
-    return o, lse.float()
+    return o, lse
 
 
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -60,8 +69,8 @@ def _chunk_partial_fused(qg, kc, vc, scale, keep):
     add = None
     if keep is not None:
         add = torch.zeros(keep.shape, dtype=qg.dtype).masked_fill_(~keep, float("-inf"))
-    o, lse = _FLASH(qg, kc, vc, attn_mask=add, scale=scale)
-    lse = lse.float()
+    o, lse = _FLASH(qg, kc, vc, attn_mask=add, scale=scale)[:2]
+    lse = lse.to(torch.float64 if qg.dtype == torch.float64 else torch.float32)
     if keep is not None:
         empty = ~keep.any(-1)  # the kernel reports lse = 0 on rows with no key
         if bool(empty.any()):
@@ -71,9 +80,99 @@ def _chunk_partial_fused(qg, kc, vc, scale, keep):
     return o, lse
 
 
-def decode_attention(q, k, v, *, mask=None, scale: float | None = None,
-                     chunk: int = DEFAULT_CHUNK, impl: str = "auto", return_lse: bool = False,
-                     q_pos=None, kv_pos=None):
+_NUMBA_KEEPS_NAN: bool | None = None
+
+
+def numba_keeps_nan() -> bool:
+    """Whether the numba kernel keeps a NaN score that a masked key follows in its key
+    block (checked once on a 2-key case, for the generic and the 4-row kernel)."""
+    global _NUMBA_KEEPS_NAN
+    if _NUMBA_KEEPS_NAN is None:
+        ok = True
+        for r in (1, 4):
+            q = torch.ones(1, 1, r, 4)
+            k = torch.tensor([[[[math.nan] * 4, [1.0] * 4]]])
+            keep = torch.tensor([True, False]).expand(1, 1, r, 2)
+            _, lse = decode_numba.decode_numba(q, k, torch.ones(1, 1, 2, 4), 0.5, 2, keep)
+            ok = ok and bool(torch.isnan(lse).all())
+        _NUMBA_KEEPS_NAN = ok
+    return _NUMBA_KEEPS_NAN
+
+
+def _exact(call: Call, chunk: int):
+    """The exact tiled engine over (all queries) × (chunks of keys)."""
+    plan = TilePlan.dense(call.Nq, call.Nk, call.Nq, chunk, masked=call.mask is not None)
+    return run_tiles(call, plan)
+
+
+def decode_run(call: Call, chunk: int = DEFAULT_CHUNK, impl: str = "auto"):
+    """`attention()`'s "decode" backend on a validated call: (out, lse)."""
+    if call.Nq == 0 or call.Nk == 0:
+        return degenerate(call)
+    q, k, v = call.q, call.k, call.v
+    B, Hq, Hkv, Nq, Nk, D, Dv = call.B, call.Hq, call.Hkv, call.Nq, call.Nk, call.D, call.Dv
+    if call.score_mod is not None or nonfinite(q):
+        return _exact(call, chunk)
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if impl == "auto" and not grad and call.mask is None and call.sink is None and Nq == 1 \
+            and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == v.dtype == q.dtype \
+            and kv_decode.numba_available():
+        # bf16/fp16 caches: widened inside the numba kernel (non-finite data recomputed
+        # exactly there); out already in q's dtype, lse float32
+        return kv_decode.kv_decode(q, k, v, scale=call.scale, chunk=chunk, return_lse=True)
+    use_numba = impl == "numba" or (impl == "auto" and decode_numba.supports(q, k, v))
+    if use_numba and not numba_keeps_nan() and nonfinite(k):
+        return _exact(call, chunk)
+    # torch's fused tile keeps float32 statistics: float64 takes the matmul form
+    fused = impl == "fused" or (impl in ("auto", "torch") and Dv == D and not grad
+                                and q.dtype != torch.float64)
+    partial = _chunk_partial_fused if fused else _chunk_partial
+    cd = compute_dtype(q)
+    G = Hq // Hkv
+    # (B, Hkv, G·Nq, D): group rows share one KV read; unit stride for the fused kernels
+    qg = q.to(cd).reshape(B, Hkv, G * Nq, D).contiguous()
+    keep = None
+    if call.mask is not None:
+        q_pos = torch.arange(Nq) + (Nk - Nq) if call.q_pos is None else call.q_pos
+        m = dense_mask(call.mask, B, Hq, Nq, Nk, q_pos=q_pos, kv_pos=call.kv_pos)
+        Bm, Hm = m.shape[0], m.shape[1]  # (B|1, Hq|1, Nq, Nk)
+        if Hm == 1:
+            keep = m.unsqueeze(2).expand(Bm, 1, G, Nq, Nk).reshape(Bm, 1, G * Nq, Nk)
+        else:
+            keep = m.reshape(Bm, Hkv, G * Nq, Nk)
+    outs, lses, suspect = [], [], False
+    if use_numba:  # every chunk in one parallel kernel call
+        o, lse = decode_numba.decode_numba(qg, k, v, call.scale, chunk, keep)
+        outs, lses = [o], [lse]
+    else:
+        for c0 in range(0, Nk, chunk):
+            c1 = min(c0 + chunk, Nk)
+            kc = keep[..., c0:c1] if keep is not None else None
+            if kc is not None and not bool(kc.any()):
+                continue  # every key of this chunk is masked: not read
+            o, lse = partial(qg, k[:, :, c0:c1].to(cd), v[:, :, c0:c1].to(cd), call.scale, kc)
+            if fused:  # all-NaN scores come back as (0, 0) from the fused tile
+                zero = lse == 0
+                suspect = suspect or (bool(zero.any()) and bool((o.abs().sum(-1) == 0)[zero].any()))
+            outs.append(o)
+            lses.append(lse)
+    if not outs:  # every key masked: out 0, lse -inf (through the engine when grads flow)
+        if grad:
+            return _exact(call, chunk)
+        return (q.new_zeros(B, Hq, Nq, Dv),
+                torch.full((B, Hq, Nq), float("-inf"), dtype=call.stat_dtype))
+    o, lse = merge_many(outs, lses)
+    out = o.reshape(B, Hq, Nq, Dv)  # rows were ordered (group, query)
+    lse = lse.reshape(B, Hq, Nq)
+    if suspect or nonfinite(out) or bool((torch.isnan(lse) | (lse == math.inf)).any()):
+        return _exact(call, chunk)  # a NaN/inf reached the result: recompute exactly
+    return out, lse  # compute dtype: `finish` rounds once
+
+
+def decode_attention(q, k, v, *, mask=None, scale: float | None = None, score_mod=None,
+                     sink=None, chunk: int = DEFAULT_CHUNK, impl: str = "auto",
+                     return_lse: bool = False, q_pos=None, kv_pos=None,
+                     check_finite: bool = False):
     """Exact split-KV attention for decode shapes (few queries, long cache).
 
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); `chunk` keys per split (the
@@ -83,62 +182,32 @@ def decode_attention(q, k, v, *, mask=None, scale: float | None = None,
     "torch" (fused when Dv == D and no gradient is needed, else matmul), "numba" (one fused
     numba kernel, `decode_numba.py`: float32 contiguous CPU inputs, no gradient, the `fast`
     extra installed), "auto" (numba where it applies, else as "torch"). float16/bfloat16
-    inputs are computed in float32 chunk by chunk. Returns `out` or `(out, lse)`; rows with no visible key give 0
-    and lse = -inf. Raises ValueError if a NaN/inf input reaches the output.
+    inputs are computed in float32 chunk by chunk. Returns `out` or `(out, lse)`; rows with
+    no visible key give 0 and lse = -inf; non-finite inputs follow docs/conventions.md §2.
     """
-    B, Hq, Hkv, Nq, Nk, D, Dv = check_qkv(q, k, v)
+    call = validate(q, k, v, mask=mask, scale=scale, score_mod=score_mod, sink=sink,
+                    return_lse=return_lse, q_pos=q_pos, kv_pos=kv_pos,
+                    check_finite_values=check_finite)
     check_positive_int("chunk", chunk)
     if impl not in IMPLS:
         raise ValueError(f"impl ({impl!r}) must be one of {IMPLS}")
-    if impl == "fused" and Dv != D:
-        raise ValueError(f"impl 'fused' needs v head_dim ({Dv}) == q head_dim ({D})")
-    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if impl == "fused" and grad:  # the kernel's autograd ignores the lse output merge uses
+    if impl == "fused" and call.Dv != call.D:
+        raise ValueError(f"impl 'fused' needs v head_dim ({call.Dv}) == q head_dim ({call.D})")
+    if impl == "fused" and call.grad:  # the kernel's autograd ignores the lse output merge uses
         raise ValueError("impl 'fused' is inference-only (q, k or v requires grad); "
                          "use impl='matmul' or 'auto'")
-    use_numba = impl == "numba" or (impl == "auto" and decode_numba.supports(q, k, v))
     if impl == "numba" and not decode_numba.supports(q, k, v):
         raise ValueError("impl 'numba' needs numba installed (extra 'fast') and float32, "
                          "contiguous CPU q, k, v without grad; use impl='auto' or 'torch'")
-    if impl == "auto" and not grad and mask is None and Nq == 1 and kv_decode.numba_available() \
-            and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == v.dtype == q.dtype:
-        return kv_decode.kv_decode(q, k, v, scale=scale, return_lse=return_lse)  # widens in-kernel
-    fused = impl == "fused" or (impl in ("auto", "torch") and Dv == D and not grad)
-    partial = _chunk_partial_fused if fused else _chunk_partial
-    cd = compute_dtype(q)
-    G = Hq // Hkv
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    qg = q.to(cd).reshape(B, Hkv, G * Nq, D)  # (B, Hkv, G·Nq, D): group rows share one KV read
-    keep = None
-    if mask is not None:
-        if q_pos is None:
-            q_pos = torch.arange(Nq) + (Nk - Nq)
-        m = dense_mask(mask, B, Hq, Nq, Nk, q_pos=q_pos, kv_pos=kv_pos)  # (B|1, Hq|1, Nq, Nk)
-        Bm, Hm = m.shape[0], m.shape[1]
-        if Hm == 1:
-            keep = m.unsqueeze(2).expand(Bm, 1, G, Nq, Nk).reshape(Bm, 1, G * Nq, Nk)
-        else:
-            keep = m.reshape(Bm, Hkv, G * Nq, Nk)
-    outs, lses = [], []
-    if use_numba:  # every chunk in one parallel kernel call
-        o, lse = decode_numba.decode_numba(qg, k, v, scale, chunk, keep)
-        outs, lses = [o], [lse]
-    else:
-        for c0 in range(0, Nk, chunk):
-            c1 = min(c0 + chunk, Nk)
-            kc = keep[..., c0:c1] if keep is not None else None
-            if kc is not None and not bool(kc.any()):
-                continue  # every key of this chunk is masked: not read
-            o, lse = partial(qg, k[:, :, c0:c1].to(cd), v[:, :, c0:c1].to(cd), scale, kc)
-            outs.append(o)
-            lses.append(lse)
-    if outs:
-        o, lse = merge_many(outs, lses)
-    else:
-        o = qg.new_zeros(B, Hkv, G * Nq, Dv)
-        lse = torch.full((B, Hkv, G * Nq), float("-inf"))
-    out = o.reshape(B, Hq, Nq, Dv)  # rows were ordered (group, query)
-    lse = lse.reshape(B, Hq, Nq)
-    check_result(out.detach(), lse.detach())
-    out = out.to(q.dtype)
-    return (out, lse) if return_lse else out
+    return finish(call, *decode_run(call, chunk, impl))
+
+
+# decode shapes: at most this many queries against at least this many keys (a step of
+# generation or a short speculative burst against a long cache)
+DECODE_MAX_Q = 16
+DECODE_MIN_K = 2048
+
+register_backend(Backend(
+    "decode", decode_run, rank=10, score_mod=True, sink=True, return_lse=True,
+    prefers=lambda call: call.Nq <= DECODE_MAX_Q and call.Nk >= DECODE_MIN_K,
+    doc="split-KV (Flash-Decoding): chunks merged with merge_many; numba kernel optional"))

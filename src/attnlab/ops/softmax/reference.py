@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ..._checks import check_qkv
+from ..._checks import check_qkv, check_scale
 from ...masks import Mask
 from .score_mods import ScoreMod
 
@@ -29,18 +29,9 @@ def dense_mask(mask, B: int, H: int, Nq: int, Nk: int, q_pos=None, kv_pos=None) 
     if isinstance(mask, Mask):
         return mask.to_dense(Nq, Nk, q_pos=q_pos, kv_pos=kv_pos, batch=B, heads=H)
     if isinstance(mask, torch.Tensor):
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask tensor must be bool (True = attend), got {mask.dtype}")
-        if mask.shape[-2:] != (Nq, Nk):
-            raise ValueError(f"mask shape {tuple(mask.shape)} must end with (Nq, Nk) = ({Nq}, {Nk})")
-        while mask.ndim < 4:
-            mask = mask.unsqueeze(0)
-        try:
-            torch.broadcast_shapes(mask.shape, (B, H, Nq, Nk))
-        except RuntimeError as exc:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not broadcast to "
-                             f"(B, Hq, Nq, Nk) = {(B, H, Nq, Nk)}") from exc
-        return mask
+        from .contract import check_mask
+
+        return check_mask(mask, B, H, Nq, Nk, mask.device)
     raise TypeError(f"mask must be a Mask or a bool tensor, got {type(mask).__name__}")
 
 
@@ -64,7 +55,7 @@ def _check_positions(name: str, pos, n: int) -> torch.Tensor:
     return pos.long()
 
 
-def _add_nonfinite_values(out: torch.Tensor, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def add_nonfinite_values(out: torch.Tensor, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """`out` = p @ v computed with v's non-finite entries set to 0; add those entries back
     only where p > 0, so a key a row does not see (p = 0) never turns 0 · inf into NaN in
     that row. p (B, H, Nq, Nk), v (B, H, Nk, Dv), out (B, H, Nq, Dv)."""
@@ -104,19 +95,20 @@ def attention_reference(
     - Rows with no visible key return 0 and lse = -inf (never NaN).
 
     Dtypes: float16, bfloat16 and float32 inputs are computed in float32, float64 in
-    float64; `out` has q's dtype, `lse` is float32 (conventions §3). Integer inputs raise.
+    float64; `out` has q's dtype, `lse` float32 (float64 for float64 inputs, conventions
+    §3). Integer inputs raise.
 
-    Non-finite inputs (conventions §6) are not rejected: the oracle propagates them exactly,
+    Non-finite inputs (conventions §2) are not rejected: the oracle propagates them exactly,
     pair by pair. A masked (query, key) pair contributes nothing even when its k or v is
     NaN/inf; a visible score of -inf acts as a masked key; a visible NaN or +inf score
     makes that row's out NaN (lse NaN or +inf); a visible non-finite v entry reaches only
-    the rows that see it. The fast paths raise when a non-finite value reaches their
-    output, and are tested against this behaviour.
-    Returns `out` (dtype of q) or `(out, lse)` with lse (B, Hq, Nq) float32.
+    column d of the rows that see it. Every backend of `attention()` equals this.
+    Returns `out` (dtype of q) or `(out, lse)` with lse (B, Hq, Nq).
     """
     B, Hq, Hkv, Nq, Nk, D, _ = check_qkv(q, k, v)
     cd = _compute_dtype(q)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = check_scale(scale)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
     q_pos = torch.arange(Nq) + (Nk - Nq) if q_pos is None else _check_positions("q_pos", q_pos, Nq)
     kv_pos = torch.arange(Nk) if kv_pos is None else _check_positions("kv_pos", kv_pos, Nk)
     qf, kf = q.to(cd), repeat_kv(k.to(cd), Hq // Hkv)  # (B, Hq, N·, D)
@@ -148,7 +140,7 @@ def attention_reference(
     finite_v = bool(torch.isfinite(vf).all())
     out = torch.einsum("bhqk,bhkd->bhqd", p, vf if finite_v else vf.nan_to_num(0.0, 0.0, 0.0))
     if not finite_v:
-        out = _add_nonfinite_values(out, p, vf)
+        out = add_nonfinite_values(out, p, vf)
     undefined = torch.isnan(lse) | (lse == float("inf"))  # a visible NaN or +inf score
     out = out.masked_fill(undefined.unsqueeze(-1), float("nan")).to(q.dtype)
-    return (out, lse.float()) if return_lse else out
+    return (out, lse) if return_lse else out
