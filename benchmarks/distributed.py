@@ -53,7 +53,7 @@ def _worker(rank, world):
     import torch.distributed as dist
 
     from attnlab.distributed.blocks import block_forward
-    from attnlab.ops.softmax.flash import TilePlan
+    from attnlab.ops.softmax.tiles import TilePlan
 
     q, k, v = _problem()
     out = {}

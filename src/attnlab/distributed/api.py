@@ -22,7 +22,7 @@ import torch.distributed as dist
 from .._checks import check_positive_int, check_qkv
 from ..masks import Mask, full
 from ..ops.softmax import attention
-from ..ops.softmax.flash import compute_dtype
+from ..ops.softmax.tiles import compute_dtype
 from .comm import Comm
 from .plan import METHODS, Setup, agree, build_peer_plan
 from .ring import RingAttentionFn, RingSetup, ring_forward

@@ -4,15 +4,15 @@ The forward is the online-softmax tile loop of `ops/softmax/flash.py` (Dao 2023)
 one difference the ring needs: the block's `lse` is returned in the statistics dtype
 (float64 for float64 inputs), because ring attention merges P partial results with that
 lse and recomputes P = exp(S − lse) from it in the backward; a float32 lse would cap a
-float64 ring at float32 accuracy. The backward is `flash.tiled_backward` unchanged (it
-takes the global out/lse, so per-block gradients simply add up).
+float64 ring at float32 accuracy. The backward is the tiled engine's `tiled_backward`
+unchanged (it takes the global out/lse, so per-block gradients simply add up).
 Cost per block: O(B·Hq·Σ visible tile areas·D); memory one (q_block × kv_block) tile.
 """
 from __future__ import annotations
 
 import torch
 
-from ..ops.softmax.flash import TilePlan, _fold, _group_view, tiled_backward
+from ..ops.softmax.tiles import TilePlan, TileSpec, _fold, _group_view, tiled_backward
 
 __all__ = ["block_backward", "block_forward", "stat_dtype"]
 
@@ -63,5 +63,8 @@ def block_forward(q, k, v, scale: float, plan: TilePlan, tile_mask):
 
 
 def block_backward(do, q, k, v, out, lse, scale: float, plan: TilePlan, tile_mask):
-    """(dq, dk, dv) of one block given the GLOBAL out and lse (FlashAttention-2 backward)."""
-    return tiled_backward(do, q, k, v, out, lse, scale, plan, tile_mask)
+    """(dq, dk, dv) of one block given the GLOBAL out and lse (FlashAttention-2 backward;
+    the ring's lse is not differentiated, so no dlse)."""
+    spec = TileSpec(scale=scale, plan=plan, tile_mask=tile_mask, tile_mod=None,
+                    v_nonfinite=False)
+    return tiled_backward(do, None, q, k, v, out, lse, spec)

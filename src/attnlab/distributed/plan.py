@@ -21,7 +21,7 @@ import torch
 
 from ..masks import EMPTY, FULL, PARTIAL, Mask
 from ..ops.softmax.block_sparse import block_kinds, tile_plan
-from ..ops.softmax.flash import TilePlan, make_tile_mask
+from ..ops.softmax.tiles import TilePlan, make_tile_mask
 from .comm import Comm
 from .sharding import check_layout, positions_from_lengths
 
