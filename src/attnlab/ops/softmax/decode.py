@@ -36,7 +36,7 @@ from .merge import merge_many
 from .reference import dense_mask
 from .tiles import TilePlan, compute_dtype, run_tiles
 
-DEFAULT_CHUNK = 8192  # measured: 4K–16K chunks stream alike on this CPU (kernels.md)
+DEFAULT_CHUNK = 8192  # 4K–16K chunks streamed alike in the kernels benchmark (results/kernels.md)
 
 
 def _chunk_partial(qg, kc, vc, scale, keep):
