@@ -6,7 +6,9 @@ view declares `in_place_attention`: layers call `attend`, which reserves room fo
 new tokens on the first layer that sees them (refusing before any write when the pool
 is short), writes K/V into the sequences' blocks and reads the blocks in place with
 `ops.paged.paged_attention` (a windowed layer gathers only its last W − 1 + N keys) —
-no copy of the history. `update` (the plain interface, for callers outside a layer)
+no copy of the history. A decode step (one new token per sequence, no window, no
+gradient, numba present) reads the whole batch through the block tables in one call of
+the numba kernel `ops.paged.paged_decode`; every other step keeps the path above. `update` (the plain interface, for callers outside a layer)
 writes the same way and returns the history gathered into (B, Hkv, L, D): a copy.
 """
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from ..masks import Mask
-from ..ops.paged import paged_attention
+from ..ops.paged import paged_attention, paged_decode
+from ..ops.softmax.kv_decode import numba_available
 from .base import KVCache, check_n_tokens
 from .block_allocator import PoolExhaustedError
 from .paged import PagedKVCache
@@ -29,6 +32,21 @@ def _valid_keys(valid: torch.Tensor) -> Mask:
     return Mask(fn, "paged-window-rows", uses_batch=True)
 
 
+_DECODE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def uses_paged_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
+                      window: int | None) -> bool:
+    """Whether `paged_attend` reads with the block-table decode kernel `paged_decode`:
+    one query per sequence (Nq == 1), no window, no gradient to carry (the kernel has no
+    backward), numba installed, and q and the pools in one float dtype it reads."""
+    grad = torch.is_grad_enabled() and (q.requires_grad or k_pool.requires_grad
+                                        or v_pool.requires_grad)
+    return (window is None and q.shape[2] == 1 and not grad and numba_available()
+            and q.dtype in _DECODE_DTYPES and k_pool.dtype == q.dtype
+            and v_pool.dtype == q.dtype)
+
+
 def paged_attend(pool: PagedKVCache, layer: int, tables: torch.Tensor, lens: torch.Tensor,
                  q: torch.Tensor, *, scale: float | None, window: int | None,
                  attention) -> torch.Tensor:
@@ -36,13 +54,17 @@ def paged_attend(pool: PagedKVCache, layer: int, tables: torch.Tensor, lens: tor
     sequences' blocks of pool layer `layer`; lens (B,) counts the N new tokens, whose K/V
     are already written. Returns (B, H, N, Dv).
 
-    No window: `ops.paged.paged_attention` reads the block table in place (bottom-right
-    causal). Window W: only the last W − 1 + N positions of each row can be seen, so
+    No window: a decode step (`uses_paged_decode`) runs `ops.paged.paged_decode`, the
+    numba kernel that follows each sequence's block table row by row, for the whole batch
+    at once; otherwise `ops.paged.paged_attention` reads the block table (bottom-right
+    causal, copying each sequence's blocks when B > 1). Window W: only the last W − 1 + N positions of each row can be seen, so
     exactly those slots are gathered (O(W), not O(L)), right-aligned, and the layer's own
     `attention` runs on relative positions (the window and causal masks only compare
     positions; RoPE was applied before caching); rows shorter than that mask their
     leading slots."""
     kp, vp = pool.k_pool[layer], pool.v_pool[layer]  # (Hkv, NB, bs, D)
+    if uses_paged_decode(q, kp, vp, window):
+        return paged_decode(q, kp, vp, tables, lens, scale=scale)  # (B, H, 1, Dv)
     if window is None:
         return paged_attention(q, kp, vp, tables, lens, scale=scale)
     B, _, N, _ = q.shape
