@@ -9,7 +9,7 @@ import pkgutil
 
 import pytest
 
-import attnlab.grill.answers as answers
+from attnlab.grill import answers
 
 MODULES = {int(m.name[1:3]): m.name for m in pkgutil.iter_modules(answers.__path__)
            if m.name.startswith("q") and 26 <= int(m.name[1:3]) <= 50}

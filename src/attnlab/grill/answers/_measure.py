@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ...analysis.configs import ArchConfig, get_config
 from ...analysis.memory import build_cache, kv_memory
@@ -53,3 +54,17 @@ def decode_step_ms(n_heads: int, n_kv_heads: int, head_dim: int, context: int,
         return p @ v  # (1, Hkv, group, D)
 
     return median_time(step, repeats=repeats, warmup=1) * 1e3
+
+
+class MatmulOperandBytes(TorchDispatchMode):
+    """Bytes of every operand fed to a matmul (mm/bmm) while active: what a kernel must
+    stream in from slow memory (Q37's decode intensity, Q48's tile traffic)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.bmm, torch.ops.aten.mm):
+            self.bytes += sum(a.numel() * a.element_size() for a in args[:2])
+        return func(*args, **(kwargs or {}))

@@ -1,6 +1,7 @@
 """Q29: FlashAttention keeps the FLOPs and changes the memory — counted and measured."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -55,8 +56,8 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     ev.measurements[f"memory growth N {n0}→{n1} (×{grow:.0f}): tiled / dense"] = (
         round(mem_t, 2), round(mem_d, 2))
     # exponents of the part of peak memory that grows with N (the tile workspace is fixed)
-    inc_t = [mem[b][0] - mem[a][0] for a, b in zip(ns, ns[1:])]
-    inc_d = [mem[b][1] - mem[a][1] for a, b in zip(ns, ns[1:])]
+    inc_t = [mem[b][0] - mem[a][0] for a, b in itertools.pairwise(ns)]
+    inc_d = [mem[b][1] - mem[a][1] for a, b in itertools.pairwise(ns)]
     e_t = math.log(inc_t[-1] / inc_t[0], ns[-1] / ns[1]) if min(inc_t) > 0 else float("nan")
     e_d = math.log(inc_d[-1] / inc_d[0], ns[-1] / ns[1]) if min(inc_d) > 0 else float("nan")
     ev.measurements["fitted exponent of the growing part of fwd+bwd memory: tiled, dense"] = (

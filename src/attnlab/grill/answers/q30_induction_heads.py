@@ -1,6 +1,8 @@
 """Q30: induction heads, measured on a 2-layer attention-only model trained here."""
 from __future__ import annotations
 
+import itertools
+
 from ...analysis.heads import induction_score, previous_token_score
 from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
@@ -50,7 +52,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     steps = [h["step"] for h in curve]
 
     def steepest(key):
-        rises = [b[key] - a[key] for a, b in zip(curve, curve[1:])]
+        rises = [b[key] - a[key] for a, b in itertools.pairwise(curve)]
         return steps[1 + max(range(len(rises)), key=rises.__getitem__)] if rises else None
 
     s_ind, s_gain = steepest("induction_max"), steepest("icl_gain")

@@ -10,7 +10,6 @@ from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._committed import committed
 
-
 STREAM_LEN, SINK_WINDOW = 128, 31  # streamed tokens; rolling window beside 1 sink slot
 
 

@@ -6,31 +6,18 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from ...ops.softmax import decode_attention
 from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
+from ._measure import MatmulOperandBytes
 from ._timing import median_time
-
-
-class _MatmulOperandBytes(TorchDispatchMode):
-    """Bytes of every operand fed to a matmul: what a kernel must stream in."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.bmm, torch.ops.aten.mm):
-            self.bytes += sum(a.numel() * a.element_size() for a in args[:2])
-        return func(*args, **(kwargs or {}))
 
 
 def counted_decode_intensity(q, k, v) -> tuple[int, int]:
     """(FLOPs, matmul operand bytes) of one `decode_attention` call (matmul form), counted."""
-    with FlopCounterMode(display=False) as fc, _MatmulOperandBytes() as mb:
+    with FlopCounterMode(display=False) as fc, MatmulOperandBytes() as mb:
         decode_attention(q, k, v, impl="matmul", chunk=1024)
     return fc.get_total_flops(), mb.bytes
 

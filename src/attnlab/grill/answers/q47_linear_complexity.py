@@ -62,8 +62,8 @@ def evidence(ctx: EvidenceContext) -> Evidence:
         with torch.no_grad():
             for N in ns:
                 q, k, v = (torch.randn(B, H, N, D, generator=g) for _ in range(3))
-                out.append(median_time(lambda: linear_attention(q, k, v, mode=mode,
-                                                                chunk_size=C), repeats=3))
+                out.append(median_time(lambda q=q, k=k, v=v: linear_attention(
+                    q, k, v, mode=mode, chunk_size=C), repeats=3))
         return out
 
     t_chunk, t_par = timings(n_chunk, "chunked"), timings(n_par, "parallel")

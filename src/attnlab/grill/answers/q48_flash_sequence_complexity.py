@@ -5,7 +5,6 @@ import math
 from itertools import pairwise
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from ...analysis.allocations import measure_allocations
@@ -13,19 +12,7 @@ from ...ops.softmax import attention_reference, flash_attention
 from ..registry import Evidence, EvidenceContext, KeyPoint, Question
 from ..titles import TITLES
 from ._context_parallel import add_context_parallel_memory
-
-
-class _MatmulTraffic(TorchDispatchMode):
-    """Bytes of the operands fed to matmuls: what a tile loop reads from slow memory."""
-
-    def __init__(self):
-        super().__init__()
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.bmm, torch.ops.aten.mm):
-            self.bytes += sum(a.numel() * a.element_size() for a in args[:2])
-        return func(*args, **(kwargs or {}))
+from ._measure import MatmulOperandBytes
 
 
 def _slope(xs, ys) -> float:
@@ -67,7 +54,7 @@ def evidence(ctx: EvidenceContext) -> Evidence:
     q, k, v = (torch.randn(1, h, n, d, generator=g) for _ in range(3))
     traffic, bk = {}, 128
     for bq in (64, 128, 256, 512):
-        with _MatmulTraffic() as t:
+        with MatmulOperandBytes() as t:
             flash_attention(q, k, v, q_block=bq, kv_block=bk)
         traffic[bq] = t.bytes
     ev.measurements[f"matmul operand bytes at N={n} by query block"] = traffic

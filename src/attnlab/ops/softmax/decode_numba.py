@@ -160,9 +160,9 @@ def _kernel():
                     else:
                         for jj in range(nb):
                             sj = s[r, jj]
-                            if sj > mb or sj != sj:  # a NaN sticks: nothing replaces it
+                            if sj > mb or sj != sj:  # noqa: PLR0124 — a NaN sticks: nothing replaces it
                                 mb = sj
-                                if sj != sj:
+                                if sj != sj:  # noqa: PLR0124 (NaN test in numba)
                                     break
                     if math.isnan(mb):  # poisoned row: p = 0 from here on, stats NaN
                         m[r] = mb
@@ -240,9 +240,9 @@ def _kernel():
                     mb = neg_inf
                     for jj in range(nb):
                         sj = s[r, jj]
-                        if sj > mb or sj != sj:  # a NaN sticks: nothing replaces it
+                        if sj > mb or sj != sj:  # noqa: PLR0124 — a NaN sticks: nothing replaces it
                             mb = sj
-                            if sj != sj:
+                            if sj != sj:  # noqa: PLR0124 (NaN test in numba)
                                 break
                     if math.isnan(mb):  # a NaN/inf input reached a visible score: poison the row
                         m[r] = mb
