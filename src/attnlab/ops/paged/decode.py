@@ -61,12 +61,12 @@ def paged_decode(q, k_pool, v_pool, block_tables, seq_lens, *, k_scale=None, v_s
         raise ValueError(f"block_tables {tuple(block_tables.shape)} and seq_lens "
                          f"{tuple(seq_lens.shape)} must have batch {B}")
     lens = seq_lens.long()
-    if B and (int(lens.min()) < 0 or int(lens.max()) > W * bs):
+    if B and bool(((lens < 0) | (lens > W * bs)).any()):
         raise ValueError(f"seq_lens must lie in [0, {W * bs}] (table width × block_size), "
                          f"got {lens.tolist()}")
     tables = block_tables.long().contiguous()
     used = torch.arange(W)[None, :] < (-(-lens // bs))[:, None]  # entries a sequence uses
-    if bool(used.any()) and (int(tables[used].min()) < 0 or int(tables[used].max()) >= NB):
+    if bool((used & ((tables < 0) | (tables >= NB))).any()):  # one pass, one sync
         raise ValueError(f"block_tables entries in use must lie in [0, {NB}), got range "
                          f"[{int(tables[used].min())}, {int(tables[used].max())}]")
     chunk = check_positive_int("chunk", chunk)
