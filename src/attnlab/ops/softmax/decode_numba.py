@@ -57,29 +57,8 @@ def _kernel():
     import numba
     import numpy as np
 
-    @numba.njit(inline="always", fastmath=_FASTMATH)
-    def vexp(x, n, ib, fb, p):
-        # p[j] = exp(x[j]) for j < n, x ≤ 0 or −inf (→ 0 exactly); ib (KB,) int32 and
-        # fb = ib.view(float32) hold 2^k. exp(x) = 2^k·exp(t), k = round(x/ln2),
-        # t = x − k·ln2 (two-part ln2), |t| ≤ ln2/2: degree-7 Taylor, rel. error < 2e-7
-        for j in range(n):
-            xj = max(x[j], np.float32(-87.0))  # 2^k stays normal (k ≥ −126)
-            kf = np.float32(np.int32(xj * np.float32(1.4426950408889634) - np.float32(0.5)))
-            t = xj - kf * np.float32(0.693145751953125)
-            t = t - kf * np.float32(1.428606765330187e-06)
-            e = np.float32(1.0 / 5040.0)
-            e = e * t + np.float32(1.0 / 720.0)
-            e = e * t + np.float32(1.0 / 120.0)
-            e = e * t + np.float32(1.0 / 24.0)
-            e = e * t + np.float32(1.0 / 6.0)
-            e = e * t + np.float32(0.5)
-            e = e * t + np.float32(1.0)
-            e = e * t + np.float32(1.0)
-            ib[j] = (np.int32(kf) + np.int32(127)) << np.int32(23)
-            xo = x[j]  # below −87 (and −inf) → 0; NaN stays NaN
-            p[j] = e if xo >= np.float32(-87.0) else (np.float32(0.0) if xo < 0 else xo)
-        for j in range(n):
-            p[j] = p[j] * fb[j]
+    # the block exp and the finishing step are shared with the every-dtype kernel
+    from .kv_numba import finish, vexp
 
     @numba.njit(inline="always")
     def coords(item, Hkv, C, Bm, Hm):
@@ -87,22 +66,6 @@ def _kernel():
         b = item // (Hkv * C)
         h = (item // C) % Hkv
         return b, h, item % C, (b if Bm > 1 else 0), (h if Hm > 1 else 0)
-
-    @numba.njit(inline="always", fastmath=_FASTMATH)
-    def finish(acc, m, l, o, lse):
-        # acc (R, Dv), m, l (R,) -> o (R, Dv) = acc / l, lse (R,) = m + log l; a row with
-        # no visible key gets 0 and −inf; NaN stays NaN (reported by the caller's check)
-        neg_inf = np.float32(-np.inf)
-        for r in range(acc.shape[0]):
-            if not (m[r] == neg_inf and l[r] == 0.0):
-                inv = np.float32(1.0) / l[r]
-                for e in range(acc.shape[1]):
-                    o[r, e] = acc[r, e] * inv
-                lse[r] = m[r] + np.float32(math.log(l[r]))
-            else:
-                for e in range(acc.shape[1]):
-                    o[r, e] = 0.0
-                lse[r] = neg_inf
 
     @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
     def chunks4(q, k, v, keep, has_mask, scale, chunk, o_part, lse_part):
