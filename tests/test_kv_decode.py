@@ -21,7 +21,7 @@ from fuzz.decode_cases import (
 
 from attnlab.cache.quantized import NONFINITE_CODE, quantize_symmetric_int8
 from attnlab.ops.paged import paged_decode
-from attnlab.ops.softmax.kv_decode import _flat_view, kv_decode, numba_available
+from attnlab.ops.softmax.kv_decode import _flat_view, kv_decode
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -29,7 +29,7 @@ from attnlab.ops.softmax.kv_decode import _flat_view, kv_decode, numba_available
 @pytest.mark.parametrize("G,Nq", [(1, 1), (4, 1), (8, 1), (4, 3)])
 def test_contiguous_every_dtype_ragged_batch(impl, kind, G, Nq):
     lens = [1 if Nq == 1 else 3, 63, 129, 7]
-    q, (k, ks, kval), (v, vs, vval), lens_t = case(kind, 4, 2 * G, 2, Nq, 133, 16, lens)
+    q, (k, ks, kval), (v, vs, vval), lens_t = case(kind, 4, 2 * G, 2, Nq, 133, 32, lens)
     k[0, :, 5:] = k[0, :, 5:].to(torch.float32).fill_(float("nan")).to(k.dtype) \
         if k.is_floating_point() else NONFINITE_CODE  # past sequence 0's end: never read
     out, lse = kv_decode(q, k, v, lens=lens_t, k_scale=ks, v_scale=vs, chunk=32, impl=impl,
@@ -44,7 +44,7 @@ def test_contiguous_every_dtype_ragged_batch(impl, kind, G, Nq):
 def test_paged_scattered_blocks_every_dtype(impl, kind, G):
     g = gen(3)
     lens = [45, 1, 100]  # not multiples of the block size 8
-    q, (k, ks, kval), (v, vs, vval), lens_t = case(kind, 3, 2 * G, 2, 1, 100, 16, lens, seed=2)
+    q, (k, ks, kval), (v, vs, vval), lens_t = case(kind, 3, 2 * G, 2, 1, 100, 32, lens, seed=2)
     kp, tab = to_paged(k, lens_t, 8, g)
     vp, _ = to_paged(v, lens_t, 8, gen(3))
     ksp = to_paged(ks, lens_t, 8, gen(3))[0] if ks is not None else None
@@ -57,11 +57,11 @@ def test_paged_scattered_blocks_every_dtype(impl, kind, G):
     check(out, lse, ref, ref_lse, q, kval, vval, lens_t)
 
 
-@pytest.mark.skipif(not numba_available(), reason="compares the numba kernel with torch")
+@pytest.mark.parametrize("impl", [i for i in IMPLS if i != "torch"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_torch_fallback_equals_numba(kind):
-    q, (k, ks, _), (v, vs, _), lens = case(kind, 3, 8, 2, 2, 70, 16, [70, 2, 33], seed=5)
-    a = kv_decode(q, k, v, lens=lens, k_scale=ks, v_scale=vs, impl="numba", return_lse=True)
+def test_compiled_kernels_equal_the_torch_fallback(impl, kind):
+    q, (k, ks, _), (v, vs, _), lens = case(kind, 3, 8, 2, 2, 70, 32, [70, 2, 33], seed=5)
+    a = kv_decode(q, k, v, lens=lens, k_scale=ks, v_scale=vs, impl=impl, return_lse=True)
     b = kv_decode(q, k, v, lens=lens, k_scale=ks, v_scale=vs, impl="torch", return_lse=True)
     tol = TOL if q.dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}  # output rounding
     torch.testing.assert_close(a[0], b[0], **tol)
@@ -126,8 +126,9 @@ def test_int8_minus_128_without_side_table_reads_nan(impl):
     assert bool(torch.isnan(out).all()) and bool(torch.isnan(lse).all())
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kind", ["bf16", "fp16"])
-def test_every_16_bit_pattern_widens_exactly(kind):
+def test_every_16_bit_pattern_widens_exactly(impl, kind):
     """q = 0 and one key per sequence: out = v, so the kernel's widening of every finite
     bf16/fp16 bit pattern (normals, subnormals, ±0, extremes) is checked bit for bit."""
     dt = torch.bfloat16 if kind == "bf16" else torch.float16
@@ -136,7 +137,7 @@ def test_every_16_bit_pattern_widens_exactly(kind):
     v = torch.where(torch.isfinite(v), v, torch.zeros((), dtype=dt))
     k = torch.zeros_like(v)
     q = torch.zeros(512, 1, 1, 128)
-    out = kv_decode(q, k, v, impl=IMPLS[0])
+    out = kv_decode(q, k, v, impl=impl)
     assert torch.equal(out, v.float())
 
 

@@ -5,13 +5,14 @@ import torch
 
 from attnlab import masks as M
 from attnlab.cache.quantized import NONFINITE_CODE, quantize_symmetric_int8
-from attnlab.ops.softmax import attention_reference
+from attnlab.ops.softmax import attention_reference, kv_native
 from attnlab.ops.softmax.kv_decode import numba_available
 
 TOL = {"atol": 1e-5, "rtol": 1e-4}
 FLOOR = {torch.bfloat16: 1e-3, torch.float16: 2e-4}
-IMPLS = ["numba", "torch"] if numba_available() else ["torch"]
-KINDS = ["fp32", "bf16", "fp16", "int8", "int8g"]  # int8g: per-group scales, g = 4
+IMPLS = (["native"] if kv_native.available() else []) + \
+    (["numba"] if numba_available() else []) + ["torch"]
+KINDS = ["fp32", "bf16", "fp16", "int8", "int8g"]  # int8g: per-group scales (see store)
 
 
 def gen(seed=0):
@@ -20,8 +21,9 @@ def gen(seed=0):
 
 def store(x, kind):
     """float (…, N, D) -> (stored tensor, scales or None, float64 value it stands for)."""
-    if kind in ("int8", "int8g"):
-        groups = 1 if kind == "int8" else x.shape[-1] // 4
+    if kind in ("int8", "int8g"):  # int8g: 2 groups of D/2 channels if D ≥ 32, else of 4
+        d = x.shape[-1]
+        groups = 1 if kind == "int8" else (2 if d >= 32 and d % 32 == 0 else d // 4)
         *lead, n, d = x.shape
         c, s = quantize_symmetric_int8(x.reshape(*lead, n, groups, d // groups))
         c, s = c.reshape(*lead, n, d), s.reshape(*lead, n, groups)

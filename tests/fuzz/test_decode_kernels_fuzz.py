@@ -1,7 +1,8 @@
 """Differential fuzz of the decode kernels in every cache dtype (fp32, bf16, fp16, int8 per
 token and per group), contiguous (`kv_decode`) and paged through shuffled block tables
-(`paged_decode`), against the float64 reference: random shapes, GQA groups, ragged lengths,
-block sizes, chunks, and a NaN in a visible or a hidden slot. Examples per the profile in
+(`paged_decode`), against the float64 reference: random shapes and head dims (8: the numba
+kernel; 16, 32: the native one where it builds), GQA groups, ragged lengths, block sizes,
+chunks, and a NaN or ±inf in a key or value, in a visible or a hidden slot. Examples per the profile in
 tests/conftest.py (derandomised "ci" in `make test`; "deep" in `make fuzz`)."""
 from decode_cases import KINDS, case, check, gen, reference, to_paged
 from hypothesis import given
@@ -14,17 +15,19 @@ from attnlab.ops.softmax.kv_decode import kv_decode
 @given(kind=st.sampled_from(KINDS), G=st.sampled_from([1, 2, 4, 8]),
        Nq=st.integers(1, 3), B=st.integers(1, 3), N=st.integers(1, 70),
        bs=st.sampled_from([1, 3, 8, 16]), chunk=st.integers(1, 80),
-       seed=st.integers(0, 2 ** 16), data=st.data())
-def test_property_paged_and_contiguous_equal_the_reference(kind, G, Nq, B, N, bs, chunk,
+       D=st.sampled_from([8, 16, 32]), seed=st.integers(0, 2 ** 16), data=st.data())
+def test_property_paged_and_contiguous_equal_the_reference(kind, G, Nq, B, N, bs, chunk, D,
                                                            seed, data):
     """Random shapes, ragged lengths, block sizes, chunks and a NaN placed in a visible or
     a hidden slot: both layouts equal the float64 reference (property test of this path)."""
     lens = data.draw(st.lists(st.integers(0, N), min_size=B, max_size=B))
-    q, (k, ks, kval), (v, vs, vval), lens_t = case(kind, B, 2 * G, 2, Nq, N, 8, lens, seed)
+    q, (k, ks, kval), (v, vs, vval), lens_t = case(kind, B, 2 * G, 2, Nq, N, D, lens, seed)
     if data.draw(st.booleans()) and kind in ("fp32", "bf16", "fp16"):
         b, j = data.draw(st.integers(0, B - 1)), data.draw(st.integers(0, N - 1))
-        v[b, 0, j, 1] = float("nan")  # visible when j < lens[b], never read otherwise
-        vval[b, 0, j, 1] = float("nan")
+        x, xval = (k, kval) if data.draw(st.booleans()) else (v, vval)
+        bad = data.draw(st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+        x[b, 0, j, 1] = bad  # visible when j < lens[b], never read otherwise
+        xval[b, 0, j, 1] = bad
     ref, ref_lse = reference(q, kval, vval, lens_t)
     out, lse = kv_decode(q, k, v, lens=lens_t, k_scale=ks, v_scale=vs, chunk=chunk,
                          return_lse=True)

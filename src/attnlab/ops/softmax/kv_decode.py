@@ -36,7 +36,7 @@ from .merge import merge_many
 
 DEFAULT_CHUNK = 8192  # keys per work item at most; fewer when items would not fill threads
 STORED = (torch.float32, torch.bfloat16, torch.float16, torch.int8)
-IMPLS = ("auto", "numba", "torch")
+IMPLS = ("auto", "native", "numba", "torch")
 
 
 def numba_available() -> bool:
@@ -197,7 +197,19 @@ def decode_rows(q: torch.Tensor, kv: KVRows, lens: torch.Tensor, starts: torch.T
     items = _items(lens, starts, chunk, hkv, torch.get_num_threads())
     n = items.shape[0]
     lim0 = lens - Nq + 1
-    if impl == "numba":
+    if impl == "native" and not _native_ok(kv):
+        impl = "numba" if numba_available() else "torch"  # a shape the C++ kernel refuses
+    if impl == "native":
+        from . import kv_native
+        o_part = torch.empty(n, hkv, Rp, Dv)  # (items, Hkv, Rp, Dv)
+        lse_part = torch.empty(n, hkv, Rp)
+        flags = torch.zeros(n, hkv, dtype=torch.uint8)
+        if n:
+            kv_native.run(qg, kv.k, kv.v, kv.k_scale, kv.v_scale, kv.table, int(kv.hstride),
+                          int(kv.pstride), int(kv.bs), items, lens, int(Nq), float(scale),
+                          o_part, lse_part, flags, torch.get_num_threads())
+        flags = flags.bool()
+    elif impl == "numba":
         import numpy as np
 
         from .kv_numba import decode_items
@@ -257,13 +269,37 @@ def _side_flat(side, shape, name):
     return row, idx[:, -1], val.float()
 
 
+def _native_ok(kv: KVRows) -> bool:
+    """Whether the C++ kernel takes this cache (head dims multiples of 16; int8 groups of
+    ≥ 16 channels) with rows it can address (unit-stride rows, contiguous scales)."""
+    from . import kv_native
+    int8 = kv.k.dtype == torch.int8
+    if not kv_native.supports(kv.k.shape[1], kv.v.shape[1],
+                              kv.k_scale.shape[1] if int8 else 1,
+                              kv.v_scale.shape[1] if int8 else 1, int8):
+        return False
+    ts = [kv.k, kv.v] + ([kv.k_scale, kv.v_scale] if int8 else [])
+    return all(t.stride() == (t.shape[1], 1) for t in ts)
+
+
 def choose_impl(impl: str) -> str:
+    """'auto' → native (C++, built on first use) if it builds here, else numba if
+    installed, else torch."""
     if impl not in IMPLS:
         raise ValueError(f"impl ({impl!r}) must be one of {IMPLS}")
     if impl == "numba" and not numba_available():
         raise ValueError("impl 'numba' needs numba installed (extra 'fast'); use 'auto'")
-    return "numba" if impl == "auto" and numba_available() else ("torch" if impl == "auto"
-                                                                 else impl)
+    if impl == "native":
+        from . import kv_native
+        if not kv_native.available():
+            raise ValueError(f"impl 'native' is unavailable here ({kv_native.why_unavailable()})"
+                             "; use 'auto'")
+    if impl != "auto":
+        return impl
+    from . import kv_native
+    if kv_native.available():
+        return "native"
+    return "numba" if numba_available() else "torch"
 
 
 def _flat_view(x: torch.Tensor):
