@@ -63,13 +63,27 @@ def load_line() -> str:
     return f"load average {load1:.2f} on {os.cpu_count()} cores at the start of the run"
 
 
+def memory_line() -> str:
+    """Whether torch's large buffers use transparent huge pages (benchmarks/__init__.py)."""
+    mode = "unknown"
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+        mode = text[text.index("[") + 1:text.index("]")]
+    except (OSError, ValueError):
+        pass
+    on = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+    return (f"transparent huge pages for torch buffers ≥ 2 MiB {'on' if on else 'off'} "
+            f"(THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; "
+            f"kernel mode {mode})")
+
+
 def header(title: str, peak_flops: float | None = None, bandwidth: float | None = None,
            machine: Machine | None = None) -> str:
     """Results-file header: the machine line (CPU model, ISA, threads; with `machine`, its
     per-dtype matmul peaks and read bandwidth), the software line and the load."""
     line = machine.line() if machine is not None else cpu_info().describe()
     lines = [f"# {title}", "", f"Machine: {line}", "", f"Software: {machine_line()}", "",
-             f"Load: {load_line()}", ""]
+             f"Load: {load_line()}", "", f"Memory: {memory_line()}", ""]
     if peak_flops is not None:
         lines.append(f"Measured fp32 matmul peak: {peak_flops / 1e9:.1f} GFLOP/s (2048³, best of 7)")
     if bandwidth is not None:

@@ -8,8 +8,9 @@ batch of 16 sequences with ragged lengths 1K–32K in one call (fp32, bf16, int8
 Reported per row: median time, GB/s of the bytes actually stored (codes + scales), and the
 fraction of the attainable rate min(streaming read bandwidth, fp32 matmul peak ÷ the
 kernel's FLOP per stored byte) — 4·Hq·D FLOP per key over 2·Hkv·D·bytes/elem stored:
-2 for fp32, 4 for bf16/fp16, ≈8 for int8. Peers in the same run: attnlab's previous
-decode paths (`decode_attention`: the fp32 numba kernel, the torch chunk path for bf16/fp16;
+2 for fp32, 4 for bf16/fp16, ≈8 for int8. Peers in the same run: the numba kernel
+(`impl="numba"`, the previous compiled path), attnlab's older decode paths
+(`decode_attention`: the fp32 numba kernel, the torch chunk path for bf16/fp16;
 `paged_attention`) and SDPA (`enable_gqa`).
 Run: `python -m benchmarks.decode_dtypes [--quick]`; writes results/decode_dtypes.md.
 """
@@ -24,12 +25,14 @@ import torch.nn.functional as F
 from attnlab.analysis.machine import measure
 from attnlab.cache.quantized import quantize_symmetric_int8
 from attnlab.ops.paged import paged_attention, paged_decode
+from attnlab.ops.softmax import kv_native
 from attnlab.ops.softmax.decode import decode_attention
-from attnlab.ops.softmax.kv_decode import kv_decode, numba_available
+from attnlab.ops.softmax.kv_decode import choose_impl, kv_decode, numba_available
 
 from .common import header, md_table, time_fn, write_results
 
 HQ, HKV, D, BS = 32, 8, 128, 16
+AUTO = choose_impl("auto")  # the path every row's main figure runs
 NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
          torch.int8: "int8"}
 
@@ -80,6 +83,15 @@ def row(label, t, nbytes, ai, machine, peer=None):
             f"{att / 1e9:.1f} ({bound})", f"{bw / att:.0%}", peer or ""]
 
 
+def numba_peer(fn, nbytes: int, t: float, repeats: int) -> str:
+    """The same call on the numba kernel (the previous compiled path), when the row ran
+    the native one: its rate and its time over the row's."""
+    if AUTO != "native" or not numba_available():
+        return ""
+    tn = time_fn(partial(fn, impl="numba"), max(2, repeats // 2)).median
+    return f"numba kernel {nbytes / tn / 1e9:.1f} GB/s ({tn / t:.2f}× the time); "
+
+
 def bench_long(n: int, machine, repeats: int):
     """128K decode, one token, every dtype, contiguous and paged, with peers."""
     gen = torch.Generator().manual_seed(0)
@@ -94,14 +106,15 @@ def bench_long(n: int, machine, repeats: int):
         name = NAMES[dtype] + (f" g={D // groups}" if dtype == torch.int8 and groups > 1 else "")
         t = time_fn(partial(kv_decode, qd, k, v, k_scale=ks, v_scale=vs), repeats).median
         times[(name, "contiguous")] = t
-        peer = ""
+        peer = numba_peer(partial(kv_decode, qd, k, v, k_scale=ks, v_scale=vs), nbytes, t,
+                          repeats)
         if dtype != torch.int8:
             prior = "auto" if dtype == torch.float32 else "torch"  # what auto ran before
             tp = time_fn(partial(decode_attention, qd, k, v, impl=prior),
                          max(2, repeats // 2)).median
             ts = time_fn(partial(F.scaled_dot_product_attention, qd, k, v, enable_gqa=True),
                          max(2, repeats // 2)).median
-            peer = (f"decode_attention impl={prior} {nbytes / tp / 1e9:.1f} GB/s "
+            peer += (f"decode_attention impl={prior} {nbytes / tp / 1e9:.1f} GB/s "
                     f"({tp / t:.1f}× the time); "
                     f"SDPA {nbytes / ts / 1e9:.1f} GB/s ({ts / t:.1f}×)")
         rows.append(row(f"{name} contiguous", t, nbytes, ai, machine, peer))
@@ -109,10 +122,11 @@ def bench_long(n: int, machine, repeats: int):
         pools = [to_pool(x, perm) if x is not None else None for x in (k, v, ks, vs)]
         tab = perm.reshape(1, -1)
         lens = torch.tensor([n])
-        t2 = time_fn(partial(paged_decode, qd, pools[0], pools[1], tab, lens,
-                             k_scale=pools[2], v_scale=pools[3]), repeats).median
+        run = partial(paged_decode, qd, pools[0], pools[1], tab, lens, k_scale=pools[2],
+                      v_scale=pools[3])
+        t2 = time_fn(run, repeats).median
         times[(name, "paged")] = t2
-        peer = f"paged/contiguous time {t2 / t:.2f}"
+        peer = f"paged/contiguous time {t2 / t:.2f}; " + numba_peer(run, nbytes, t2, repeats)
         if dtype == torch.float32:
             tp = time_fn(partial(paged_attention, qd, pools[0], pools[1], tab, lens),
                          max(2, repeats // 2)).median
@@ -133,9 +147,10 @@ def bench_batch(machine, repeats: int, n_seq: int = 16, lo: int = 1024, hi: int 
         per_tok = stored_bytes(k, v, ks, vs) / (n_seq * hi)
         nbytes = int(per_tok * int(lens.sum()))
         ai = intensity(dtype, 1)
-        t = time_fn(partial(kv_decode, qd, k, v, lens=lens, k_scale=ks, v_scale=vs),
-                    repeats).median
-        rows.append(row(f"{NAMES[dtype]} contiguous, lens {lo}–{hi}", t, nbytes, ai, machine))
+        run = partial(kv_decode, qd, k, v, lens=lens, k_scale=ks, v_scale=vs)
+        t = time_fn(run, repeats).median
+        rows.append(row(f"{NAMES[dtype]} contiguous, lens {lo}–{hi}", t, nbytes, ai, machine,
+                        numba_peer(run, nbytes, t, repeats)))
         nbk = hi // BS
         perm = torch.randperm(n_seq * nbk, generator=gen)
         pools = []
@@ -148,10 +163,12 @@ def bench_batch(machine, repeats: int, n_seq: int = 16, lo: int = 1024, hi: int 
             pool[:, perm] = x.transpose(0, 1).reshape(HKV, n_seq * nbk, BS, c)
             pools.append(pool)
         tab = perm.reshape(n_seq, nbk)
-        t2 = time_fn(partial(paged_decode, qd, pools[0], pools[1], tab, lens,
-                             k_scale=pools[2], v_scale=pools[3]), repeats).median
+        run = partial(paged_decode, qd, pools[0], pools[1], tab, lens, k_scale=pools[2],
+                      v_scale=pools[3])
+        t2 = time_fn(run, repeats).median
         rows.append(row(f"{NAMES[dtype]} paged, lens {lo}–{hi}", t2, nbytes, ai, machine,
-                        f"paged/contiguous time {t2 / t:.2f}"))
+                        f"paged/contiguous time {t2 / t:.2f}; "
+                        + numba_peer(run, nbytes, t2, repeats)))
     return rows
 
 
@@ -162,8 +179,10 @@ def main() -> None:
     n = 16384 if args.quick else 131072
     repeats = 3 if args.quick else 5
     machine = measure((torch.float32, torch.bfloat16))
-    path = "numba kernel (kv_numba.py)" if numba_available() else \
-        "torch fallback (numba not installed)"
+    path = {"native": "native C++ kernel (kv_native.cpp, built here with -march=native)",
+            "numba": "numba kernel (kv_numba.py; the native kernel did not build: "
+                     f"{kv_native.why_unavailable()})",
+            "torch": "torch fallback (no native kernel, numba not installed)"}[AUTO]
     cols = ["workload", "median", "GB/s stored", "FLOP/byte", "attainable GB/s", "of attainable",
             "peers / notes"]
     long_rows, _ = bench_long(n, machine, repeats)
@@ -171,7 +190,9 @@ def main() -> None:
     text = header("Decode in every cache dtype (benchmarks/decode_dtypes.py)", machine=machine)
     text += (f"\nPath: {path}; torch threads {torch.get_num_threads()}. Attainable = min(read "
              "bandwidth, fp32 peak ÷ FLOP per stored byte); the bound named is the smaller "
-             "term. fp16 has no native arithmetic here: the kernel widens its bits to fp32.\n\n"
+             "term. Every stored dtype is widened to float32 in registers and computed in fp32 "
+             "(the native kernel: bf16 by a 16-bit shift, fp16 by the ISA's half-to-float "
+             "conversion, int8 by code · scale).\n\n"
              f"## Decode, 1 token, Hq={HQ}, Hkv={HKV}, D={D}, context {n}\n\n"
              + md_table(cols, long_rows)
              + "\n\n## Batched decode, 16 sequences, ragged lengths, one call\n\n"

@@ -5,7 +5,7 @@ import torch
 from softmax_cases import MASKS, TOL, make_mask, rand_qkv
 
 from attnlab import masks as M
-from attnlab.ops.softmax import attention_reference
+from attnlab.ops.softmax import attention_reference, kv_native
 from attnlab.ops.softmax import decode_numba as dn
 from attnlab.ops.softmax.decode import decode_attention
 
@@ -77,15 +77,27 @@ def _count_numba_calls(monkeypatch):
 
 def test_auto_uses_numba_when_it_applies(monkeypatch):
     calls = _count_numba_calls(monkeypatch)
-    q, k, v = rand_qkv(2, 8, 2, 1, 100, 16)
+    q, k, v = rand_qkv(2, 8, 2, 2, 100, 16)  # Nq = 2: the fp32 kernel of decode_numba
     out = decode_attention(q, k, v, chunk=32)
     assert calls == [1]
     torch.testing.assert_close(out, attention_reference(q, k, v), **TOL)
 
 
+@pytest.mark.skipif(not kv_native.available(), reason="the native kernel does not build here")
+def test_auto_sends_single_token_fp32_decode_to_the_native_kernel(monkeypatch):
+    calls = _count_numba_calls(monkeypatch)
+    native = []
+    real = kv_native.run
+    monkeypatch.setattr(kv_native, "run", lambda *a: native.append(1) or real(*a))
+    q, k, v = rand_qkv(2, 8, 2, 1, 100, 16)
+    out = decode_attention(q, k, v, chunk=32)
+    assert calls == [] and native == [1]
+    torch.testing.assert_close(out, attention_reference(q, k, v), **TOL)
+
+
 def test_auto_falls_back_to_torch_with_grad_fp16_noncontiguous_or_forced(monkeypatch):
     calls = _count_numba_calls(monkeypatch)
-    q, k, v = rand_qkv(2, 8, 2, 1, 100, 16, grad=True)
+    q, k, v = rand_qkv(2, 8, 2, 2, 100, 16, grad=True)
     out = decode_attention(q, k, v, chunk=32)  # grad required: differentiable torch path
     out.sum().backward()
     assert q.grad is not None and k.grad is not None and v.grad is not None

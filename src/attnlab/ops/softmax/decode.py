@@ -28,7 +28,7 @@ import math
 import torch
 
 from ..._checks import check_positive_int
-from . import decode_numba, kv_decode
+from . import decode_numba, kv_decode, kv_native
 from .backends import Backend, register_backend
 from .contract import Call, finish, nonfinite, validate
 from .flash import degenerate
@@ -99,6 +99,15 @@ def numba_keeps_nan() -> bool:
     return _NUMBA_KEEPS_NAN
 
 
+def _every_dtype_kernel(dtype, D: int, Dv: int) -> bool:
+    """Whether `kv_decode`'s compiled kernel serves a single-token decode in `dtype`:
+    bf16/fp16 with the native or the numba kernel; fp32 with the native one (numba's fp32
+    case is `decode_numba`)."""
+    if dtype in (torch.bfloat16, torch.float16):
+        return kv_native.available() or kv_decode.numba_available()
+    return dtype == torch.float32 and kv_native.available() and kv_native.supports(D, Dv)
+
+
 def _exact(call: Call, chunk: int):
     """The exact tiled engine over (all queries) × (chunks of keys)."""
     plan = TilePlan.dense(call.Nq, call.Nk, call.Nq, chunk, masked=call.mask is not None)
@@ -115,10 +124,9 @@ def decode_run(call: Call, chunk: int = DEFAULT_CHUNK, impl: str = "auto"):
         return _exact(call, chunk)
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if impl == "auto" and not grad and call.mask is None and call.sink is None and Nq == 1 \
-            and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == v.dtype == q.dtype \
-            and kv_decode.numba_available():
-        # bf16/fp16 caches: widened inside the numba kernel (non-finite data recomputed
-        # exactly there); out already in q's dtype, lse float32
+            and k.dtype == v.dtype == q.dtype and _every_dtype_kernel(q.dtype, D, Dv):
+        # the every-dtype kernel (native C++ or numba): bf16/fp16 widened inside it,
+        # non-finite data recomputed exactly there; out in q's dtype, lse float32
         return kv_decode.kv_decode(q, k, v, scale=call.scale, chunk=chunk, return_lse=True)
     use_numba = impl == "numba" or (impl == "auto" and decode_numba.supports(q, k, v))
     if use_numba and not numba_keeps_nan() and nonfinite(k):
