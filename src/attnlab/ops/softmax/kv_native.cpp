@@ -103,21 +103,25 @@ struct I8G {  // int8 codes with one float32 scale per group of channels (>= 16 
 };
 
 typedef int8_t v64b __attribute__((vector_size(64)));
-// The smallest code of a row of n int8 codes (-128 marks a side-table entry).
-static inline int min_code(const int8_t* row, int n) {
+// Running minimum of int8 codes (-128 marks a side-table entry): rows of n codes are
+// folded into a 64-lane vector (tail bytes into a scalar), reduced once per work item.
+struct MinCode {
+    v64b mv = v64b{} + 0;
     int low = 0;
-    int i = 0;
-    if (n >= 64) {
-        v64b mv = v64b{} + 0;
+    inline void add(const int8_t* row, int n) {
+        int i = 0;
         for (; i + 64 <= n; i += 64) {
             v64b b; memcpy(&b, row + i, 64);
             mv = b < mv ? b : mv;
         }
-        for (int u = 0; u < 64; ++u) low = std::min(low, (int)mv[u]);
+        for (; i < n; ++i) low = std::min(low, (int)row[i]);
     }
-    for (; i < n; ++i) low = std::min(low, (int)row[i]);
-    return low;
-}
+    inline int get() const {
+        int m = low;
+        for (int u = 0; u < 64; ++u) m = std::min(m, (int)mv[u]);
+        return m;
+    }
+};
 
 // Sum each of 16 vectors: lane l of the result is the sum of x[l]'s lanes (shuffle tree).
 static inline v16f pairsum(v16f a, v16f b) {
@@ -234,7 +238,7 @@ struct Kernel {
         const float* vsrow[KB];
         float s[4][KB] __attribute__((aligned(64)));
         float p[4][KB] __attribute__((aligned(64)));
-        int low = 0;
+        MinCode low;
         v16f chk = v16f{};
         // rows through the block table, walked incrementally: (page, off) of the next key
         int64_t page = j0 / bs, off = j0 - (j0 / bs) * bs;
@@ -285,9 +289,13 @@ struct Kernel {
             ringn[ahead] = lookup(j + PFD * KB, ring[ahead]);
             prefetch(ring[ahead], ringn[ahead]);
             if (sizeof(KT) == 1)  // int8: an entry coded -128 sends the item to the exact path
-                for (int jj = 0; jj < nb; ++jj)
-                    low = std::min(low, std::min(min_code((const int8_t*)krow[jj], (int)D),
-                                                 min_code((const int8_t*)vrow[jj], (int)Dv)));
+                for (int jj = 0; jj < nb; ++jj) {
+                    low.add((const int8_t*)krow[jj], (int)D);
+                    low.add((const int8_t*)vrow[jj], (int)Dv);
+                }
+            float vsc[KB] __attribute__((aligned(64)));  // per-token value scales
+            if (VL::ROW)
+                for (int jj = 0; jj < KB; ++jj) vsc[jj] = jj < nb ? vsrow[jj][0] : 0.f;
             for (int64_t r0 = 0; r0 < Rp; r0 += 4) {
                 const float* q0 = qb + r0 * D;
                 for (int jg = 0; jg < nb; jg += 4) {  // 4 rows x 4 keys per pass over D
@@ -345,8 +353,6 @@ struct Kernel {
                     v16f p0 = vexp(s0 - mn), p1 = vexp(s1 - mn);
                     l[R] += hsum(p0 + p1);
                     if (VL::ROW) {  // per-token int8 value scales multiply the weights
-                        float vsc[KB] __attribute__((aligned(64)));
-                        for (int jj = 0; jj < KB; ++jj) vsc[jj] = jj < nb ? vsrow[jj][0] : 0.f;
                         p0 *= loadf(vsc);
                         p1 *= loadf(vsc + 16);
                     }
@@ -372,7 +378,7 @@ struct Kernel {
                 lse[r] = m[r] + logf(l[r]);
             }
         }
-        bool bad = low == -128;
+        bool bad = sizeof(KT) == 1 && low.get() == -128;
         for (int u = 0; u < 16; ++u) bad |= chk[u] != chk[u];
         a.flags[it] = bad ? 1 : 0;
     }
