@@ -128,18 +128,20 @@ def check_kv_dtypes(k, v, k_scale, v_scale, names=("k", "v")):
 def _items(lens, starts, chunk, hkv, threads):
     """Work items (sequence, first key, end key) over each sequence's keys [start, len),
     at most `chunk` keys each, boundaries at multiples of the chunk; the chunk shrinks
-    (to 512) until the items fill the threads 8 times."""
-    total = int((lens - starts).clamp(min=0).sum())
+    (to 512) until the items fill the threads 8 times. (n, 3) int64, items of a sequence
+    consecutive and in key order."""
+    span = (lens - starts).clamp(min=0)
+    total = int(span.sum())
     while chunk > 512 and hkv * -(-total // chunk) < 8 * threads:
         chunk //= 2
-    out = []
-    for b, (s, e) in enumerate(zip(starts.tolist(), lens.tolist())):
-        j = s
-        while j < e:
-            j1 = min((j // chunk + 1) * chunk, e)
-            out.append((b, j, j1))
-            j = j1
-    return torch.tensor(out, dtype=torch.int64).reshape(-1, 3)
+    first = starts // chunk
+    count = torch.where(span > 0, (lens - 1) // chunk - first + 1, 0)  # chunks touched
+    seq = torch.repeat_interleave(torch.arange(lens.shape[0]), count)  # (n,)
+    offset = torch.cumsum(count, 0) - count  # index of each sequence's first item
+    blk = first[seq] + torch.arange(seq.shape[0]) - offset[seq]
+    j0 = torch.maximum(blk * chunk, starts[seq])
+    j1 = torch.minimum((blk + 1) * chunk, lens[seq])
+    return torch.stack([seq, j0, j1], 1)
 
 
 def _torch_item(qb, kv: KVRows, b, j0, j1, lim0, nq, scale):
@@ -204,10 +206,11 @@ def decode_rows(q: torch.Tensor, kv: KVRows, lens: torch.Tensor, starts: torch.T
         o_part = torch.empty(n, hkv, Rp, Dv)  # (items, Hkv, Rp, Dv)
         lse_part = torch.empty(n, hkv, Rp)
         flags = torch.zeros(n, hkv, dtype=torch.uint8)
-        if n:
-            kv_native.run(qg, kv.k, kv.v, kv.k_scale, kv.v_scale, kv.table, int(kv.hstride),
-                          int(kv.pstride), int(kv.bs), items, lens, int(Nq), float(scale),
-                          o_part, lse_part, flags, torch.get_num_threads())
+        if n and not kv_native.run(qg, kv.k, kv.v, kv.k_scale, kv.v_scale, kv.table,
+                                   int(kv.hstride), int(kv.pstride), int(kv.bs), items, lens,
+                                   int(Nq), float(scale), o_part, lse_part, flags,
+                                   torch.get_num_threads()):
+            raise RuntimeError("the native decode kernel refused a shape _native_ok accepted")
         flags = flags.bool()
     elif impl == "numba":
         import numpy as np
@@ -234,21 +237,30 @@ def decode_rows(q: torch.Tensor, kv: KVRows, lens: torch.Tensor, starts: torch.T
         flags = torch.stack([x[2] for x in parts]) if parts else torch.zeros(0, hkv, dtype=bool)
     # items of one sequence are consecutive: place them as (C, B, …) slots and merge
     seq = items[:, 0]
-    first = torch.zeros(B + 1, dtype=torch.int64)
-    first[1:] = torch.bincount(seq, minlength=B).cumsum(0)
-    slot = torch.arange(n) - first[seq]
-    C = max(int(slot.max()) + 1, 1) if n else 1
-    O = torch.zeros(C, B, hkv, Rp, Dv)
-    L = torch.full((C, B, hkv, Rp), float("-inf"))
-    O[slot, seq] = o_part
-    L[slot, seq] = lse_part
-    o, lse = merge_many(list(O.unbind(0)), list(L.unbind(0)))  # (B, Hkv, Rp, Dv), (B, Hkv, Rp)
-    # exact recomputation where a partial went non-finite or met an int8 −128 code
-    bad = flags | torch.isnan(lse_part[..., :R]).any(-1) | (lse_part[..., :R] == float("inf")) \
-        .any(-1) | ~torch.isfinite(o_part[:, :, :R]).all(-1).all(-1)  # (items, Hkv)
-    for b, h in sorted({(int(seq[i]), int(h)) for i, h in bad.nonzero().tolist()}):
-        o[b, h, :R], lse[b, h, :R] = _exact(qg[b, h, :R], kv, b, h, int(starts[b]),
-                                            int(lens[b]), Nq, scale)
+    counts = torch.bincount(seq, minlength=B)
+    if n == B and bool((counts == 1).all()):  # one item per sequence: nothing to merge
+        o, lse = o_part, lse_part
+    else:
+        first = torch.zeros(B + 1, dtype=torch.int64)
+        first[1:] = counts.cumsum(0)
+        slot = torch.arange(n) - first[seq]
+        C = max(int(slot.max()) + 1, 1) if n else 1
+        O = torch.zeros(C, B, hkv, Rp, Dv)
+        L = torch.full((C, B, hkv, Rp), float("-inf"))
+        O[slot, seq] = o_part
+        L[slot, seq] = lse_part
+        o, lse = merge_many(list(O.unbind(0)), list(L.unbind(0)))  # (B, Hkv, Rp, Dv), (B, Hkv, Rp)
+    # exact recomputation where a partial went non-finite or met an int8 −128 code (the
+    # native kernel flags both itself)
+    bad = flags if impl == "native" else flags | torch.isnan(lse_part[..., :R]).any(-1) | (
+        lse_part[..., :R] == float("inf")).any(-1) | ~torch.isfinite(
+        o_part[:, :, :R]).all(-1).all(-1)  # (items, Hkv)
+    if bool(bad.any()):
+        if o is o_part:
+            o, lse = o.clone(), lse.clone()
+        for b, h in sorted({(int(seq[i]), int(h)) for i, h in bad.nonzero().tolist()}):
+            o[b, h, :R], lse[b, h, :R] = _exact(qg[b, h, :R], kv, b, h, int(starts[b]),
+                                                int(lens[b]), Nq, scale)
     out = o[:, :, :R].reshape(B, Hq, Nq, Dv).to(q.dtype)  # (B, Hkv, G, Nq, Dv) -> heads
     return out, lse[:, :, :R].reshape(B, Hq, Nq)
 

@@ -16,10 +16,10 @@
 // per group of >= 16 channels), so nothing of the cache is copied. Written with GCC
 // vector extensions: 512-bit vectors on AVX-512, split into AVX2 halves elsewhere.
 //
-// Non-finite data (docs/conventions.md section 2): a score that is NaN or +-inf marks the
-// work item (flags = 1); a non-finite value row makes the partial non-finite; an int8
-// code -128 (a side-table entry) marks the item. The caller recomputes every flagged or
-// non-finite (sequence, KV head) exactly, so this kernel only has to never hide one.
+// Non-finite data (docs/conventions.md section 2): a score that is NaN or +-inf, a
+// non-finite partial (from a non-finite value row) or an int8 code -128 (a side-table
+// entry) marks the work item (flags = 1). The caller recomputes every flagged (sequence,
+// KV head) exactly, so this kernel only has to never hide one.
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -188,6 +188,7 @@ struct Args {
     float* lse_part;  // (n, Hkv, Rp)
     uint8_t* flags;   // (n, Hkv)
     std::atomic<int64_t>* next;
+    int kgrp[64], vgrp[64];  // chunk of 16 channels -> index of its int8 scale
 };
 
 template <class KL, class VL>
@@ -220,17 +221,17 @@ struct Kernel {
         const int64_t Rp = a.Rp, D = a.D, Dv = a.Dv, nq = a.nq, bs = a.bs;
         const int64_t lim0 = a.lens[b] - nq + 1;
         const int nc = (int)(D / 16);
-        int kgrp[64], vgrp[64];  // chunk of 16 channels -> its scale (int8 groups)
-        for (int c = 0; c < 64; ++c) {
-            kgrp[c] = (int)(16 * c / (D / a.gk));
-            vgrp[c] = (int)(16 * c / (Dv / a.gv));
-        }
+        const int* kgrp = a.kgrp;  // chunk of 16 channels -> its scale (int8 groups)
+        const int* vgrp = a.vgrp;
         const KT* K = (const KT*)a.k;
         const VT* V = (const VT*)a.v;
         const int64_t* tb = a.tbl + b * a.W;
-        float* acc = accbuf.data();
+        float* acc = accbuf.data();  // (Rp, Dv), then m (Rp,) and l (Rp,)
+        float* m = acc + Rp * Dv;
+        float* l = m + Rp;
         std::fill(acc, acc + Rp * Dv, 0.f);
-        std::vector<float> m(Rp, -INFINITY), l(Rp, 0.f);
+        std::fill(m, m + Rp, -INFINITY);
+        std::fill(l, l + Rp, 0.f);
         const float* qb = a.q + (b * a.Hkv + h) * Rp * D;
         const KT* krow[KB];
         const VT* vrow[KB];
@@ -328,11 +329,12 @@ struct Kernel {
                     for (int r = 0; r < 4; ++r)
                         for (int u = 0; u < kk; ++u) s[r][jg + u] = sv[4 * r + u];
                 }
-                for (int r = 0; r < 4; ++r) {  // masked slots and the causal tail
-                    const int64_t lim = lim0 + (r0 + r) % nq;
-                    for (int jj = 0; jj < KB; ++jj)
-                        if (jj >= nb || j + jj >= lim) s[r][jj] = -INFINITY;
-                }
+                if (nb < KB || j + KB > lim0)  // masked slots and the causal tail
+                    for (int r = 0; r < 4; ++r) {
+                        const int64_t lim = lim0 + (r0 + r) % nq;
+                        for (int jj = 0; jj < KB; ++jj)
+                            if (jj >= nb || j + jj >= lim) s[r][jj] = -INFINITY;
+                    }
                 for (int r = 0; r < 4; ++r) {  // online softmax over the block
                     const int64_t R = r0 + r;
                     v16f s0 = loadf(s[r]), s1 = loadf(s[r] + 16);
@@ -378,14 +380,22 @@ struct Kernel {
                 lse[r] = m[r] + logf(l[r]);
             }
         }
+        // flagged: an int8 code -128, a non-finite score, or a non-finite partial (a
+        // non-finite value row, or a NaN/+inf lse)
         bool bad = sizeof(KT) == 1 && low.get() == -128;
         for (int u = 0; u < 16; ++u) bad |= chk[u] != chk[u];
+        float fin = 0.f;
+        for (int64_t r = 0; r < Rp; ++r) {
+            bad |= lse[r] != lse[r] || lse[r] == INFINITY;
+            for (int64_t e = 0; e < Dv; ++e) fin += o[r * Dv + e] * 0.f;
+        }
+        bad |= fin != fin;
         a.flags[it] = bad ? 1 : 0;
     }
 
     static void* worker(void* p) {
         const Args& a = *(const Args*)p;
-        std::vector<float> acc(a.Rp * a.Dv);
+        std::vector<float> acc(a.Rp * a.Dv + 2 * a.Rp);
         const int64_t total = a.n * a.Hkv;
         for (;;) {
             const int64_t it = a.next->fetch_add(1);
@@ -424,7 +434,11 @@ extern "C" int attnlab_kv_decode(int dtype, const float* q, const void* k, const
                        (Dv / gv) % 16))
         return -1;
     Args a{q, k, v, ks, vs, tbl, W, hstride, pstride, bs, items, lens, n, Hkv, Rp, D, Dv, nq,
-           gk, gv, scale, o_part, lse_part, flags, nullptr};
+           gk, gv, scale, o_part, lse_part, flags, nullptr, {}, {}};
+    for (int c = 0; c < 64; ++c) {
+        a.kgrp[c] = (int)(16 * c / (D / std::max<int64_t>(gk, 1)));
+        a.vgrp[c] = (int)(16 * c / (Dv / std::max<int64_t>(gv, 1)));
+    }
     switch (dtype) {
         case 0: run<F32, F32>(a, threads); return 0;
         case 1: run<BF16, BF16>(a, threads); return 0;

@@ -118,9 +118,9 @@ def why_unavailable() -> str:
 
 
 def supports(D: int, Dv: int, gk: int = 1, gv: int = 1, int8: bool = False) -> bool:
-    """Shapes the kernel takes: head dims multiples of 16; int8 groups of ≥ 16 channels
-    (a multiple of 16)."""
-    if D % 16 or Dv % 16 or D <= 0 or Dv <= 0:
+    """Shapes the kernel takes: head dims multiples of 16 up to 1024; int8 groups of ≥ 16
+    channels (a multiple of 16)."""
+    if D % 16 or Dv % 16 or not (0 < D <= 1024 and 0 < Dv <= 1024):
         return False
     return not int8 or (D % gk == 0 and Dv % gv == 0 and (D // gk) % 16 == 0
                         and (Dv // gv) % 16 == 0)
