@@ -209,7 +209,7 @@ def decode_rows(q: torch.Tensor, kv: KVRows, lens: torch.Tensor, starts: torch.T
         if n and not kv_native.run(qg, kv.k, kv.v, kv.k_scale, kv.v_scale, kv.table,
                                    int(kv.hstride), int(kv.pstride), int(kv.bs), items, lens,
                                    int(Nq), float(scale), o_part, lse_part, flags,
-                                   torch.get_num_threads()):
+                                   torch.get_num_threads(), q.dtype == torch.bfloat16):
             raise RuntimeError("the native decode kernel refused a shape _native_ok accepted")
         flags = flags.bool()
     elif impl == "numba":

@@ -49,6 +49,7 @@ static inline void storef(float* p, v16f v) { memcpy(p, &v, 64); }
 struct F32 {
     typedef float T;
     static const bool ROW = false;
+    static const bool DP = false;
     static inline v16f ld(const T* row, const float*, const int*, int c) {
         return loadf(row + 16 * c);
     }
@@ -56,6 +57,7 @@ struct F32 {
 struct BF16 {
     typedef uint16_t T;
     static const bool ROW = false;
+    static const bool DP = false;
     static inline v16f ld(const T* row, const float*, const int*, int c) {
 #if defined(__AVX512F__)
         __m256i w = _mm256_loadu_si256((const __m256i*)(row + 16 * c));
@@ -67,9 +69,16 @@ struct BF16 {
 #endif
     }
 };
+// bf16 keys scored against bf16 queries with the ISA's bf16 dot product (AVX512-BF16
+// vdpbf16ps: 32 products per instruction, exact bf16 x bf16 products summed in float32):
+// used only when q's values are bf16 (q stored in bf16) and D is a multiple of 32.
+struct BF16D : BF16 {
+    static const bool DP = true;
+};
 struct F16 {
     typedef _Float16 T;
     static const bool ROW = false;
+    static const bool DP = false;
     static inline v16f ld(const T* row, const float*, const int*, int c) {
 #if defined(__AVX512F__)
         return (v16f)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(row + 16 * c)));
@@ -90,6 +99,7 @@ static inline v16f codes(const int8_t* p) {  // 16 int8 codes as float32
 struct I8T {  // int8 codes with one float32 scale per token: the scale is applied to the
     typedef int8_t T;  // score (keys) or to the probability (values), not per element
     static const bool ROW = true;
+    static const bool DP = false;
     static inline v16f ld(const T* row, const float*, const int*, int c) {
         return codes(row + 16 * c);
     }
@@ -97,6 +107,7 @@ struct I8T {  // int8 codes with one float32 scale per token: the scale is appli
 struct I8G {  // int8 codes with one float32 scale per group of channels (>= 16 of them)
     typedef int8_t T;
     static const bool ROW = false;
+    static const bool DP = false;
     static inline v16f ld(const T* row, const float* sc, const int* grp, int c) {
         return codes(row + 16 * c) * sc[grp[c]];
     }
@@ -233,6 +244,14 @@ struct Kernel {
         std::fill(m, m + Rp, -INFINITY);
         std::fill(l, l + Rp, 0.f);
         const float* qb = a.q + (b * a.Hkv + h) * Rp * D;
+        uint16_t* qh = (uint16_t*)(l + Rp);  // bf16 words of q (dot-product keys only)
+        if (KL::DP) {  // q holds bf16 values: its float32 bits' top half is exact
+            for (int64_t e = 0; e < Rp * D; ++e) {
+                uint32_t w;
+                memcpy(&w, qb + e, 4);
+                qh[e] = (uint16_t)(w >> 16);
+            }
+        }
         const KT* krow[KB];
         const VT* vrow[KB];
         const float* ksrow[KB];
@@ -309,12 +328,30 @@ struct Kernel {
                         kr[u] = krow[jg + std::min(u, kk - 1)];
                         kq[u] = ksrow[jg + std::min(u, kk - 1)];
                     }
-                    for (int c = 0; c < nc; ++c) {
-                        v16f kv[4];
-                        for (int u = 0; u < 4; ++u) kv[u] = KL::ld(kr[u], kq[u], kgrp, c);
-                        for (int r = 0; r < 4; ++r) {
-                            v16f qv = loadf(q0 + r * D + 16 * c);
-                            for (int u = 0; u < 4; ++u) x[4 * r + u] += qv * kv[u];
+                    if constexpr (KL::DP) {
+#if defined(__AVX512BF16__)
+                        const uint16_t* qh0 = qh + r0 * D;
+                        for (int c = 0; c < nc / 2; ++c) {  // 32 channels per instruction
+                            __m512i kv[4];
+                            for (int u = 0; u < 4; ++u)
+                                kv[u] = _mm512_loadu_si512((const void*)(kr[u] + 32 * c));
+                            for (int r = 0; r < 4; ++r) {
+                                const __m512i qv =
+                                    _mm512_loadu_si512((const void*)(qh0 + r * D + 32 * c));
+                                for (int u = 0; u < 4; ++u)
+                                    x[4 * r + u] = (v16f)_mm512_dpbf16_ps(
+                                        (__m512)x[4 * r + u], (__m512bh)qv, (__m512bh)kv[u]);
+                            }
+                        }
+#endif
+                    } else {
+                        for (int c = 0; c < nc; ++c) {
+                            v16f kv[4];
+                            for (int u = 0; u < 4; ++u) kv[u] = KL::ld(kr[u], kq[u], kgrp, c);
+                            for (int r = 0; r < 4; ++r) {
+                                v16f qv = loadf(q0 + r * D + 16 * c);
+                                for (int u = 0; u < 4; ++u) x[4 * r + u] += qv * kv[u];
+                            }
                         }
                     }
                     v16f sv = reduce16(x) * a.scale;  // lane 4r + u: row r, key jg + u
@@ -395,7 +432,7 @@ struct Kernel {
 
     static void* worker(void* p) {
         const Args& a = *(const Args*)p;
-        std::vector<float> acc(a.Rp * a.Dv + 2 * a.Rp);
+        std::vector<float> acc(a.Rp * a.Dv + 2 * a.Rp + (a.Rp * a.D + 1) / 2);
         const int64_t total = a.n * a.Hkv;
         for (;;) {
             const int64_t it = a.next->fetch_add(1);
@@ -427,7 +464,8 @@ extern "C" int attnlab_kv_decode(int dtype, const float* q, const void* k, const
                                  int64_t Hkv, int64_t Rp, int64_t D, int64_t Dv, int64_t nq,
                                  int64_t gk, int64_t gv, float scale, float* o_part,
                                  float* lse_part, uint8_t* flags, int threads) {
-    // dtype: 0 float32, 1 bfloat16, 2 float16, 3 int8. Returns 0, or -1 on a shape the
+    // dtype: 0 float32, 1 bfloat16, 2 float16, 3 int8, 4 bfloat16 with q holding bf16
+    // values (the ISA's bf16 dot product where present). Returns 0, or -1 on a shape the
     // kernel does not take (head dims not multiples of 16, int8 groups under 16 channels).
     if (D % 16 || Dv % 16 || Rp % 4 || D <= 0 || Dv <= 0 || D > 1024 || Dv > 1024) return -1;
     if (dtype == 3 && (gk <= 0 || gv <= 0 || D % gk || Dv % gv || (D / gk) % 16 ||
@@ -442,6 +480,15 @@ extern "C" int attnlab_kv_decode(int dtype, const float* q, const void* k, const
     switch (dtype) {
         case 0: run<F32, F32>(a, threads); return 0;
         case 1: run<BF16, BF16>(a, threads); return 0;
+        case 4:  // bf16 cache, q holding bf16 values
+#if defined(__AVX512BF16__)
+            if (D % 32 == 0) {
+                run<BF16D, BF16>(a, threads);
+                return 0;
+            }
+#endif
+            run<BF16, BF16>(a, threads);
+            return 0;
         case 2: run<F16, F16>(a, threads); return 0;
         case 3:
             if (gk == 1 && gv == 1) run<I8T, I8T>(a, threads);

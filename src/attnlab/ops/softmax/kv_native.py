@@ -127,10 +127,11 @@ def supports(D: int, Dv: int, gk: int = 1, gv: int = 1, int8: bool = False) -> b
 
 
 def run(qg, k, v, ks, vs, table, hstride, pstride, bs, items, lens, nq, scale, o_part,
-        lse_part, flags, threads: int) -> bool:
+        lse_part, flags, threads: int, q_bf16: bool = False) -> bool:
     """Fill o_part/lse_part/flags as `kv_numba.decode_items` does; all tensors contiguous
     (qg, scales, outputs float32; table/items/lens int64; flags uint8). False if the shape
-    is not one the kernel takes (nothing written)."""
+    is not one the kernel takes (nothing written). q_bf16: qg's values are bf16 (q was
+    stored in bf16), so a bf16 cache may be scored with the bf16 dot product."""
     dll = library()
     if dll is None:
         return False
@@ -138,7 +139,7 @@ def run(qg, k, v, ks, vs, table, hstride, pstride, bs, items, lens, nq, scale, o
         return None if t is None else t.data_ptr()
 
     rc = dll.attnlab_kv_decode(
-        DTYPES[k.dtype], ptr(qg), ptr(k), ptr(v), ptr(ks), ptr(vs), ptr(table),
+        4 if q_bf16 and k.dtype == torch.bfloat16 else DTYPES[k.dtype], ptr(qg), ptr(k), ptr(v), ptr(ks), ptr(vs), ptr(table),
         table.shape[1], hstride, pstride, bs, ptr(items), items.shape[0], ptr(lens),
         qg.shape[1], qg.shape[2], qg.shape[3], v.shape[1], nq,
         ks.shape[1] if ks is not None else 1, vs.shape[1] if vs is not None else 1,
