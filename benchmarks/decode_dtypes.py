@@ -2,7 +2,8 @@
 
 Workloads (issue 14): one token, Hq=32, Hkv=8, D=128 (4 query heads per KV head) at 128K
 context, KV stored in fp32, bf16, fp16 and int8 (per-token scales; per-group g=32 too),
-contiguous and paged (block 16, block table shuffled: scattered physical blocks); and a
+contiguous and paged (block 16, block table shuffled: scattered physical blocks; fp32 and
+bf16 also with 128-token blocks, to show the share of the block size); and a
 batch of 16 sequences with ragged lengths 1K–32K in one call (fp32, bf16, int8).
 
 Reported per row: median time, GB/s of the bytes actually stored (codes + scales), and the
@@ -32,6 +33,7 @@ from attnlab.ops.softmax.kv_decode import choose_impl, kv_decode, numba_availabl
 from .common import header, md_table, time_fn, write_results
 
 HQ, HKV, D, BS = 32, 8, 128, 16
+BS_LARGE = 128  # a second paged layout: scattered reads of 128 rows instead of 16
 AUTO = choose_impl("auto")  # the path every row's main figure runs
 NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
          torch.int8: "int8"}
@@ -66,12 +68,12 @@ def make_cache(n: int, b: int, dtype, groups: int, gen):
     return k.to(dtype), v.to(dtype), None, None
 
 
-def to_pool(x: torch.Tensor, perm: torch.Tensor):
-    """(1, Hkv, n, c) -> pool (Hkv, NB, BS, c) with logical block i at physical perm[i]."""
+def to_pool(x: torch.Tensor, perm: torch.Tensor, bs: int = BS):
+    """(1, Hkv, n, c) -> pool (Hkv, NB, bs, c) with logical block i at physical perm[i]."""
     _, h, n, c = x.shape
-    nb = n // BS
-    pool = torch.empty(h, nb, BS, c, dtype=x.dtype)
-    pool[:, perm] = x[0].reshape(h, nb, BS, c)
+    nb = n // bs
+    pool = torch.empty(h, nb, bs, c, dtype=x.dtype)
+    pool[:, perm] = x[0].reshape(h, nb, bs, c)
     return pool
 
 
@@ -202,6 +204,14 @@ def bench_long(n: int, machine, repeats: int):
                          max(2, repeats // 2)).median
             peer += f"; paged_attention {nbytes / tp / 1e9:.1f} GB/s ({tp / t2:.1f}× the time)"
         rows.append(row(f"{name} paged (shuffled blocks)", t2, nbytes, ai, machine, peer))
+        if dtype in (torch.float32, torch.bfloat16):  # the block size's share of the cost
+            perm = torch.randperm(n // BS_LARGE, generator=gen)
+            pools = [to_pool(x, perm, BS_LARGE) for x in (k, v)]
+            t3 = time_fn(partial(paged_decode, qd, pools[0], pools[1], perm.reshape(1, -1),
+                                 lens), repeats).median
+            rows.append(row(f"{name} paged, {BS_LARGE}-token blocks (shuffled)", t3, nbytes,
+                            ai, machine, f"paged/contiguous time {t3 / t:.2f} (16-token "
+                            f"blocks: {t2 / t:.2f})"))
     return rows, times
 
 
