@@ -263,12 +263,20 @@ struct Kernel {
         // rows through the block table, walked incrementally: (page, off) of the next key
         int64_t page = j0 / bs, off = j0 - (j0 / bs) * bs;
         int64_t base = h * a.hstride + tb[page] * a.pstride;
-        const int PFD = 2;  // blocks of prefetch distance (1, 2 and 4 measured alike)
+#ifndef KV_LOC
+#define KV_LOC 2
+#endif
+#ifndef KV_PFD
+#define KV_PFD 2
+#endif
+        // prefetch distance in blocks, into L2 (measured: 1 and 2 alike, 6 slower; into L1 or
+        // non-temporal slower than L2)
+        const int PFD = KV_PFD;
         // rows of the blocks ahead: block t's rows sit in ring[t % (PFD + 1)]; block t + PFD
         // is looked up and prefetched (into L2) while block t runs, so the misses of
         // scattered pages overlap the work of PFD blocks
-        int64_t ring[3][KB];  // PFD + 1 blocks
-        int ringn[3];
+        int64_t ring[PFD + 1][KB];
+        int ringn[PFD + 1];
         const int klines = (int)((D * sizeof(KT) + 63) / 64);
         const int vlines = (int)((Dv * sizeof(VT) + 63) / 64);
         auto lookup = [&](int64_t js, int64_t* rows) {
@@ -286,8 +294,8 @@ struct Kernel {
             for (int jj = 0; jj < n; ++jj) {
                 const char* kp = (const char*)(K + rows[jj] * D);
                 const char* vp = (const char*)(V + rows[jj] * Dv);
-                for (int c = 0; c < klines; ++c) __builtin_prefetch(kp + 64 * c, 0, 2);
-                for (int c = 0; c < vlines; ++c) __builtin_prefetch(vp + 64 * c, 0, 2);
+                for (int c = 0; c < klines; ++c) __builtin_prefetch(kp + 64 * c, 0, KV_LOC);
+                for (int c = 0; c < vlines; ++c) __builtin_prefetch(vp + 64 * c, 0, KV_LOC);
                 if (a.ks) __builtin_prefetch(a.ks + rows[jj] * a.gk, 0, 2);
                 if (a.vs) __builtin_prefetch(a.vs + rows[jj] * a.gv, 0, 2);
             }
