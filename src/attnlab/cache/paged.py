@@ -41,6 +41,7 @@ import torch
 from .._checks import check_positive_int, check_tensor
 from .block_allocator import BlockAllocator, PoolExhaustedError, block_hash
 from .contiguous import _check_dtype_device
+from .paged_tables import BlockTableRows
 
 if TYPE_CHECKING:
     from .paged_view import PagedBatchView
@@ -103,6 +104,9 @@ class PagedKVCache:
         self.tokens: dict[Hashable, list[int]] = {}  # token ids of positions 0..len-1
         self.tracked: dict[Hashable, bool] = {}  # False once an untracked reserve happened
         self._hashed: dict[Hashable, list[int]] = {}  # chain hashes of registered blocks
+        self._rows = BlockTableRows(device=self.device)  # the tables as one tensor
+        v = 0 if self.values_are_keys else self.v_pool[:, :, 0].numel()
+        self._bytes_per_block = (self.k_pool[:, :, 0].numel() + v) * self.k_pool.element_size()
 
     @classmethod
     def from_memory(cls, n_layers: int, n_kv_heads: int, head_dim: int, budget_bytes: int,
@@ -155,6 +159,7 @@ class PagedKVCache:
                 table.append(b)
                 hashes.append(h)
         self.tables[seq_id] = table
+        self._rows.write(seq_id, table)
         self.lens[seq_id] = len(table) * self.block_size
         self.tokens[seq_id] = [int(t) for t in tokens[: self.lens[seq_id]]] \
             if tokens is not None else []
@@ -178,6 +183,7 @@ class PagedKVCache:
             if b != EVICTED:
                 self.allocator.incref(b)
         self.tables[child] = list(table)
+        self._rows.write(child, table)
         self.lens[child] = self.lens[parent]
         self.tokens[child] = list(self.tokens[parent])
         self.tracked[child] = self.tracked[parent]
@@ -191,6 +197,7 @@ class PagedKVCache:
                 self.allocator.decref(b)
         for d in (self.tables, self.lens, self.tokens, self.tracked, self._hashed):
             del d[seq_id]
+        self._rows.drop(seq_id)
 
     # --- appending -------------------------------------------------------------------
     def blocks_needed(self, seq_id, n: int) -> int:
@@ -200,6 +207,26 @@ class PagedKVCache:
         new = -(-(L + n) // bs) - len(table)
         cow = n > 0 and L % bs != 0 and self.allocator.ref[table[-1]] > 1
         return new + int(cow)
+
+    def blocks_needed_many(self, asks: list[tuple]) -> int:
+        """Fresh blocks reserving n tokens for each (seq_id, n) of `asks`, in order, takes.
+
+        A last block shared by several of them is copied by all but the last to write
+        (its ref count drops with each copy), so copy-on-write is counted as the
+        reserves will really do it, not once per sharer."""
+        bs, ref = self.block_size, self.allocator.ref
+        refs: dict[int, int] = {}
+        need = 0
+        for s, n in asks:
+            table, L = self._seq(s), self.lens[s]
+            need += -(-(L + n) // bs) - len(table)
+            if n > 0 and L % bs:
+                last = table[-1]
+                r = refs.get(last, ref[last])
+                if r > 1:
+                    need += 1
+                    refs[last] = r - 1
+        return need
 
     def reserve(self, seq_id, n: int, tokens: list[int] | None = None) -> torch.Tensor:
         """Make room for n more tokens; return their flat slots (n,) = block·bs + offset.
@@ -220,6 +247,41 @@ class PagedKVCache:
                 f"pool exhausted: sequence {seq_id!r} needs {need} blocks for {n} tokens, "
                 f"{self.allocator.n_free} of {self.num_blocks} free")
         L, bs = self.lens[seq_id], self.block_size
+        self._extend(seq_id, n, tokens)
+        if n == 1:  # decode: one slot, no tensor indexing
+            return torch.tensor([table[L // bs] * bs + L % bs])
+        pos = torch.arange(L, L + n)
+        blocks = torch.tensor(table, dtype=torch.long)[pos // bs]  # (n,)
+        return blocks * bs + pos % bs  # (n,) flat slots
+
+    def reserve_many(self, asks: list[tuple]) -> None:
+        """`reserve` for every (seq_id, n, tokens) of `asks`, in order, after one check
+        that the pool holds them all (copy-on-write counted as `blocks_needed_many`);
+        refuses (PoolExhaustedError) before changing anything. Every ask carries its n
+        token ids; the slots are not returned (a step reads them from its tables)."""
+        ids = [a[0] for a in asks]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"asks name a sequence more than once: {ids}")
+        for s, n, tokens in asks:
+            self._seq(s)
+            check_positive_int("n", n, minimum=0)
+            if tokens is None or len(tokens) != n:
+                raise ValueError(f"sequence {s!r}: tokens must hold the ids of the n ({n}) "
+                                 f"new tokens, got {tokens!r}")
+        need = self.blocks_needed_many([(s, n) for s, n, _ in asks])
+        if need > self.allocator.n_free:
+            raise PoolExhaustedError(
+                f"pool exhausted: {len(asks)} sequences need {need} blocks, "
+                f"{self.allocator.n_free} of {self.num_blocks} free")
+        for s, n, tokens in asks:
+            self._extend(s, n, tokens)
+
+    def _extend(self, seq_id, n: int, tokens: list[int] | None) -> None:
+        """The changes of a checked reserve: copy-on-write, new blocks, length, token
+        ids, window release, the tensor mirror of the table."""
+        table = self.tables[seq_id]
+        L, bs = self.lens[seq_id], self.block_size
+        first = len(table)  # first table entry this reserve changes
         if n and L % bs and self.allocator.ref[table[-1]] > 1:  # copy-on-write
             old = table[-1]
             (new,) = self.allocator.allocate(1)
@@ -228,6 +290,7 @@ class PagedKVCache:
                 self.v_pool[:, :, new].copy_(self.v_pool[:, :, old])
             self.allocator.decref(old)
             table[-1] = new
+            first -= 1
         extra = -(-(L + n) // bs) - len(table)
         if extra > 0:
             table.extend(self.allocator.allocate(extra))
@@ -237,12 +300,9 @@ class PagedKVCache:
         if tokens is not None and self.tracked[seq_id]:
             self.tokens[seq_id].extend(int(t) for t in tokens)
         if self.window is not None:
-            self._release_out_of_window(table, L)
-        if n == 1:  # decode: one slot, no tensor indexing
-            return torch.tensor([table[L // bs] * bs + L % bs])
-        pos = torch.arange(L, L + n)
-        blocks = torch.tensor(table, dtype=torch.long)[pos // bs]  # (n,)
-        return blocks * bs + pos % bs  # (n,) flat slots
+            self._release_out_of_window(table, L)  # released entries: never read again
+        if first < len(table):
+            self._rows.write(seq_id, table, first)
 
     def _release_out_of_window(self, table: list[int], first_query: int) -> None:
         """Release blocks none of whose positions a query at >= `first_query` sees
@@ -322,15 +382,10 @@ class PagedKVCache:
 
     # --- reading ---------------------------------------------------------------------
     def tables_tensor(self, seq_ids: list) -> torch.Tensor:
-        """(B, max_blocks) long block tables, padded with each row's first live block
-        (released entries of a windowed pool read as that block too; never attended)."""
-        rows = [self._seq(s) for s in seq_ids]
-        width = max(1, max(len(r) for r in rows))
-        out = []
-        for r in rows:
-            first = next((b for b in r if b != EVICTED), 0)
-            out.append([first if b == EVICTED else b for b in r] + [first] * (width - len(r)))
-        return torch.tensor(out, dtype=torch.long)
+        """(B, max_blocks) long block tables from the persistent mirror (`paged_tables`):
+        entries past a row's end or of released blocks hold in-range ids, never read."""
+        width = max(len(self._seq(s)) for s in seq_ids)
+        return self._rows.select(seq_ids, width)  # (B, width), kept up to date by reserve
 
     def gather(self, seq_id, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A contiguous copy (Hkv, L, D) / (Hkv, L, Dv) of one sequence's K/V (for tests)."""
@@ -374,6 +429,7 @@ class PagedKVCache:
                 table[j] = b
             blocks = table
         self.tables[seq_id] = blocks
+        self._rows.write(seq_id, blocks)
         self.lens[seq_id] = saved.length
         self.tokens[seq_id] = list(saved.tokens)
         self.tracked[seq_id] = saved.tracked
@@ -383,8 +439,7 @@ class PagedKVCache:
     # --- memory & invariants ---------------------------------------------------------
     @property
     def bytes_per_block(self) -> int:
-        v = 0 if self.values_are_keys else self.v_pool[:, :, 0].numel()
-        return (self.k_pool[:, :, 0].numel() + v) * self.k_pool.element_size()
+        return self._bytes_per_block
 
     @property
     def nbytes(self) -> int:

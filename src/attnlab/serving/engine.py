@@ -201,6 +201,20 @@ class Engine:
     # --- scheduling ------------------------------------------------------------------
     def _schedule(self) -> list[tuple[_Seq, int, list[int], int]]:
         budget, plan = self.cfg.max_batch_tokens, []
+        asks = []  # (s, n) of the running sequences, oldest first, within the budget
+        for s in self.running:
+            if budget == 0:
+                break
+            n = min(s.n_tokens - s.computed, self.cfg.prefill_chunk, budget)
+            asks.append((s, n))
+            budget -= n
+        if asks and self.cache.fits_many([(s.rid, n) for s, n in asks]):
+            # the common step: every running sequence fits, no one is preempted, so the
+            # sequential reserves below would all succeed: one batched reserve instead
+            plan = [(s, n, s.tokens(s.computed, s.computed + n), s.computed) for s, n in asks]
+            self.cache.reserve_many([(s.rid, n, toks) for s, n, toks, _ in plan])
+            return self._admit(plan, budget)
+        budget = self.cfg.max_batch_tokens
         preempted = False
         for s in list(self.running):
             if s not in self.running or budget == 0:
@@ -213,6 +227,10 @@ class Engine:
             preempted |= self.stats.preemptions != before
         if preempted:
             return plan
+        return self._admit(plan, budget)
+
+    def _admit(self, plan: list, budget: int) -> list[tuple[_Seq, int, list[int], int]]:
+        """Bring swapped sequences back, then admit waiting requests, into `plan`."""
         while self.swapped and len(self.running) < self.cfg.max_running and budget > 0:
             s = self.swapped[0]
             n = min(s.n_tokens - s.computed, self.cfg.prefill_chunk, budget)
@@ -255,11 +273,11 @@ class Engine:
     def _forward(self, items: list[tuple[_Seq, int, list[int], int]]) -> torch.Tensor:
         """The model's own forward on a batch of sequences with n tokens each, each at its
         own position; returns the logits of each row's last token (B, vocab)."""
-        dev = next(self.model.parameters()).device
+        dev = self.model.embed.weight.device
         n = items[0][1]
         toks = torch.tensor([t for _, _, t, _ in items], dtype=torch.long, device=dev)  # (B, n)
-        pos = torch.tensor([[st + i for i in range(n)] for _, _, _, st in items],
-                           dtype=torch.long)  # (B, n) absolute positions
+        pos = torch.tensor([st for _, _, _, st in items], dtype=torch.long)[:, None] + \
+            torch.arange(n)  # (B, n) absolute positions
         step = self.cache.step([s.rid for s, _, _, _ in items], n)
         return self.model(toks, AttentionContext(step, positions=pos))[:, -1]  # (B, vocab)
 
@@ -269,26 +287,26 @@ class Engine:
         self.stats.steps += 1
         if not plan:
             return []
-        rows: dict[int, torch.Tensor] = {}
+        nxt: dict[int, int] = {}  # plan index -> greedy next token of its last position
         decode = [i for i, p in enumerate(plan) if p[1] == 1]
         if decode:  # every one-token sequence in one call: the decode batch
-            for i, row in zip(decode, self._forward([plan[i] for i in decode])):
-                rows[i] = row
+            logits = self._forward([plan[i] for i in decode])  # (B, vocab)
+            nxt.update(zip(decode, logits.argmax(-1).tolist()))  # greedy, one call
         for i, p in enumerate(plan):
             if p[1] > 1:  # a prefill chunk: its own call
-                rows[i] = self._forward([p])[0]
+                nxt[i] = int(self._forward([p])[0].argmax())
         self.stats.batch_sizes.append(len(plan))
         self.stats.tokens += sum(p[1] for p in plan)
         self.stats.peak_blocks = max(self.stats.peak_blocks, self.cache.n_owned)
         self.stats.peak_used_nbytes = max(self.stats.peak_used_nbytes, self.cache.used_nbytes)
-        finished = []
+        finished, bs = [], self.cfg.block_size
         for i, (s, n, _, _) in enumerate(plan):
-            row = rows[i]
+            if (s.computed + n) // bs != s.computed // bs:  # a block filled: index it
+                self.cache.register_full_blocks(s.rid)
             s.computed += n
-            self.cache.register_full_blocks(s.rid)
             if s.computed < s.n_tokens:
                 continue  # mid-prefill: no token yet
-            tok = int(row.argmax())  # greedy
+            tok = nxt[i]  # greedy
             s.generated.append(tok)
             self.stats.generated += 1
             eos = s.req.eos_id is not None and tok == s.req.eos_id

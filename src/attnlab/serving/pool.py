@@ -131,6 +131,21 @@ class ServingCache:
                 return False
         return self.states is None or self.states.n_free > 0
 
+    def fits_many(self, asks: list[tuple]) -> bool:
+        """Whether reserving n tokens for every (seq_id, n) of `asks`, in order, fits in
+        every group (a windowed group's releases during the reserves are not counted:
+        True means it surely fits)."""
+        return all(p.blocks_needed_many(asks) <= p.allocator.n_free for p in self.pools)
+
+    def reserve_many(self, asks: list[tuple]) -> None:
+        """One reserve for a step's sequences: (seq_id, n, token ids of the n tokens) each,
+        in order; checked on every group before any of them changes."""
+        if not self.fits_many([(s, n) for s, n, _ in asks]):
+            raise ValueError(f"{len(asks)} sequences' tokens do not fit; call fits_many() "
+                             "first")
+        for p in self.pools:
+            p.reserve_many(asks)
+
     def reserve(self, seq_id, n: int, tokens: list[int]) -> None:
         check_n_tokens(n)
         if not self.fits(seq_id, n):
@@ -171,14 +186,17 @@ class ServingCache:
     def step(self, seq_ids: list, n_new: int) -> CacheStack:
         """Per-layer views for `seq_ids`, whose next n_new tokens are reserved."""
         views: list[KVCache | None] = [None] * self.n_layers
+        if self.groups:  # lengths are the same in every group: one tensor for all
+            lens_ = [self.main.seq_len(s) for s in seq_ids]
+            lens = torch.tensor(lens_, dtype=torch.long)  # (B,)
+            pos = lens[:, None] - n_new + torch.arange(n_new)  # (B, N) new positions
+            longest = max(lens_)
         for lay, members, pool in self.groups:
             tables = pool.tables_tensor(seq_ids)  # (B, blocks): once per group and step
-            lens = torch.tensor([pool.seq_len(s) for s in seq_ids], dtype=torch.long)
-            pos = lens[:, None] - n_new + torch.arange(n_new)  # (B, N) new positions
             bs = pool.block_size
             slots = (tables.gather(1, pos // bs) * bs + pos % bs).reshape(-1)  # (B·N,)
             for j, li in enumerate(members):
-                views[li] = PagedLayerView(pool, j, tables, lens, slots, lay.window)
+                views[li] = PagedLayerView(pool, j, tables, lens, slots, lay.window, longest)
         for li, (kind, _, _) in enumerate(self.where):
             if kind == "state":
                 views[li] = self.states.view(li, seq_ids, n_new)
@@ -229,9 +247,11 @@ class PagedLayerView(KVCache):
     in_place_attention = True
 
     def __init__(self, pool: PagedKVCache, layer: int, tables: torch.Tensor,
-                 lens: torch.Tensor, slots: torch.Tensor, window: int | None):
+                 lens: torch.Tensor, slots: torch.Tensor, window: int | None,
+                 longest: int | None = None):
         self.pool, self.layer, self.tables, self.lens = pool, layer, tables, lens
         self.slots, self.window = slots, window
+        self._longest = int(lens.max()) if longest is None else longest
 
     def _write(self, k: torch.Tensor, v: torch.Tensor) -> None:
         B, Hkv, N, D = k.shape
@@ -267,7 +287,7 @@ class PagedLayerView(KVCache):
     def seq_len(self, layer_idx: int = 0) -> int:
         """Longest sequence of the batch, its new tokens included (each sequence's own
         length is in `lens`; positions come from the step's context)."""
-        return int(self.lens.max())
+        return self._longest
 
     @property
     def capacity(self) -> int:
