@@ -258,16 +258,15 @@ class PagedKVCache:
         """`reserve` for every (seq_id, n, tokens) of `asks`, in order, after one check
         that the pool holds them all (copy-on-write counted as `blocks_needed_many`);
         refuses (PoolExhaustedError) before changing anything. Every ask carries its n
-        token ids; the slots are not returned (a step reads them from its tables)."""
-        ids = [a[0] for a in asks]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"asks name a sequence more than once: {ids}")
+        token ids; the slots are not returned (a step reads them with `last_slots`)."""
         for s, n, tokens in asks:
             self._seq(s)
             check_positive_int("n", n, minimum=0)
             if tokens is None or len(tokens) != n:
                 raise ValueError(f"sequence {s!r}: tokens must hold the ids of the n ({n}) "
                                  f"new tokens, got {tokens!r}")
+        if len({a[0] for a in asks}) != len(asks):
+            raise ValueError(f"asks name a sequence more than once: {[a[0] for a in asks]}")
         need = self.blocks_needed_many([(s, n) for s, n, _ in asks])
         if need > self.allocator.n_free:
             raise PoolExhaustedError(
@@ -291,14 +290,14 @@ class PagedKVCache:
             self.allocator.decref(old)
             table[-1] = new
             first -= 1
-        extra = -(-(L + n) // bs) - len(table)
-        if extra > 0:
-            table.extend(self.allocator.allocate(extra))
+        if L + n > len(table) * bs:  # new blocks
+            table.extend(self.allocator.allocate(-(-(L + n) // bs) - len(table)))
         self.lens[seq_id] = L + n
-        if n and tokens is None:
-            self.tracked[seq_id] = False  # positions from L on have no recorded ids
-        if tokens is not None and self.tracked[seq_id]:
-            self.tokens[seq_id].extend(int(t) for t in tokens)
+        if tokens is None:
+            if n:
+                self.tracked[seq_id] = False  # positions from L on have no recorded ids
+        elif self.tracked[seq_id]:
+            self.tokens[seq_id].extend(map(int, tokens))
         if self.window is not None:
             self._release_out_of_window(table, L)  # released entries: never read again
         if first < len(table):
@@ -326,6 +325,21 @@ class PagedKVCache:
         pos = torch.arange(start, start + n)
         return torch.tensor(table, dtype=torch.long)[pos // self.block_size] * \
             self.block_size + pos % self.block_size
+
+    def last_slots(self, seq_ids: list, n: int) -> torch.Tensor:
+        """Flat slots (B·n,) of the last n reserved positions of each sequence, in order
+        (where a step writes the K/V of its n new tokens per sequence)."""
+        bs, out = self.block_size, []
+        for s in seq_ids:
+            table, L = self._seq(s), self.lens[s]
+            if not 0 < n <= L:
+                raise ValueError(f"n ({n}) must lie in [1, {L}], the reserved tokens of "
+                                 f"sequence {s!r}")
+            if n == 1:  # decode: one slot
+                out.append(table[(L - 1) // bs] * bs + (L - 1) % bs)
+            else:
+                out.extend(table[p // bs] * bs + p % bs for p in range(L - n, L))
+        return torch.tensor(out, dtype=torch.long, device=self.device)
 
     def batch_view(self, seq_ids: list) -> PagedBatchView:
         """Equal-length sequences as one batch behind the KVCache interface (see paged_view)."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_positive_int
+from ..cache.block_allocator import PoolExhaustedError
 from ..cache.context import AttentionContext
 from ..models.lm import TinyLM
 from .pool import ServingCache
@@ -208,12 +209,15 @@ class Engine:
             n = min(s.n_tokens - s.computed, self.cfg.prefill_chunk, budget)
             asks.append((s, n))
             budget -= n
-        if asks and self.cache.fits_many([(s.rid, n) for s, n in asks]):
-            # the common step: every running sequence fits, no one is preempted, so the
-            # sequential reserves below would all succeed: one batched reserve instead
+        if asks:  # the common step: every running sequence fits and no one is preempted,
+            # so the sequential reserves below would all succeed: one batched reserve
             plan = [(s, n, s.tokens(s.computed, s.computed + n), s.computed) for s, n in asks]
-            self.cache.reserve_many([(s.rid, n, toks) for s, n, toks, _ in plan])
-            return self._admit(plan, budget)
+            try:
+                self.cache.reserve_many([(s.rid, n, toks) for s, n, toks, _ in plan])
+            except PoolExhaustedError:  # refused before any change: one by one, preempting
+                plan = []
+            else:
+                return self._admit(plan, budget)
         budget = self.cfg.max_batch_tokens
         preempted = False
         for s in list(self.running):
@@ -276,8 +280,9 @@ class Engine:
         dev = self.model.embed.weight.device
         n = items[0][1]
         toks = torch.tensor([t for _, _, t, _ in items], dtype=torch.long, device=dev)  # (B, n)
-        pos = torch.tensor([st for _, _, _, st in items], dtype=torch.long)[:, None] + \
-            torch.arange(n)  # (B, n) absolute positions
+        pos = torch.tensor([[st] for _, _, _, st in items], dtype=torch.long)  # (B, 1)
+        if n > 1:
+            pos = pos + torch.arange(n)  # (B, n) absolute positions
         step = self.cache.step([s.rid for s, _, _, _ in items], n)
         return self.model(toks, AttentionContext(step, positions=pos))[:, -1]  # (B, vocab)
 

@@ -21,7 +21,7 @@ import torch
 
 from ..cache.base import CacheStack, KVCache, check_n_tokens
 from ..cache.layout import PagedLayout, StateLayout
-from ..cache.paged import PagedKVCache, SwappedSequence
+from ..cache.paged import PagedKVCache, PoolExhaustedError, SwappedSequence
 from ..cache.paged_view import paged_attend
 from .state_slots import StateSlots
 
@@ -140,10 +140,10 @@ class ServingCache:
     def reserve_many(self, asks: list[tuple]) -> None:
         """One reserve for a step's sequences: (seq_id, n, token ids of the n tokens) each,
         in order; checked on every group before any of them changes."""
-        if not self.fits_many([(s, n) for s, n, _ in asks]):
-            raise ValueError(f"{len(asks)} sequences' tokens do not fit; call fits_many() "
-                             "first")
-        for p in self.pools:
+        if len(self.pools) > 1 and not self.fits_many([(s, n) for s, n, _ in asks]):
+            raise PoolExhaustedError(f"{len(asks)} sequences' tokens do not fit in every "
+                                     "group; nothing was reserved")
+        for p in self.pools:  # (one pool checks, and refuses, before it changes)
             p.reserve_many(asks)
 
     def reserve(self, seq_id, n: int, tokens: list[int]) -> None:
@@ -189,17 +189,17 @@ class ServingCache:
         if self.groups:  # lengths are the same in every group: one tensor for all
             lens_ = [self.main.seq_len(s) for s in seq_ids]
             lens = torch.tensor(lens_, dtype=torch.long)  # (B,)
-            pos = lens[:, None] - n_new + torch.arange(n_new)  # (B, N) new positions
             longest = max(lens_)
-        for lay, members, pool in self.groups:
-            tables = pool.tables_tensor(seq_ids)  # (B, blocks): once per group and step
-            bs = pool.block_size
-            slots = (tables.gather(1, pos // bs) * bs + pos % bs).reshape(-1)  # (B·N,)
+        for lay, members, pool in self.groups:  # tensors built once per group and step
+            tables = pool.tables_tensor(seq_ids)  # (B, blocks)
+            slots = pool.last_slots(seq_ids, n_new)  # (B·N,) where the new K/V go
             for j, li in enumerate(members):
                 views[li] = PagedLayerView(pool, j, tables, lens, slots, lay.window, longest)
-        for li, (kind, _, _) in enumerate(self.where):
-            if kind == "state":
-                views[li] = self.states.view(li, seq_ids, n_new)
+        if self.states is not None:
+            idx = self.states.indices(seq_ids)  # (B,) state slots, shared by the layers
+            for li, (kind, _, _) in enumerate(self.where):
+                if kind == "state":
+                    views[li] = self.states.view(li, idx, n_new)
         return ServingStep(views)
 
     # --- memory ----------------------------------------------------------------------
