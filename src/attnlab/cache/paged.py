@@ -41,7 +41,7 @@ import torch
 from .._checks import check_positive_int, check_tensor
 from .block_allocator import BlockAllocator, PoolExhaustedError, block_hash
 from .contiguous import _check_dtype_device
-from .paged_tables import BlockTableRows
+from .paged_tables import BlockTableRows, long_tensor
 
 if TYPE_CHECKING:
     from .paged_view import PagedBatchView
@@ -104,7 +104,7 @@ class PagedKVCache:
         self.tokens: dict[Hashable, list[int]] = {}  # token ids of positions 0..len-1
         self.tracked: dict[Hashable, bool] = {}  # False once an untracked reserve happened
         self._hashed: dict[Hashable, list[int]] = {}  # chain hashes of registered blocks
-        self._rows = BlockTableRows(device=self.device)  # the tables as one tensor
+        self._rows = BlockTableRows()  # the tables as one (host) tensor
         v = 0 if self.values_are_keys else self.v_pool[:, :, 0].numel()
         self._bytes_per_block = (self.k_pool[:, :, 0].numel() + v) * self.k_pool.element_size()
 
@@ -258,7 +258,7 @@ class PagedKVCache:
         """`reserve` for every (seq_id, n, tokens) of `asks`, in order, after one check
         that the pool holds them all (copy-on-write counted as `blocks_needed_many`);
         refuses (PoolExhaustedError) before changing anything. Every ask carries its n
-        token ids; the slots are not returned (a step reads them with `last_slots`)."""
+        token ids; the slots are not returned (a step reads them with `step_tensors`)."""
         for s, n, tokens in asks:
             self._seq(s)
             check_positive_int("n", n, minimum=0)
@@ -326,20 +326,26 @@ class PagedKVCache:
         return torch.tensor(table, dtype=torch.long)[pos // self.block_size] * \
             self.block_size + pos % self.block_size
 
-    def last_slots(self, seq_ids: list, n: int) -> torch.Tensor:
-        """Flat slots (B·n,) of the last n reserved positions of each sequence, in order
-        (where a step writes the K/V of its n new tokens per sequence)."""
-        bs, out = self.block_size, []
+    def step_tensors(self, seq_ids: list, n: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                           torch.Tensor]:
+        """What one forward over `seq_ids` needs, each of whose last n positions were just
+        reserved, in one pass over the sequences: block tables (B, W) (`tables_tensor`),
+        lengths (B,) and the flat slots (B·n,) of those n positions (where their K/V go)."""
+        bs, rows, lens, slots, width = self.block_size, [], [], [], 1
         for s in seq_ids:
             table, L = self._seq(s), self.lens[s]
             if not 0 < n <= L:
                 raise ValueError(f"n ({n}) must lie in [1, {L}], the reserved tokens of "
                                  f"sequence {s!r}")
+            rows.append(self._rows.row[s])
+            lens.append(L)
+            width = max(width, len(table))
             if n == 1:  # decode: one slot
-                out.append(table[(L - 1) // bs] * bs + (L - 1) % bs)
+                slots.append(table[(L - 1) // bs] * bs + (L - 1) % bs)
             else:
-                out.extend(table[p // bs] * bs + p % bs for p in range(L - n, L))
-        return torch.tensor(out, dtype=torch.long, device=self.device)
+                slots.extend(table[p // bs] * bs + p % bs for p in range(L - n, L))
+        tables = self._rows.t.narrow(1, 0, width).index_select(0, long_tensor(rows))
+        return tables, long_tensor(lens), long_tensor(slots).to(self.device)
 
     def batch_view(self, seq_ids: list) -> PagedBatchView:
         """Equal-length sequences as one batch behind the KVCache interface (see paged_view)."""

@@ -34,6 +34,7 @@ import torch
 from .._checks import check_positive_int
 from ..cache.block_allocator import PoolExhaustedError
 from ..cache.context import AttentionContext
+from ..cache.paged_tables import long_tensor
 from ..models.lm import TinyLM
 from .pool import ServingCache
 
@@ -279,8 +280,9 @@ class Engine:
         own position; returns the logits of each row's last token (B, vocab)."""
         dev = self.model.embed.weight.device
         n = items[0][1]
-        toks = torch.tensor([t for _, _, t, _ in items], dtype=torch.long, device=dev)  # (B, n)
-        pos = torch.tensor([[st] for _, _, _, st in items], dtype=torch.long)  # (B, 1)
+        toks = long_tensor([t for _, _, ts, _ in items for t in ts]).view(len(items), n)
+        toks = toks.to(dev)  # (B, n)
+        pos = long_tensor([st for _, _, _, st in items]).view(-1, 1)  # (B, 1)
         if n > 1:
             pos = pos + torch.arange(n)  # (B, n) absolute positions
         step = self.cache.step([s.rid for s, _, _, _ in items], n)

@@ -186,13 +186,11 @@ class ServingCache:
     def step(self, seq_ids: list, n_new: int) -> CacheStack:
         """Per-layer views for `seq_ids`, whose next n_new tokens are reserved."""
         views: list[KVCache | None] = [None] * self.n_layers
-        if self.groups:  # lengths are the same in every group: one tensor for all
-            lens_ = [self.main.seq_len(s) for s in seq_ids]
-            lens = torch.tensor(lens_, dtype=torch.long)  # (B,)
-            longest = max(lens_)
+        longest = None
         for lay, members, pool in self.groups:  # tensors built once per group and step
-            tables = pool.tables_tensor(seq_ids)  # (B, blocks)
-            slots = pool.last_slots(seq_ids, n_new)  # (B·N,) where the new K/V go
+            tables, lens, slots = pool.step_tensors(seq_ids, n_new)  # (B, W), (B,), (B·N,)
+            if longest is None:  # lengths are the same in every group
+                longest = max(pool.lens[s] for s in seq_ids)
             for j, li in enumerate(members):
                 views[li] = PagedLayerView(pool, j, tables, lens, slots, lay.window, longest)
         if self.states is not None:
