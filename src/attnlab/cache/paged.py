@@ -105,6 +105,10 @@ class PagedKVCache:
         self.tracked: dict[Hashable, bool] = {}  # False once an untracked reserve happened
         self._hashed: dict[Hashable, list[int]] = {}  # chain hashes of registered blocks
         self._rows = BlockTableRows()  # the tables as one (host) tensor
+        # per-layer views, made once: (Hkv, NB, bs, D) to read, (Hkv, NB·bs, D) to write
+        self.layer_pools = [(self.k_pool[i], self.v_pool[i]) for i in range(n_layers)]
+        self._flat = [(k.view(n_kv_heads, -1, head_dim), v.view(n_kv_heads, -1, self.v_head_dim))
+                      for k, v in self.layer_pools]
         v = 0 if self.values_are_keys else self.v_pool[:, :, 0].numel()
         self._bytes_per_block = (self.k_pool[:, :, 0].numel() + v) * self.k_pool.element_size()
 
@@ -209,16 +213,21 @@ class PagedKVCache:
         return new + int(cow)
 
     def blocks_needed_many(self, asks: list[tuple]) -> int:
-        """Fresh blocks reserving n tokens for each (seq_id, n) of `asks`, in order, takes.
+        """Fresh blocks reserving n tokens for each (seq_id, n, ...) of `asks`, in order,
+        takes.
 
         A last block shared by several of them is copied by all but the last to write
         (its ref count drops with each copy), so copy-on-write is counted as the
         reserves will really do it, not once per sharer."""
-        bs, ref = self.block_size, self.allocator.ref
+        bs, ref, lens = self.block_size, self.allocator.ref, self.lens
         refs: dict[int, int] = {}
         need = 0
-        for s, n in asks:
-            table, L = self._seq(s), self.lens[s]
+        for a in asks:
+            s, n = a[0], a[1]
+            table = self._seq(s)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                check_positive_int("n", n, minimum=0)  # raises, naming n
+            L = lens[s]
             need += -(-(L + n) // bs) - len(table)
             if n > 0 and L % bs:
                 last = table[-1]
@@ -259,15 +268,13 @@ class PagedKVCache:
         that the pool holds them all (copy-on-write counted as `blocks_needed_many`);
         refuses (PoolExhaustedError) before changing anything. Every ask carries its n
         token ids; the slots are not returned (a step reads them with `step_tensors`)."""
+        seen = set()
         for s, n, tokens in asks:
-            self._seq(s)
-            check_positive_int("n", n, minimum=0)
-            if tokens is None or len(tokens) != n:
-                raise ValueError(f"sequence {s!r}: tokens must hold the ids of the n ({n}) "
-                                 f"new tokens, got {tokens!r}")
-        if len({a[0] for a in asks}) != len(asks):
-            raise ValueError(f"asks name a sequence more than once: {[a[0] for a in asks]}")
-        need = self.blocks_needed_many([(s, n) for s, n, _ in asks])
+            if tokens is None or len(tokens) != n or s in seen:
+                raise ValueError(f"sequence {s!r}: expected the ids of its n ({n}) new tokens "
+                                 f"(got {tokens!r}) and one ask per sequence")
+            seen.add(s)
+        need = self.blocks_needed_many(asks)
         if need > self.allocator.n_free:
             raise PoolExhaustedError(
                 f"pool exhausted: {len(asks)} sequences need {need} blocks, "
@@ -379,12 +386,10 @@ class PagedKVCache:
                        v: torch.Tensor) -> None:
         """`write` without its checks, for callers that reserved `slots` this step
         (the serving step's per-layer views): k (Hkv, T, D), v (Hkv, T, Dv)."""
-        nb, bs = self.num_blocks, self.block_size
-        self.k_pool[layer_idx].view(self.n_kv_heads, nb * bs, self.head_dim) \
-            .index_copy_(1, slots, k)
+        kf, vf = self._flat[layer_idx]  # (Hkv, NB·bs, D), (Hkv, NB·bs, Dv)
+        kf.index_copy_(1, slots, k)
         if not self.values_are_keys:  # the latent pool stores [c_KV; k_R] once
-            self.v_pool[layer_idx].view(self.n_kv_heads, nb * bs, self.v_head_dim) \
-                .index_copy_(1, slots, v)
+            vf.index_copy_(1, slots, v)
 
     def register_full_blocks(self, seq_id) -> None:
         """Index the sequence's newly completed blocks for prefix caching (after writing)."""

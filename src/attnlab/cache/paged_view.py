@@ -62,7 +62,7 @@ def paged_attend(pool: PagedKVCache, layer: int, tables: torch.Tensor, lens: tor
     `attention` runs on relative positions (the window and causal masks only compare
     positions; RoPE was applied before caching); rows shorter than that mask their
     leading slots."""
-    kp, vp = pool.k_pool[layer], pool.v_pool[layer]  # (Hkv, NB, bs, D)
+    kp, vp = pool.layer_pools[layer]  # (Hkv, NB, bs, D), (Hkv, NB, bs, Dv)
     if uses_paged_decode(q, kp, vp, window):
         return paged_decode(q, kp, vp, tables, lens, scale=scale)  # (B, H, 1, Dv)
     if window is None:

@@ -202,19 +202,20 @@ class Engine:
 
     # --- scheduling ------------------------------------------------------------------
     def _schedule(self) -> list[tuple[_Seq, int, list[int], int]]:
-        budget, plan = self.cfg.max_batch_tokens, []
-        asks = []  # (s, n) of the running sequences, oldest first, within the budget
-        for s in self.running:
+        budget, chunk, plan, asks = self.cfg.max_batch_tokens, self.cfg.prefill_chunk, [], []
+        for s in self.running:  # oldest first, within the budget
             if budget == 0:
                 break
-            n = min(s.n_tokens - s.computed, self.cfg.prefill_chunk, budget)
-            asks.append((s, n))
+            c = s.computed
+            n = min(len(s.req.prompt) + len(s.generated) - c, chunk, budget)
+            toks = s.tokens(c, c + n)
+            plan.append((s, n, toks, c))
+            asks.append((s.rid, n, toks))
             budget -= n
-        if asks:  # the common step: every running sequence fits and no one is preempted,
+        if plan:  # the common step: every running sequence fits and no one is preempted,
             # so the sequential reserves below would all succeed: one batched reserve
-            plan = [(s, n, s.tokens(s.computed, s.computed + n), s.computed) for s, n in asks]
             try:
-                self.cache.reserve_many([(s.rid, n, toks) for s, n, toks, _ in plan])
+                self.cache.reserve_many(asks)
             except PoolExhaustedError:  # refused before any change: one by one, preempting
                 plan = []
             else:
@@ -302,22 +303,24 @@ class Engine:
         for i, p in enumerate(plan):
             if p[1] > 1:  # a prefill chunk: its own call
                 nxt[i] = int(self._forward([p])[0].argmax())
-        self.stats.batch_sizes.append(len(plan))
-        self.stats.tokens += sum(p[1] for p in plan)
-        self.stats.peak_blocks = max(self.stats.peak_blocks, self.cache.n_owned)
-        self.stats.peak_used_nbytes = max(self.stats.peak_used_nbytes, self.cache.used_nbytes)
+        stats = self.stats
+        stats.batch_sizes.append(len(plan))
+        stats.tokens += sum(p[1] for p in plan)
+        stats.peak_blocks = max(stats.peak_blocks, self.cache.n_owned)
+        stats.peak_used_nbytes = max(stats.peak_used_nbytes, self.cache.used_nbytes)
         finished, bs = [], self.cfg.block_size
-        for i, (s, n, _, _) in enumerate(plan):
-            if (s.computed + n) // bs != s.computed // bs:  # a block filled: index it
+        for i, (s, n, _, c) in enumerate(plan):
+            s.computed = c + n
+            if (c + n) // bs != c // bs:  # a block filled: index it
                 self.cache.register_full_blocks(s.rid)
-            s.computed += n
-            if s.computed < s.n_tokens:
+            gen = s.generated
+            if c + n < len(s.req.prompt) + len(gen):
                 continue  # mid-prefill: no token yet
             tok = nxt[i]  # greedy
-            s.generated.append(tok)
-            self.stats.generated += 1
-            eos = s.req.eos_id is not None and tok == s.req.eos_id
-            if eos or len(s.generated) >= s.req.max_new_tokens:
+            gen.append(tok)
+            stats.generated += 1
+            eos = tok == s.req.eos_id
+            if eos or len(gen) >= s.req.max_new_tokens:
                 self.running.remove(s)
                 self.cache.free(s.rid)
                 res = Result(s.rid, list(s.req.prompt), list(s.generated),

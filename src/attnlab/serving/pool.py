@@ -140,7 +140,7 @@ class ServingCache:
     def reserve_many(self, asks: list[tuple]) -> None:
         """One reserve for a step's sequences: (seq_id, n, token ids of the n tokens) each,
         in order; checked on every group before any of them changes."""
-        if len(self.pools) > 1 and not self.fits_many([(s, n) for s, n, _ in asks]):
+        if len(self.pools) > 1 and not self.fits_many(asks):
             raise PoolExhaustedError(f"{len(asks)} sequences' tokens do not fit in every "
                                      "group; nothing was reserved")
         for p in self.pools:  # (one pool checks, and refuses, before it changes)
