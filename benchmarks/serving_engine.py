@@ -96,49 +96,54 @@ def _lockstep(model, prompt: torch.Tensor, new: int, kernel: _KVDecodeAttention)
     Plain: `model(tok, cache)` over contiguous caches with `kernel` as the layers'
     attention. Engine: its prefill steps first, then one `Engine.step()` after each plain
     step; an engine step counts as a decode step when every sequence decodes in it.
-    Returns seconds: totals per side (prefill included), per decode step, and the model's
-    forward inside each engine decode step."""
+    Returns seconds: totals per side (prefill included), wall time per decode step, the
+    thread's CPU time per decode step (`time.thread_time`: blind to the time other jobs
+    hold the core, so steadier on a shared machine; torch and numba run on this one
+    thread), and the model's forward inside each engine decode step."""
     layers = [blk.mixer for blk in model.blocks]
     if any(getattr(a, "window", None) is not None for a in layers):
         raise ValueError("the plain kv_decode loop is for full (unwindowed) attention")
     B, P = prompt.shape
     eng, forward_s = _new_engine(model, prompt.tolist(), new)
-    clock = time.perf_counter
+    clock, cpu = time.perf_counter, time.thread_time
 
     def plain(tokens, cache):
         for a in layers:
             a.attention_fn = kernel
         try:
-            t = clock()
+            t, c = clock(), cpu()
             out = model(tokens, cache)[:, -1]  # (B, vocab)
-            return out, clock() - t
+            return out, clock() - t, cpu() - c
         finally:
             for a in layers:
                 a.attention_fn = None
 
-    def engine_step() -> tuple[float, float, bool]:
-        t, f0 = clock(), forward_s[0]
+    def engine_step() -> tuple[float, float, float, bool]:
+        t, c, f0 = clock(), cpu(), forward_s[0]
         eng.step()
-        dt = clock() - t
+        dt, dc = clock() - t, cpu() - c
         decode = eng.stats.batch_sizes[-1] == B and \
             all(s.computed >= len(s.req.prompt) for s in eng.running)
-        return dt, forward_s[0] - f0, decode
+        return dt, dc, forward_s[0] - f0, decode
 
     cache = model.new_cache(B, P + new)
-    logits, tp = plain(prompt, cache)
+    logits, tp, _ = plain(prompt, cache)
     te = 0.0
     while any(s.computed < len(s.req.prompt) for s in eng.waiting + eng.running):
         te += engine_step()[0]  # the engine's prefill (chunks, then mixed steps)
-    out = {"plain_steps": [], "engine_steps": [], "forward_steps": []}
+    out = {k: [] for k in ("plain_steps", "plain_cpu", "engine_steps", "engine_cpu",
+                           "forward_steps")}
     for _ in range(new - 1):
-        logits, dt = plain(logits.argmax(-1, keepdim=True), cache)  # greedy, (B, 1)
+        logits, dt, dc = plain(logits.argmax(-1, keepdim=True), cache)  # greedy, (B, 1)
         tp += dt
         out["plain_steps"].append(dt)
+        out["plain_cpu"].append(dc)
         if not eng.done:
-            dt, fwd, decode = engine_step()
+            dt, dc, fwd, decode = engine_step()
             te += dt
             if decode:
                 out["engine_steps"].append(dt)
+                out["engine_cpu"].append(dc)
                 out["forward_steps"].append(fwd)
     while not eng.done:
         te += engine_step()[0]
@@ -211,20 +216,22 @@ def _engine_vs_plain(batches, prompt_len: int, new: int, lines: list[str],
                "step = a step where every sequence decodes; per repeat the median over its "
                "steps, the table gives the median over repeats and the "
                "engine / plain ratio of those medians (min–max of the per-repeat ratios "
-               "beside it). The third row is the model's forward inside the engine step (the "
+               "beside it), and the same ratio in the thread's CPU time per step (steadier "
+               "when other jobs share the cores). The third row is the model's forward inside the engine step (the "
                "rest is scheduling and bookkeeping). The last column checks that the plain "
                "loop's decode steps really ran kv_decode (2 layers × steps). Both kernels run "
                f"on {numba.get_num_threads()} numba thread(s), as many as torch's "
                f"({torch.get_num_threads()})."), "",
               ("| batch | path | total s | median decode step ms | engine / plain (step) | "
-               "per-repeat ratios | tokens equal / kv_decode calls |"),
-              "|---|---|---|---|---|---|---|"]
+               "per-repeat ratios | engine / plain (CPU time) | tokens equal / kv_decode "
+               "calls |"),
+              "|---|---|---|---|---|---|---|---|"]
     out = {}
     for B in batches:
         prompt = torch.randint(0, 101, (B, prompt_len), generator=torch.Generator().manual_seed(B))
         with torch.no_grad():  # the engine's tokens == greedy decoding of the same prompts
             ref = generate(model, prompt, new)[:, prompt_len:].tolist()
-        rp, re_, rf, tps, tes, ratios, same, calls = [], [], [], [], [], [], True, 0
+        rp, re_, rf, tps, tes, ratios, cpu, same, calls = [], [], [], [], [], [], [], True, 0
         for _ in range(repeats):
             kern = _KVDecodeAttention()
             r = _lockstep(model, prompt, new, kern)
@@ -238,15 +245,18 @@ def _engine_vs_plain(batches, prompt_len: int, new: int, lines: list[str],
             tps.append(r["plain_s"])
             tes.append(r["engine_s"])
             ratios.append(me / mp)
+            cpu.append(statistics.median(r["engine_cpu"]) / statistics.median(r["plain_cpu"]))
         mp, me, mf = (statistics.median(x) for x in (rp, re_, rf))
         rr = f"{min(ratios):.2f}–{max(ratios):.2f}×"
+        rc = f"{statistics.median(cpu):.2f}× ({min(cpu):.2f}–{max(cpu):.2f}×)"
         lines.append(f"| {B} | plain loop, contiguous caches, kv_decode (peer) | "
-                     f"{statistics.median(tps):.2f} | {1e3 * mp:.3f} | 1.00× | — | "
+                     f"{statistics.median(tps):.2f} | {1e3 * mp:.3f} | 1.00× | — | — | "
                      f"{calls} calls |")
         lines.append(f"| {B} | engine, paged pool, paged_decode | {statistics.median(tes):.2f} "
-                     f"| {1e3 * me:.3f} | {me / mp:.2f}× | {rr} | {'yes' if same else 'NO'} |")
+                     f"| {1e3 * me:.3f} | {me / mp:.2f}× | {rr} | {rc} | "
+                     f"{'yes' if same else 'NO'} |")
         lines.append(f"| {B} | of which the model's forward on the paged views | — | "
-                     f"{1e3 * mf:.3f} | {mf / mp:.2f}× | — | — |")
+                     f"{1e3 * mf:.3f} | {mf / mp:.2f}× | — | — | — |")
         print("\n".join(lines[-3:]), flush=True)
         out[B] = me / mp
     L = prompt_len + new // 2
