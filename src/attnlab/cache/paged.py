@@ -17,6 +17,9 @@ so a sequence wastes at most `block_size − 1` slots (its last block).
   registered — so an untracked append can never misalign hashes with contents.
 - `reserve` refuses (PoolExhaustedError) before changing anything; the serving engine
   answers by preempting a sequence (`swap_out` to host memory, or free and recompute).
+- One serving step (`paged_step.PagedSteps`): `reserve_many` reserves a whole batch after
+  one exact check, `step_tensors` builds its block tables / lengths / write slots in one
+  pass; the tables are mirrored in a persistent tensor (`BlockTableRows`) as they change.
 - `batch_view(seq_ids)` exposes a group of equal-length sequences through the KVCache
   interface (conventions §4) so a TinyLM forward can run on the pool.
 - `window=W` (sliding-window layers): a block whose positions all lie before the window
@@ -41,7 +44,7 @@ import torch
 from .._checks import check_positive_int, check_tensor
 from .block_allocator import BlockAllocator, PoolExhaustedError, block_hash
 from .contiguous import _check_dtype_device
-from .paged_tables import BlockTableRows, long_tensor
+from .paged_step import BlockTableRows, PagedSteps
 
 if TYPE_CHECKING:
     from .paged_view import PagedBatchView
@@ -69,7 +72,7 @@ class SwappedSequence:
         return n if self.v is self.k else n + self.v.numel() * self.v.element_size()
 
 
-class PagedKVCache:
+class PagedKVCache(PagedSteps):
     """A pool of KV blocks shared by many sequences, addressed through block tables."""
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, num_blocks: int,
@@ -212,31 +215,6 @@ class PagedKVCache:
         cow = n > 0 and L % bs != 0 and self.allocator.ref[table[-1]] > 1
         return new + int(cow)
 
-    def blocks_needed_many(self, asks: list[tuple]) -> int:
-        """Fresh blocks reserving n tokens for each (seq_id, n, ...) of `asks`, in order,
-        takes.
-
-        A last block shared by several of them is copied by all but the last to write
-        (its ref count drops with each copy), so copy-on-write is counted as the
-        reserves will really do it, not once per sharer."""
-        bs, ref, lens = self.block_size, self.allocator.ref, self.lens
-        refs: dict[int, int] = {}
-        need = 0
-        for a in asks:
-            s, n = a[0], a[1]
-            table = self._seq(s)
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                check_positive_int("n", n, minimum=0)  # raises, naming n
-            L = lens[s]
-            need += -(-(L + n) // bs) - len(table)
-            if n > 0 and L % bs:
-                last = table[-1]
-                r = refs.get(last, ref[last])
-                if r > 1:
-                    need += 1
-                    refs[last] = r - 1
-        return need
-
     def reserve(self, seq_id, n: int, tokens: list[int] | None = None) -> torch.Tensor:
         """Make room for n more tokens; return their flat slots (n,) = block·bs + offset.
 
@@ -262,25 +240,6 @@ class PagedKVCache:
         pos = torch.arange(L, L + n)
         blocks = torch.tensor(table, dtype=torch.long)[pos // bs]  # (n,)
         return blocks * bs + pos % bs  # (n,) flat slots
-
-    def reserve_many(self, asks: list[tuple]) -> None:
-        """`reserve` for every (seq_id, n, tokens) of `asks`, in order, after one check
-        that the pool holds them all (copy-on-write counted as `blocks_needed_many`);
-        refuses (PoolExhaustedError) before changing anything. Every ask carries its n
-        token ids; the slots are not returned (a step reads them with `step_tensors`)."""
-        seen = set()
-        for s, n, tokens in asks:
-            if tokens is None or len(tokens) != n or s in seen:
-                raise ValueError(f"sequence {s!r}: expected the ids of its n ({n}) new tokens "
-                                 f"(got {tokens!r}) and one ask per sequence")
-            seen.add(s)
-        need = self.blocks_needed_many(asks)
-        if need > self.allocator.n_free:
-            raise PoolExhaustedError(
-                f"pool exhausted: {len(asks)} sequences need {need} blocks, "
-                f"{self.allocator.n_free} of {self.num_blocks} free")
-        for s, n, tokens in asks:
-            self._extend(s, n, tokens)
 
     def _extend(self, seq_id, n: int, tokens: list[int] | None) -> None:
         """The changes of a checked reserve: copy-on-write, new blocks, length, token
@@ -332,27 +291,6 @@ class PagedKVCache:
         pos = torch.arange(start, start + n)
         return torch.tensor(table, dtype=torch.long)[pos // self.block_size] * \
             self.block_size + pos % self.block_size
-
-    def step_tensors(self, seq_ids: list, n: int) -> tuple[torch.Tensor, torch.Tensor,
-                                                           torch.Tensor]:
-        """What one forward over `seq_ids` needs, each of whose last n positions were just
-        reserved, in one pass over the sequences: block tables (B, W) (`tables_tensor`),
-        lengths (B,) and the flat slots (B·n,) of those n positions (where their K/V go)."""
-        bs, rows, lens, slots, width = self.block_size, [], [], [], 1
-        for s in seq_ids:
-            table, L = self._seq(s), self.lens[s]
-            if not 0 < n <= L:
-                raise ValueError(f"n ({n}) must lie in [1, {L}], the reserved tokens of "
-                                 f"sequence {s!r}")
-            rows.append(self._rows.row[s])
-            lens.append(L)
-            width = max(width, len(table))
-            if n == 1:  # decode: one slot
-                slots.append(table[(L - 1) // bs] * bs + (L - 1) % bs)
-            else:
-                slots.extend(table[p // bs] * bs + p % bs for p in range(L - n, L))
-        tables = self._rows.t.narrow(1, 0, width).index_select(0, long_tensor(rows))
-        return tables, long_tensor(lens), long_tensor(slots).to(self.device)
 
     def batch_view(self, seq_ids: list) -> PagedBatchView:
         """Equal-length sequences as one batch behind the KVCache interface (see paged_view)."""
@@ -406,12 +344,6 @@ class PagedKVCache:
             hashes.append(h)
 
     # --- reading ---------------------------------------------------------------------
-    def tables_tensor(self, seq_ids: list) -> torch.Tensor:
-        """(B, max_blocks) long block tables from the persistent mirror (`paged_tables`):
-        entries past a row's end or of released blocks hold in-range ids, never read."""
-        width = max(len(self._seq(s)) for s in seq_ids)
-        return self._rows.select(seq_ids, width)  # (B, width), kept up to date by reserve
-
     def gather(self, seq_id, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A contiguous copy (Hkv, L, D) / (Hkv, L, Dv) of one sequence's K/V (for tests)."""
         from ..ops.paged import gather_sequence

@@ -34,7 +34,7 @@ import torch
 from .._checks import check_positive_int
 from ..cache.block_allocator import PoolExhaustedError
 from ..cache.context import AttentionContext
-from ..cache.paged_tables import long_tensor
+from ..cache.paged_step import long_tensor
 from ..models.lm import TinyLM
 from .pool import ServingCache
 
