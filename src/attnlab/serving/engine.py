@@ -3,8 +3,10 @@ scheduling, Yu et al. OSDI 2022; vLLM's block manager and preemption, Kwon et al
 
 Every `step()` builds one ragged batch under a token budget:
 1. running sequences first, oldest first: one decode token each, or their next prefill
-   chunk. When the pool cannot hold a sequence's new tokens, the youngest running
-   sequence is preempted (possibly the one asking) until it fits:
+   chunk. When the pool holds all of them (the common step), one batched reserve
+   (`ServingCache.reserve_many`, token ids on every ask) takes their slots; otherwise they
+   are reserved one by one, and when the pool cannot hold a sequence's new tokens, the
+   youngest running sequence is preempted (possibly the one asking) until it fits:
    - "swap": its blocks are copied to a host-side store and freed; it resumes by copying
      them back into fresh blocks;
    - "recompute": its blocks are freed; it resumes by prefilling prompt + generated
