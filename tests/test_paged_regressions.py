@@ -97,7 +97,8 @@ def test_step_tensors_match_the_tables_and_the_reserved_slots():
     c.fork("x", "w")  # shares x's blocks: w's first write copies the last one
     c.reserve_many([(s, 2, [0, 0]) for s in ("x", "w", "z")])
     ids = ["z", "w", "x"]
-    tables, seq_lens, slots = c.step_tensors(ids, 2)
+    tables, seq_lens, slots, longest = c.step_tensors(ids, 2)
+    assert longest == max(c.seq_len(s) for s in ids)
     assert torch.equal(tables, c.tables_tensor(ids))
     assert seq_lens.tolist() == [c.seq_len(s) for s in ids]
     want = torch.cat([c.slots(s, c.seq_len(s) - 2, 2) for s in ids])

@@ -117,7 +117,7 @@ class PagedMachine(RuleBasedStateMachine):
             assert need > free
             return
         assert free - self.c.allocator.n_free == need  # the count is exact, not a bound
-        tables, lens, slots = self.c.step_tensors(group, n)
+        tables, lens, slots, _ = self.c.step_tensors(group, n)
         assert lens.tolist() == [len(self.tokens[s]) + n for s in group]
         assert torch.equal(tables, self.c.tables_tensor(group))
         keys = [key_of(self.tokens[s] + toks[:j + 1]) for s, _, toks in asks for j in range(n)]

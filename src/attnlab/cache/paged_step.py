@@ -124,14 +124,23 @@ class PagedSteps:
             raise PoolExhaustedError(
                 f"pool exhausted: {len(asks)} sequences need {need} blocks, "
                 f"{self.allocator.n_free} of {self.num_blocks} free")
+        lens, ids, tracked, tables = self.lens, self.tokens, self.tracked, self.tables
+        bs, ref, plain = self.block_size, self.allocator.ref, self.window is None
         for s, n, tokens in asks:
-            self._extend(s, n, tokens)
+            L = lens[s]
+            if n == 1 and plain and L % bs and ref[tables[s][-1]] == 1:
+                lens[s] = L + 1  # decode into its own, not full, last block: nothing else
+                if tracked[s]:  # changes (no block, no copy, no release, same table)
+                    ids[s].append(int(tokens[0]))
+            else:
+                self._extend(s, n, tokens)
 
     def step_tensors(self, seq_ids: list, n: int) -> tuple[torch.Tensor, torch.Tensor,
-                                                           torch.Tensor]:
+                                                           torch.Tensor, int]:
         """What one forward over `seq_ids` needs, each of whose last n positions were just
         reserved, in one pass over the sequences: block tables (B, W) (`tables_tensor`),
-        lengths (B,) and the flat slots (B·n,) of those n positions (where their K/V go)."""
+        lengths (B,), the flat slots (B·n,) of those n positions (where their K/V go) and
+        the longest length."""
         bs, rows, lens, slots, width = self.block_size, [], [], [], 1
         for s in seq_ids:
             table, L = self._seq(s), self.lens[s]
@@ -146,7 +155,8 @@ class PagedSteps:
             else:
                 slots.extend(table[p // bs] * bs + p % bs for p in range(L - n, L))
         tables = self._rows.t.narrow(1, 0, width).index_select(0, long_tensor(rows))
-        return tables, long_tensor(lens), long_tensor(slots).to(self.device)
+        return tables, long_tensor(lens), long_tensor(slots).to(self.device), \
+            max(lens, default=0)
 
     def tables_tensor(self, seq_ids: list) -> torch.Tensor:
         """(B, max_blocks) long block tables from the persistent mirror (`BlockTableRows`):

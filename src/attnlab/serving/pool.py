@@ -186,11 +186,9 @@ class ServingCache:
     def step(self, seq_ids: list, n_new: int) -> CacheStack:
         """Per-layer views for `seq_ids`, whose next n_new tokens are reserved."""
         views: list[KVCache | None] = [None] * self.n_layers
-        longest = None
         for lay, members, pool in self.groups:  # tensors built once per group and step
-            tables, lens, slots = pool.step_tensors(seq_ids, n_new)  # (B, W), (B,), (B·N,)
-            if longest is None:  # lengths are the same in every group
-                longest = max(pool.lens[s] for s in seq_ids)
+            # tables (B, W), lengths (B,), write slots (B·N,), the longest length
+            tables, lens, slots, longest = pool.step_tensors(seq_ids, n_new)
             for j, li in enumerate(members):
                 views[li] = PagedLayerView(pool, j, tables, lens, slots, lay.window, longest)
         if self.states is not None:
