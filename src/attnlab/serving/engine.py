@@ -277,7 +277,6 @@ class Engine:
         self.cache.reserve(s.rid, n, tokens=toks)
         return s, n, toks, s.computed
 
-    @torch.no_grad()
     def _forward(self, items: list[tuple[_Seq, int, list[int], int]]) -> torch.Tensor:
         """The model's own forward on a batch of sequences with n tokens each, each at its
         own position; returns the logits of each row's last token (B, vocab)."""
@@ -292,7 +291,14 @@ class Engine:
         return self.model(toks, AttentionContext(step, positions=pos))[:, -1]  # (B, vocab)
 
     def step(self) -> list[Result]:
-        """One iteration: schedule, run the model on the batch, sample, retire finished."""
+        """One iteration: schedule, run the model on the batch, sample, retire finished.
+        Runs without autograd (switched off for the step unless the caller already has)."""
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._step()
+        return self._step()
+
+    def _step(self) -> list[Result]:
         plan = self._schedule()
         self.stats.steps += 1
         if not plan:

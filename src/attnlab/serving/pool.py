@@ -60,6 +60,7 @@ class ServingCache:
             self.groups.append((lay, members, pool))
             for j, li in enumerate(members):
                 self.where[li] = ("paged", g, j)
+        self._pools = [p for _, _, p in self.groups]  # the groups never change
         self.states = StateSlots(states, max_sequences, dtype=dtype, device=device) \
             if states else None
         for li in states:
@@ -67,7 +68,7 @@ class ServingCache:
 
     @property
     def pools(self) -> list[PagedKVCache]:
-        return [p for _, _, p in self.groups]
+        return self._pools
 
     @property
     def main(self) -> PagedKVCache:
