@@ -65,3 +65,44 @@ def test_batch_view_counts_copy_on_write_as_reserve_does():
     assert c.block_table("p") != c.block_table("q")
     with pytest.raises(PoolExhaustedError):
         c.reserve("p", 4)
+
+
+def test_batched_reserve_needs_token_ids_and_refuses_before_any_change():
+    """The engine's one reserve per step: every ask carries its token ids, names its
+    sequence once, and a short pool refuses the whole batch with nothing changed."""
+    c = PagedKVCache(1, 1, 2, num_blocks=3, block_size=2)
+    for s in ("a", "b"):
+        c.add_sequence(s, [])
+    with pytest.raises(ValueError, match="ids of its n"):
+        c.reserve_many([("a", 1, None)])  # untracked: not through the batched path
+    with pytest.raises(ValueError, match="ids of its n"):
+        c.reserve_many([("a", 2, [1])])
+    with pytest.raises(ValueError, match="one ask per sequence"):
+        c.reserve_many([("a", 1, [1]), ("a", 1, [2])])
+    with pytest.raises(PoolExhaustedError):  # 2 + 2 blocks, 3 free
+        c.reserve_many([("a", 3, [1, 2, 3]), ("b", 3, [4, 5, 6])])
+    assert (c.seq_len("a"), c.seq_len("b"), c.allocator.n_free) == (0, 0, 3)
+    assert c.tokens["a"] == [] and c.tracked["a"]
+    c.reserve_many([("a", 3, [1, 2, 3]), ("b", 1, [4])])
+    assert c.tokens == {"a": [1, 2, 3], "b": [4]} and c.allocator.n_free == 0
+    c.check_invariants()
+
+
+def test_step_tensors_match_the_tables_and_the_reserved_slots():
+    c = PagedKVCache(1, 1, 2, num_blocks=40, block_size=4)
+    lens = {"x": 9, "y": 3, "z": 17}
+    for s, n in lens.items():
+        c.add_sequence(s, [])
+        c.reserve(s, n)
+    c.fork("x", "w")  # shares x's blocks: w's first write copies the last one
+    c.reserve_many([(s, 2, [0, 0]) for s in ("x", "w", "z")])
+    ids = ["z", "w", "x"]
+    tables, seq_lens, slots, longest = c.step_tensors(ids, 2)
+    assert longest == max(c.seq_len(s) for s in ids)
+    assert torch.equal(tables, c.tables_tensor(ids))
+    assert seq_lens.tolist() == [c.seq_len(s) for s in ids]
+    want = torch.cat([c.slots(s, c.seq_len(s) - 2, 2) for s in ids])
+    assert torch.equal(slots, want)
+    assert c.block_table("w")[-1] != c.block_table("x")[-1]  # copy-on-write happened
+    with pytest.raises(ValueError, match="must lie in"):
+        c.step_tensors(["y"], 4)  # y holds 3 tokens

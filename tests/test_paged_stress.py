@@ -1,6 +1,7 @@
 """Hypothesis state machine of the paged cache against a simple model: random allocate /
-fork / append (with and without token ids) / batch-view steps / free / preempt (swap out)
-/ resume (swap in) with prefix caching, invariants after every op.
+fork / append (with and without token ids) / batch-view steps / the engine's batched
+reserve / free / preempt (swap out) / resume (swap in) with prefix caching, invariants
+after every op (the tensor mirror of the block tables included).
 
 Each stored key is a function of the token prefix it belongs to (like a real model's K),
 so every check compares a sequence's gathered keys with what its tokens imply: a wrong
@@ -100,6 +101,33 @@ class PagedMachine(RuleBasedStateMachine):
             self.tokens[s].append(pick % VOCAB)
 
     @precondition(lambda self: self.tokens)
+    @rule(picks=st.lists(st.integers(0, 10 ** 6), min_size=1, max_size=4),
+          n=st.integers(1, 3), tok=st.integers(0, VOCAB - 1))
+    def reserve_many(self, picks, n, tok):
+        """The engine's batched reserve (token ids on every ask), written through the
+        slots of `step_tensors`: refused exactly when the exact block count (copy-on-write
+        of shared last blocks counted once per copy) exceeds the free blocks."""
+        ids = sorted(self.tokens)
+        group = sorted({ids[p % len(ids)] for p in picks})
+        asks = [(s, n, [(tok + s + j) % VOCAB for j in range(n)]) for s in group]
+        need, free = self.c.blocks_needed_many(asks), self.c.allocator.n_free
+        try:
+            self.c.reserve_many(asks)
+        except PoolExhaustedError:
+            assert need > free
+            return
+        assert free - self.c.allocator.n_free == need  # the count is exact, not a bound
+        tables, lens, slots, _ = self.c.step_tensors(group, n)
+        assert lens.tolist() == [len(self.tokens[s]) + n for s in group]
+        assert torch.equal(tables, self.c.tables_tensor(group))
+        keys = [key_of(self.tokens[s] + toks[:j + 1]) for s, _, toks in asks for j in range(n)]
+        k = torch.tensor(keys).view(1, len(keys), 1)  # (Hkv, B·n, D)
+        self.c.write(0, slots, k, -k)
+        for s, _, toks in asks:
+            self.tokens[s].extend(toks)
+            self.c.register_full_blocks(s)
+
+    @precondition(lambda self: self.tokens)
     @rule(pick=st.integers(0, 10 ** 6))
     def fork(self, pick):
         sid = sorted(self.tokens)[pick % len(self.tokens)]
@@ -143,6 +171,12 @@ class PagedMachine(RuleBasedStateMachine):
             want = torch.tensor([key_of(toks[:i + 1]) for i in range(len(toks))])
             assert torch.equal(k.view(-1), want), f"sequence {sid} keys changed"
             assert torch.equal(v.view(-1), -want)
+        live = sorted(self.tokens)
+        if live:  # the tensor mirror of the block tables (what the kernels read) agrees
+            t = self.c.tables_tensor(live)
+            for i, sid in enumerate(live):
+                table = self.c.block_table(sid)
+                assert t[i, :len(table)].tolist() == table, f"sequence {sid} table mirror"
         for sid, (saved, toks) in self.swapped.items():
             got = saved.k.reshape(-1)[: saved.length]
             assert torch.equal(got, torch.tensor([key_of(toks[:i + 1]) for i in range(len(toks))]))

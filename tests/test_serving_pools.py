@@ -67,15 +67,15 @@ def test_state_slots_swap_and_restore_exactly():
     slots = StateSlots({0: lay, 2: lay}, n_slots=2)
     slots.add("a")
     slots.add("b")
-    view = slots.view(2, ["a", "b"], 1)
+    view = slots.view(2, slots.indices(["a", "b"]), 1)
     assert bool((view.state(0)["p"] == torch.tensor(-1e38)).all())  # fill value at start
     new = {"S": torch.randn(2, 2, 3), "p": torch.randn(2, 3)}
     view.commit(0, new, 1)
     saved = slots.swap_out("a")
     assert slots.n_free == 1
     slots.add("c")  # reuses a's slot, reset to the fill
-    assert float(slots.view(2, ["c"], 1).state(0)["S"].abs().sum()) == 0.0
+    assert float(slots.view(2, slots.indices(["c"]), 1).state(0)["S"].abs().sum()) == 0.0
     slots.free("c")
     slots.swap_in("a", saved)
-    torch.testing.assert_close(slots.view(2, ["a", "b"], 1).state(0)["S"], new["S"])
+    torch.testing.assert_close(slots.view(2, slots.indices(["a", "b"]), 1).state(0)["S"], new["S"])
     assert slots.bytes_per_sequence() == 2 * (6 + 3) * 4

@@ -17,6 +17,9 @@ so a sequence wastes at most `block_size − 1` slots (its last block).
   registered — so an untracked append can never misalign hashes with contents.
 - `reserve` refuses (PoolExhaustedError) before changing anything; the serving engine
   answers by preempting a sequence (`swap_out` to host memory, or free and recompute).
+- One serving step (`paged_step.PagedSteps`): `reserve_many` reserves a whole batch after
+  one exact check, `step_tensors` builds its block tables / lengths / write slots in one
+  pass; the tables are mirrored in a persistent tensor (`BlockTableRows`) as they change.
 - `batch_view(seq_ids)` exposes a group of equal-length sequences through the KVCache
   interface (conventions §4) so a TinyLM forward can run on the pool.
 - `window=W` (sliding-window layers): a block whose positions all lie before the window
@@ -41,6 +44,7 @@ import torch
 from .._checks import check_positive_int, check_tensor
 from .block_allocator import BlockAllocator, PoolExhaustedError, block_hash
 from .contiguous import _check_dtype_device
+from .paged_step import BlockTableRows, PagedSteps
 
 if TYPE_CHECKING:
     from .paged_view import PagedBatchView
@@ -68,7 +72,7 @@ class SwappedSequence:
         return n if self.v is self.k else n + self.v.numel() * self.v.element_size()
 
 
-class PagedKVCache:
+class PagedKVCache(PagedSteps):
     """A pool of KV blocks shared by many sequences, addressed through block tables."""
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, num_blocks: int,
@@ -103,6 +107,13 @@ class PagedKVCache:
         self.tokens: dict[Hashable, list[int]] = {}  # token ids of positions 0..len-1
         self.tracked: dict[Hashable, bool] = {}  # False once an untracked reserve happened
         self._hashed: dict[Hashable, list[int]] = {}  # chain hashes of registered blocks
+        self._rows = BlockTableRows()  # the tables as one (host) tensor
+        # per-layer views, made once: (Hkv, NB, bs, D) to read, (Hkv, NB·bs, D) to write
+        self.layer_pools = [(self.k_pool[i], self.v_pool[i]) for i in range(n_layers)]
+        self._flat = [(k.view(n_kv_heads, -1, head_dim), v.view(n_kv_heads, -1, self.v_head_dim))
+                      for k, v in self.layer_pools]
+        v = 0 if self.values_are_keys else self.v_pool[:, :, 0].numel()
+        self._bytes_per_block = (self.k_pool[:, :, 0].numel() + v) * self.k_pool.element_size()
 
     @classmethod
     def from_memory(cls, n_layers: int, n_kv_heads: int, head_dim: int, budget_bytes: int,
@@ -155,6 +166,7 @@ class PagedKVCache:
                 table.append(b)
                 hashes.append(h)
         self.tables[seq_id] = table
+        self._rows.write(seq_id, table)
         self.lens[seq_id] = len(table) * self.block_size
         self.tokens[seq_id] = [int(t) for t in tokens[: self.lens[seq_id]]] \
             if tokens is not None else []
@@ -178,6 +190,7 @@ class PagedKVCache:
             if b != EVICTED:
                 self.allocator.incref(b)
         self.tables[child] = list(table)
+        self._rows.write(child, table)
         self.lens[child] = self.lens[parent]
         self.tokens[child] = list(self.tokens[parent])
         self.tracked[child] = self.tracked[parent]
@@ -191,6 +204,7 @@ class PagedKVCache:
                 self.allocator.decref(b)
         for d in (self.tables, self.lens, self.tokens, self.tracked, self._hashed):
             del d[seq_id]
+        self._rows.drop(seq_id)
 
     # --- appending -------------------------------------------------------------------
     def blocks_needed(self, seq_id, n: int) -> int:
@@ -220,6 +234,19 @@ class PagedKVCache:
                 f"pool exhausted: sequence {seq_id!r} needs {need} blocks for {n} tokens, "
                 f"{self.allocator.n_free} of {self.num_blocks} free")
         L, bs = self.lens[seq_id], self.block_size
+        self._extend(seq_id, n, tokens)
+        if n == 1:  # decode: one slot, no tensor indexing
+            return torch.tensor([table[L // bs] * bs + L % bs])
+        pos = torch.arange(L, L + n)
+        blocks = torch.tensor(table, dtype=torch.long)[pos // bs]  # (n,)
+        return blocks * bs + pos % bs  # (n,) flat slots
+
+    def _extend(self, seq_id, n: int, tokens: list[int] | None) -> None:
+        """The changes of a checked reserve: copy-on-write, new blocks, length, token
+        ids, window release, the tensor mirror of the table."""
+        table = self.tables[seq_id]
+        L, bs = self.lens[seq_id], self.block_size
+        first = len(table)  # first table entry this reserve changes
         if n and L % bs and self.allocator.ref[table[-1]] > 1:  # copy-on-write
             old = table[-1]
             (new,) = self.allocator.allocate(1)
@@ -228,21 +255,19 @@ class PagedKVCache:
                 self.v_pool[:, :, new].copy_(self.v_pool[:, :, old])
             self.allocator.decref(old)
             table[-1] = new
-        extra = -(-(L + n) // bs) - len(table)
-        if extra > 0:
-            table.extend(self.allocator.allocate(extra))
+            first -= 1
+        if L + n > len(table) * bs:  # new blocks
+            table.extend(self.allocator.allocate(-(-(L + n) // bs) - len(table)))
         self.lens[seq_id] = L + n
-        if n and tokens is None:
-            self.tracked[seq_id] = False  # positions from L on have no recorded ids
-        if tokens is not None and self.tracked[seq_id]:
-            self.tokens[seq_id].extend(int(t) for t in tokens)
+        if tokens is None:
+            if n:
+                self.tracked[seq_id] = False  # positions from L on have no recorded ids
+        elif self.tracked[seq_id]:
+            self.tokens[seq_id].extend(map(int, tokens))
         if self.window is not None:
-            self._release_out_of_window(table, L)
-        if n == 1:  # decode: one slot, no tensor indexing
-            return torch.tensor([table[L // bs] * bs + L % bs])
-        pos = torch.arange(L, L + n)
-        blocks = torch.tensor(table, dtype=torch.long)[pos // bs]  # (n,)
-        return blocks * bs + pos % bs  # (n,) flat slots
+            self._release_out_of_window(table, L)  # released entries: never read again
+        if first < len(table):
+            self._rows.write(seq_id, table, first)
 
     def _release_out_of_window(self, table: list[int], first_query: int) -> None:
         """Release blocks none of whose positions a query at >= `first_query` sees
@@ -299,12 +324,10 @@ class PagedKVCache:
                        v: torch.Tensor) -> None:
         """`write` without its checks, for callers that reserved `slots` this step
         (the serving step's per-layer views): k (Hkv, T, D), v (Hkv, T, Dv)."""
-        nb, bs = self.num_blocks, self.block_size
-        self.k_pool[layer_idx].view(self.n_kv_heads, nb * bs, self.head_dim) \
-            .index_copy_(1, slots, k)
+        kf, vf = self._flat[layer_idx]  # (Hkv, NB·bs, D), (Hkv, NB·bs, Dv)
+        kf.index_copy_(1, slots, k)
         if not self.values_are_keys:  # the latent pool stores [c_KV; k_R] once
-            self.v_pool[layer_idx].view(self.n_kv_heads, nb * bs, self.v_head_dim) \
-                .index_copy_(1, slots, v)
+            vf.index_copy_(1, slots, v)
 
     def register_full_blocks(self, seq_id) -> None:
         """Index the sequence's newly completed blocks for prefix caching (after writing)."""
@@ -321,17 +344,6 @@ class PagedKVCache:
             hashes.append(h)
 
     # --- reading ---------------------------------------------------------------------
-    def tables_tensor(self, seq_ids: list) -> torch.Tensor:
-        """(B, max_blocks) long block tables, padded with each row's first live block
-        (released entries of a windowed pool read as that block too; never attended)."""
-        rows = [self._seq(s) for s in seq_ids]
-        width = max(1, max(len(r) for r in rows))
-        out = []
-        for r in rows:
-            first = next((b for b in r if b != EVICTED), 0)
-            out.append([first if b == EVICTED else b for b in r] + [first] * (width - len(r)))
-        return torch.tensor(out, dtype=torch.long)
-
     def gather(self, seq_id, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A contiguous copy (Hkv, L, D) / (Hkv, L, Dv) of one sequence's K/V (for tests)."""
         from ..ops.paged import gather_sequence
@@ -374,6 +386,7 @@ class PagedKVCache:
                 table[j] = b
             blocks = table
         self.tables[seq_id] = blocks
+        self._rows.write(seq_id, blocks)
         self.lens[seq_id] = saved.length
         self.tokens[seq_id] = list(saved.tokens)
         self.tracked[seq_id] = saved.tracked
@@ -383,8 +396,7 @@ class PagedKVCache:
     # --- memory & invariants ---------------------------------------------------------
     @property
     def bytes_per_block(self) -> int:
-        v = 0 if self.values_are_keys else self.v_pool[:, :, 0].numel()
-        return (self.k_pool[:, :, 0].numel() + v) * self.k_pool.element_size()
+        return self._bytes_per_block
 
     @property
     def nbytes(self) -> int:

@@ -62,7 +62,7 @@ def paged_attend(pool: PagedKVCache, layer: int, tables: torch.Tensor, lens: tor
     `attention` runs on relative positions (the window and causal masks only compare
     positions; RoPE was applied before caching); rows shorter than that mask their
     leading slots."""
-    kp, vp = pool.k_pool[layer], pool.v_pool[layer]  # (Hkv, NB, bs, D)
+    kp, vp = pool.layer_pools[layer]  # (Hkv, NB, bs, D), (Hkv, NB, bs, Dv)
     if uses_paged_decode(q, kp, vp, window):
         return paged_decode(q, kp, vp, tables, lens, scale=scale)  # (B, H, 1, Dv)
     if window is None:
@@ -138,24 +138,9 @@ class PagedBatchView(KVCache):
                             scale=scale, window=window, attention=attention)
 
     def blocks_needed(self, extra: int) -> int:
-        """Fresh blocks reserving `extra` tokens for every sequence takes, in order.
-
-        A last block shared by several sequences of the view is copied by all but the
-        last of them to write (its ref count drops with each copy), so copy-on-write is
-        counted as `reserve` will really do it, not once per sharer."""
-        c, bs = self.cache, self.cache.block_size
-        refs: dict[int, int] = {}
-        need = 0
-        for s in self.seq_ids:
-            table, L = c.block_table(s), c.seq_len(s)
-            need += -(-(L + extra) // bs) - len(table)
-            if extra > 0 and L % bs:
-                last = table[-1]
-                r = refs.get(last, c.allocator.ref[last])
-                if r > 1:
-                    need += 1
-                    refs[last] = r - 1
-        return need
+        """Fresh blocks reserving `extra` tokens for every sequence takes, in order
+        (copy-on-write of a shared last block counted as `reserve` really does it)."""
+        return self.cache.blocks_needed_many([(s, extra) for s in self.seq_ids])
 
     def _check_blocks(self, extra: int) -> None:
         c = self.cache

@@ -3,8 +3,10 @@ scheduling, Yu et al. OSDI 2022; vLLM's block manager and preemption, Kwon et al
 
 Every `step()` builds one ragged batch under a token budget:
 1. running sequences first, oldest first: one decode token each, or their next prefill
-   chunk. When the pool cannot hold a sequence's new tokens, the youngest running
-   sequence is preempted (possibly the one asking) until it fits:
+   chunk. When the pool holds all of them (the common step), one batched reserve
+   (`ServingCache.reserve_many`, token ids on every ask) takes their slots; otherwise they
+   are reserved one by one, and when the pool cannot hold a sequence's new tokens, the
+   youngest running sequence is preempted (possibly the one asking) until it fits:
    - "swap": its blocks are copied to a host-side store and freed; it resumes by copying
      them back into fresh blocks;
    - "recompute": its blocks are freed; it resumes by prefilling prompt + generated
@@ -32,7 +34,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_positive_int
+from ..cache.block_allocator import PoolExhaustedError
 from ..cache.context import AttentionContext
+from ..cache.paged_step import long_tensor
 from ..models.lm import TinyLM
 from .pool import ServingCache
 
@@ -200,7 +204,25 @@ class Engine:
 
     # --- scheduling ------------------------------------------------------------------
     def _schedule(self) -> list[tuple[_Seq, int, list[int], int]]:
-        budget, plan = self.cfg.max_batch_tokens, []
+        budget, chunk, plan, asks = self.cfg.max_batch_tokens, self.cfg.prefill_chunk, [], []
+        for s in self.running:  # oldest first, within the budget
+            if budget == 0:
+                break
+            c = s.computed
+            n = min(len(s.req.prompt) + len(s.generated) - c, chunk, budget)
+            toks = s.tokens(c, c + n)
+            plan.append((s, n, toks, c))
+            asks.append((s.rid, n, toks))
+            budget -= n
+        if plan:  # the common step: every running sequence fits and no one is preempted,
+            # so the sequential reserves below would all succeed: one batched reserve
+            try:
+                self.cache.reserve_many(asks)
+            except PoolExhaustedError:  # refused before any change: one by one, preempting
+                plan = []
+            else:
+                return self._admit(plan, budget)
+        budget = self.cfg.max_batch_tokens
         preempted = False
         for s in list(self.running):
             if s not in self.running or budget == 0:
@@ -213,6 +235,10 @@ class Engine:
             preempted |= self.stats.preemptions != before
         if preempted:
             return plan
+        return self._admit(plan, budget)
+
+    def _admit(self, plan: list, budget: int) -> list[tuple[_Seq, int, list[int], int]]:
+        """Bring swapped sequences back, then admit waiting requests, into `plan`."""
         while self.swapped and len(self.running) < self.cfg.max_running and budget > 0:
             s = self.swapped[0]
             n = min(s.n_tokens - s.computed, self.cfg.prefill_chunk, budget)
@@ -251,48 +277,58 @@ class Engine:
         self.cache.reserve(s.rid, n, tokens=toks)
         return s, n, toks, s.computed
 
-    @torch.no_grad()
     def _forward(self, items: list[tuple[_Seq, int, list[int], int]]) -> torch.Tensor:
         """The model's own forward on a batch of sequences with n tokens each, each at its
         own position; returns the logits of each row's last token (B, vocab)."""
-        dev = next(self.model.parameters()).device
+        dev = self.model.embed.weight.device
         n = items[0][1]
-        toks = torch.tensor([t for _, _, t, _ in items], dtype=torch.long, device=dev)  # (B, n)
-        pos = torch.tensor([[st + i for i in range(n)] for _, _, _, st in items],
-                           dtype=torch.long)  # (B, n) absolute positions
+        toks = long_tensor([t for _, _, ts, _ in items for t in ts]).view(len(items), n)
+        toks = toks.to(dev)  # (B, n)
+        pos = long_tensor([st for _, _, _, st in items]).view(-1, 1)  # (B, 1)
+        if n > 1:
+            pos = pos + torch.arange(n)  # (B, n) absolute positions
         step = self.cache.step([s.rid for s, _, _, _ in items], n)
         return self.model(toks, AttentionContext(step, positions=pos))[:, -1]  # (B, vocab)
 
     def step(self) -> list[Result]:
-        """One iteration: schedule, run the model on the batch, sample, retire finished."""
+        """One iteration: schedule, run the model on the batch, sample, retire finished.
+        Runs without autograd (switched off for the step unless the caller already has)."""
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self._step()
+        return self._step()
+
+    def _step(self) -> list[Result]:
         plan = self._schedule()
         self.stats.steps += 1
         if not plan:
             return []
-        rows: dict[int, torch.Tensor] = {}
+        nxt: dict[int, int] = {}  # plan index -> greedy next token of its last position
         decode = [i for i, p in enumerate(plan) if p[1] == 1]
         if decode:  # every one-token sequence in one call: the decode batch
-            for i, row in zip(decode, self._forward([plan[i] for i in decode])):
-                rows[i] = row
+            logits = self._forward([plan[i] for i in decode])  # (B, vocab)
+            nxt.update(zip(decode, logits.argmax(-1).tolist()))  # greedy, one call
         for i, p in enumerate(plan):
             if p[1] > 1:  # a prefill chunk: its own call
-                rows[i] = self._forward([p])[0]
-        self.stats.batch_sizes.append(len(plan))
-        self.stats.tokens += sum(p[1] for p in plan)
-        self.stats.peak_blocks = max(self.stats.peak_blocks, self.cache.n_owned)
-        self.stats.peak_used_nbytes = max(self.stats.peak_used_nbytes, self.cache.used_nbytes)
-        finished = []
-        for i, (s, n, _, _) in enumerate(plan):
-            row = rows[i]
-            s.computed += n
-            self.cache.register_full_blocks(s.rid)
-            if s.computed < s.n_tokens:
+                nxt[i] = int(self._forward([p])[0].argmax())
+        stats = self.stats
+        stats.batch_sizes.append(len(plan))
+        stats.tokens += sum(p[1] for p in plan)
+        stats.peak_blocks = max(stats.peak_blocks, self.cache.n_owned)
+        stats.peak_used_nbytes = max(stats.peak_used_nbytes, self.cache.used_nbytes)
+        finished, bs = [], self.cfg.block_size
+        for i, (s, n, _, c) in enumerate(plan):
+            s.computed = c + n
+            if (c + n) // bs != c // bs:  # a block filled: index it
+                self.cache.register_full_blocks(s.rid)
+            gen = s.generated
+            if c + n < len(s.req.prompt) + len(gen):
                 continue  # mid-prefill: no token yet
-            tok = int(row.argmax())  # greedy
-            s.generated.append(tok)
-            self.stats.generated += 1
-            eos = s.req.eos_id is not None and tok == s.req.eos_id
-            if eos or len(s.generated) >= s.req.max_new_tokens:
+            tok = nxt[i]  # greedy
+            gen.append(tok)
+            stats.generated += 1
+            eos = tok == s.req.eos_id
+            if eos or len(gen) >= s.req.max_new_tokens:
                 self.running.remove(s)
                 self.cache.free(s.rid)
                 res = Result(s.rid, list(s.req.prompt), list(s.generated),

@@ -21,7 +21,7 @@ import torch
 
 from ..cache.base import CacheStack, KVCache, check_n_tokens
 from ..cache.layout import PagedLayout, StateLayout
-from ..cache.paged import PagedKVCache, SwappedSequence
+from ..cache.paged import PagedKVCache, PoolExhaustedError, SwappedSequence
 from ..cache.paged_view import paged_attend
 from .state_slots import StateSlots
 
@@ -60,6 +60,7 @@ class ServingCache:
             self.groups.append((lay, members, pool))
             for j, li in enumerate(members):
                 self.where[li] = ("paged", g, j)
+        self._pools = [p for _, _, p in self.groups]  # the groups never change
         self.states = StateSlots(states, max_sequences, dtype=dtype, device=device) \
             if states else None
         for li in states:
@@ -67,7 +68,7 @@ class ServingCache:
 
     @property
     def pools(self) -> list[PagedKVCache]:
-        return [p for _, _, p in self.groups]
+        return self._pools
 
     @property
     def main(self) -> PagedKVCache:
@@ -131,6 +132,21 @@ class ServingCache:
                 return False
         return self.states is None or self.states.n_free > 0
 
+    def fits_many(self, asks: list[tuple]) -> bool:
+        """Whether reserving n tokens for every (seq_id, n) of `asks`, in order, fits in
+        every group (a windowed group's releases during the reserves are not counted:
+        True means it surely fits)."""
+        return all(p.blocks_needed_many(asks) <= p.allocator.n_free for p in self.pools)
+
+    def reserve_many(self, asks: list[tuple]) -> None:
+        """One reserve for a step's sequences: (seq_id, n, token ids of the n tokens) each,
+        in order; checked on every group before any of them changes."""
+        if len(self.pools) > 1 and not self.fits_many(asks):
+            raise PoolExhaustedError(f"{len(asks)} sequences' tokens do not fit in every "
+                                     "group; nothing was reserved")
+        for p in self.pools:  # (one pool checks, and refuses, before it changes)
+            p.reserve_many(asks)
+
     def reserve(self, seq_id, n: int, tokens: list[int]) -> None:
         check_n_tokens(n)
         if not self.fits(seq_id, n):
@@ -171,17 +187,16 @@ class ServingCache:
     def step(self, seq_ids: list, n_new: int) -> CacheStack:
         """Per-layer views for `seq_ids`, whose next n_new tokens are reserved."""
         views: list[KVCache | None] = [None] * self.n_layers
-        for lay, members, pool in self.groups:
-            tables = pool.tables_tensor(seq_ids)  # (B, blocks): once per group and step
-            lens = torch.tensor([pool.seq_len(s) for s in seq_ids], dtype=torch.long)
-            pos = lens[:, None] - n_new + torch.arange(n_new)  # (B, N) new positions
-            bs = pool.block_size
-            slots = (tables.gather(1, pos // bs) * bs + pos % bs).reshape(-1)  # (B·N,)
+        for lay, members, pool in self.groups:  # tensors built once per group and step
+            # tables (B, W), lengths (B,), write slots (B·N,), the longest length
+            tables, lens, slots, longest = pool.step_tensors(seq_ids, n_new)
             for j, li in enumerate(members):
-                views[li] = PagedLayerView(pool, j, tables, lens, slots, lay.window)
-        for li, (kind, _, _) in enumerate(self.where):
-            if kind == "state":
-                views[li] = self.states.view(li, seq_ids, n_new)
+                views[li] = PagedLayerView(pool, j, tables, lens, slots, lay.window, longest)
+        if self.states is not None:
+            idx = self.states.indices(seq_ids)  # (B,) state slots, shared by the layers
+            for li, (kind, _, _) in enumerate(self.where):
+                if kind == "state":
+                    views[li] = self.states.view(li, idx, n_new)
         return ServingStep(views)
 
     # --- memory ----------------------------------------------------------------------
@@ -229,9 +244,11 @@ class PagedLayerView(KVCache):
     in_place_attention = True
 
     def __init__(self, pool: PagedKVCache, layer: int, tables: torch.Tensor,
-                 lens: torch.Tensor, slots: torch.Tensor, window: int | None):
+                 lens: torch.Tensor, slots: torch.Tensor, window: int | None,
+                 longest: int | None = None):
         self.pool, self.layer, self.tables, self.lens = pool, layer, tables, lens
         self.slots, self.window = slots, window
+        self._longest = int(lens.max()) if longest is None else longest
 
     def _write(self, k: torch.Tensor, v: torch.Tensor) -> None:
         B, Hkv, N, D = k.shape
@@ -267,7 +284,7 @@ class PagedLayerView(KVCache):
     def seq_len(self, layer_idx: int = 0) -> int:
         """Longest sequence of the batch, its new tokens included (each sequence's own
         length is in `lens`; positions come from the step's context)."""
-        return int(self.lens.max())
+        return self._longest
 
     @property
     def capacity(self) -> int:

@@ -94,9 +94,13 @@ class StateSlots:
     def nbytes(self) -> int:
         return self.bytes_per_sequence() * self.n_slots
 
-    def view(self, layer: int, seq_ids: list, n_new: int) -> StateSlotView:
-        idx = torch.tensor([self._slot(s) for s in seq_ids], dtype=torch.long,
-                           device=self.device)
+    def indices(self, seq_ids: list) -> torch.Tensor:
+        """(B,) long: the slot of each sequence."""
+        return torch.tensor([self._slot(s) for s in seq_ids], dtype=torch.long,
+                            device=self.device)
+
+    def view(self, layer: int, idx: torch.Tensor, n_new: int) -> StateSlotView:
+        """Layer `layer`'s state of the sequences in slots `idx` (`indices`)."""
         return StateSlotView(self, layer, idx, n_new)
 
 
