@@ -173,3 +173,23 @@ def test_decode_attention_sends_low_precision_decode_here():
     out, lse = decode_attention(q, k, v, return_lse=True)
     ref, ref_lse = reference(q, kval, vval, lens)
     check(out, lse, ref, ref_lse, q, kval, vval, lens)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_paged_table_entries_checked_only_where_used(impl):
+    """An entry a sequence reads must name a block of the pool (ValueError naming the
+    range, whichever kernel runs — the native one checks inside the kernel); entries past
+    a sequence's last block may hold anything and are never read."""
+    q, (k, _, kval), (v, _, vval), lens = case("fp32", 2, 4, 2, 1, 32, 16, [32, 9], seed=13)
+    kp, tab = to_paged(k, lens, 8, gen(4))
+    vp, _ = to_paged(v, lens, 8, gen(4))
+    NB = kp.shape[1]
+    tab = tab.clone()
+    tab[1, 2:] = torch.tensor([-5, NB + 7])  # sequence 1 (9 keys) reads blocks 0 and 1 only
+    out, lse = paged_decode(q, kp, vp, tab, lens, impl=impl, return_lse=True)
+    ref, ref_lse = reference(q, kval, vval, lens)
+    check(out, lse, ref, ref_lse, q, kval, vval, lens)
+    bad = tab.clone()
+    bad[0, 3] = NB  # sequence 0 reads all 4 of its blocks
+    with pytest.raises(ValueError, match=rf"block_tables entries in use must lie in \[0, {NB}\)"):
+        paged_decode(q, kp, vp, bad, lens, impl=impl)

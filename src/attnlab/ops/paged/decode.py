@@ -23,8 +23,10 @@ from ..softmax.kv_decode import (
     KVRows,
     _side_flat,
     check_kv_dtypes,
+    check_table_entries,
     choose_impl,
     decode_rows,
+    native_path,
 )
 
 
@@ -65,16 +67,11 @@ def paged_decode(q, k_pool, v_pool, block_tables, seq_lens, *, k_scale=None, v_s
         raise ValueError(f"seq_lens must lie in [0, {W * bs}] (table width × block_size), "
                          f"got {lens.tolist()}")
     tables = block_tables.long().contiguous()
-    used = torch.arange(W)[None, :] < (-(-lens // bs))[:, None]  # entries a sequence uses
-    if bool((used & ((tables < 0) | (tables >= NB))).any()):  # one pass, one sync
-        raise ValueError(f"block_tables entries in use must lie in [0, {NB}), got range "
-                         f"[{int(tables[used].min())}, {int(tables[used].max())}]")
     chunk = check_positive_int("chunk", chunk)
     impl = choose_impl(impl)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale ({scale}) must be a finite float > 0")
-    tables = tables.clamp(0, NB - 1)  # unused entries are never read; keep them in range
     pools = [t.contiguous() for t in (k_pool, v_pool)]  # a layer of a pool: already so
     sc = [None, None] if k_scale is None else [t.contiguous().reshape(Hkv * NB * bs, -1)
                                                for t in (k_scale, v_scale)]
@@ -82,6 +79,11 @@ def paged_decode(q, k_pool, v_pool, block_tables, seq_lens, *, k_scale=None, v_s
                 tables, NB * bs, bs, bs,
                 _side_flat(k_nonfinite, tuple(k_pool.shape), "k_nonfinite"),
                 _side_flat(v_nonfinite, tuple(v_pool.shape), "v_nonfinite"))
+    if native_path(impl, kv):
+        kv.nblocks = NB  # the kernel checks the entries it reads (no pass over the tables here)
+    else:
+        check_table_entries(tables, lens, bs, NB)
+        kv.table = tables.clamp(0, NB - 1)  # unused entries are never read; keep them in range
     out, lse = decode_rows(q, kv, lens, torch.zeros(B, dtype=torch.int64), hkv=Hkv,
                            scale=scale, chunk=chunk, impl=impl)
     return (out, lse) if return_lse else out

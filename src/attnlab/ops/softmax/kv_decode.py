@@ -61,6 +61,7 @@ class KVRows:
     bs: int
     k_side: tuple | None = None
     v_side: tuple | None = None
+    nblocks: int = 0  # > 0: the native kernel checks the entries it reads lie in [0, nblocks)
 
     def rows(self, b: int, h: int, j0: int, j1: int) -> torch.Tensor:
         """Flat row ids of keys j0..j1-1 of sequence b, head h: (j1 − j0,) int64."""
@@ -209,8 +210,11 @@ def decode_rows(q: torch.Tensor, kv: KVRows, lens: torch.Tensor, starts: torch.T
         if n and not kv_native.run(qg, kv.k, kv.v, kv.k_scale, kv.v_scale, kv.table,
                                    int(kv.hstride), int(kv.pstride), int(kv.bs), items, lens,
                                    int(Nq), float(scale), o_part, lse_part, flags,
-                                   torch.get_num_threads(), q.dtype == torch.bfloat16):
+                                   torch.get_num_threads(), q.dtype == torch.bfloat16,
+                                   kv.nblocks):
             raise RuntimeError("the native decode kernel refused a shape _native_ok accepted")
+        if kv.nblocks and bool((flags == 2).any()):
+            check_table_entries(kv.table, lens, kv.bs, kv.nblocks)  # raises, naming the range
         flags = flags.bool()
     elif impl == "numba":
         import numpy as np
@@ -279,6 +283,21 @@ def _side_flat(side, shape, name):
     for dim, size in enumerate(shape[:-1]):
         row = row * size + idx[:, dim]
     return row, idx[:, -1], val.float()
+
+
+def check_table_entries(tables: torch.Tensor, lens: torch.Tensor, bs: int, nblocks: int):
+    """Block-table entries a sequence uses (its first ceil(len / bs)) must lie in
+    [0, nblocks): ValueError naming the range found otherwise."""
+    W = tables.shape[1]
+    used = torch.arange(W)[None, :] < (-(-lens // bs))[:, None]  # (B, W)
+    if bool((used & ((tables < 0) | (tables >= nblocks))).any()):  # one pass, one sync
+        raise ValueError(f"block_tables entries in use must lie in [0, {nblocks}), got range "
+                         f"[{int(tables[used].min())}, {int(tables[used].max())}]")
+
+
+def native_path(impl: str, kv: KVRows) -> bool:
+    """Whether `decode_rows` will run the native kernel for this resolved impl and cache."""
+    return impl == "native" and _native_ok(kv)
 
 
 def _native_ok(kv: KVRows) -> bool:

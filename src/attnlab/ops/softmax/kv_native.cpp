@@ -194,6 +194,7 @@ struct Args {
     const int64_t* items;  // (n, 3)
     const int64_t* lens;   // (B,)
     int64_t n, Hkv, Rp, D, Dv, nq, gk, gv;
+    int64_t nblocks;  // > 0: table entries a work item uses must lie in [0, nblocks)
     float scale;
     float* o_part;    // (n, Hkv, Rp, Dv)
     float* lse_part;  // (n, Hkv, Rp)
@@ -260,6 +261,13 @@ struct Kernel {
         float p[4][KB] __attribute__((aligned(64)));
         MinCode low;
         v16f chk = v16f{};
+        if (a.nblocks > 0 && j1 > j0) {  // the entries this item reads, checked first
+            for (int64_t e = j0 / bs; e <= (j1 - 1) / bs; ++e)
+                if (tb[e] < 0 || tb[e] >= a.nblocks) {
+                    a.flags[it] = 2;  // the caller raises; nothing of this item is read
+                    return;
+                }
+        }
         // rows through the block table, walked incrementally: (page, off) of the next key
         int64_t page = j0 / bs, off = j0 - (j0 / bs) * bs;
         int64_t base = h * a.hstride + tb[page] * a.pstride;
@@ -470,17 +478,19 @@ extern "C" int attnlab_kv_decode(int dtype, const float* q, const void* k, const
                                  int64_t W, int64_t hstride, int64_t pstride, int64_t bs,
                                  const int64_t* items, int64_t n, const int64_t* lens,
                                  int64_t Hkv, int64_t Rp, int64_t D, int64_t Dv, int64_t nq,
-                                 int64_t gk, int64_t gv, float scale, float* o_part,
+                                 int64_t gk, int64_t gv, int64_t nblocks, float scale,
+                                 float* o_part,
                                  float* lse_part, uint8_t* flags, int threads) {
     // dtype: 0 float32, 1 bfloat16, 2 float16, 3 int8, 4 bfloat16 with q holding bf16
-    // values (the ISA's bf16 dot product where present). Returns 0, or -1 on a shape the
+    // values (the ISA's bf16 dot product where present). nblocks > 0: a work item whose
+    // table entries leave [0, nblocks) is not computed and gets flags = 2. Returns 0, or -1 on a shape the
     // kernel does not take (head dims not multiples of 16, int8 groups under 16 channels).
     if (D % 16 || Dv % 16 || Rp % 4 || D <= 0 || Dv <= 0 || D > 1024 || Dv > 1024) return -1;
     if (dtype == 3 && (gk <= 0 || gv <= 0 || D % gk || Dv % gv || (D / gk) % 16 ||
                        (Dv / gv) % 16))
         return -1;
     Args a{q, k, v, ks, vs, tbl, W, hstride, pstride, bs, items, lens, n, Hkv, Rp, D, Dv, nq,
-           gk, gv, scale, o_part, lse_part, flags, nullptr, {}, {}};
+           gk, gv, nblocks, scale, o_part, lse_part, flags, nullptr, {}, {}};
     for (int c = 0; c < 64; ++c) {
         a.kgrp[c] = (int)(16 * c / (D / std::max<int64_t>(gk, 1)));
         a.vgrp[c] = (int)(16 * c / (Dv / std::max<int64_t>(gv, 1)));

@@ -96,7 +96,7 @@ def _build() -> ctypes.CDLL | None:
     f = dll.attnlab_kv_decode
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     f.argtypes = [ctypes.c_int, p, p, p, p, p, p, i64, i64, i64, i64, p, i64, p, i64, i64, i64,
-                  i64, i64, i64, i64, ctypes.c_float, p, p, p, ctypes.c_int]
+                  i64, i64, i64, i64, i64, ctypes.c_float, p, p, p, ctypes.c_int]
     f.restype = ctypes.c_int
     return dll
 
@@ -127,11 +127,13 @@ def supports(D: int, Dv: int, gk: int = 1, gv: int = 1, int8: bool = False) -> b
 
 
 def run(qg, k, v, ks, vs, table, hstride, pstride, bs, items, lens, nq, scale, o_part,
-        lse_part, flags, threads: int, q_bf16: bool = False) -> bool:
+        lse_part, flags, threads: int, q_bf16: bool = False, nblocks: int = 0) -> bool:
     """Fill o_part/lse_part/flags as `kv_numba.decode_items` does; all tensors contiguous
     (qg, scales, outputs float32; table/items/lens int64; flags uint8). False if the shape
     is not one the kernel takes (nothing written). q_bf16: qg's values are bf16 (q was
-    stored in bf16), so a bf16 cache may be scored with the bf16 dot product."""
+    stored in bf16), so a bf16 cache may be scored with the bf16 dot product. nblocks > 0:
+    the table entries each work item reads are checked against [0, nblocks) first; an item
+    with one outside gets flags = 2 and is not computed."""
     dll = library()
     if dll is None:
         return False
@@ -143,5 +145,5 @@ def run(qg, k, v, ks, vs, table, hstride, pstride, bs, items, lens, nq, scale, o
         table.shape[1], hstride, pstride, bs, ptr(items), items.shape[0], ptr(lens),
         qg.shape[1], qg.shape[2], qg.shape[3], v.shape[1], nq,
         ks.shape[1] if ks is not None else 1, vs.shape[1] if vs is not None else 1,
-        scale, ptr(o_part), ptr(lse_part), ptr(flags), threads)
+        nblocks, scale, ptr(o_part), ptr(lse_part), ptr(flags), threads)
     return rc == 0
