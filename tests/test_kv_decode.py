@@ -193,3 +193,19 @@ def test_paged_table_entries_checked_only_where_used(impl):
     bad[0, 3] = NB  # sequence 0 reads all 4 of its blocks
     with pytest.raises(ValueError, match=rf"block_tables entries in use must lie in \[0, {NB}\)"):
         paged_decode(q, kp, vp, bad, lens, impl=impl)
+
+
+def test_work_items_equal_for_small_and_large_batches():
+    """Work items (a Python loop for ≤ 64 sequences, tensor ops above) against a plain
+    statement of the rule: each sequence's keys [start, len) cut at multiples of the chunk,
+    in order; no shrinking when threads = 0."""
+    from attnlab.ops.softmax.kv_decode import _items
+    g = gen(21)
+    for B in (1, 5, 64, 65, 200):
+        lens = torch.randint(0, 3000, (B,), generator=g)
+        starts = (lens * torch.rand(B, generator=g)).long()
+        want = [(b, j, min((j // 700 + 1) * 700, e))
+                for b, (s0, e) in enumerate(zip(starts.tolist(), lens.tolist()))
+                for j in sorted({s0} | set(range((s0 // 700 + 1) * 700, e, 700))) if j < e]
+        got = _items(lens, starts, 700, 2, 0)
+        assert got.tolist() == [list(w) for w in want], B

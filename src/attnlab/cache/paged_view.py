@@ -17,6 +17,7 @@ import torch
 
 from ..masks import Mask
 from ..ops.paged import paged_attention, paged_decode
+from ..ops.softmax import kv_native
 from ..ops.softmax.kv_decode import numba_available
 from .base import KVCache, check_n_tokens
 from .block_allocator import PoolExhaustedError
@@ -39,10 +40,12 @@ def uses_paged_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tenso
                       window: int | None) -> bool:
     """Whether `paged_attend` reads with the block-table decode kernel `paged_decode`:
     one query per sequence (Nq == 1), no window, no gradient to carry (the kernel has no
-    backward), numba installed, and q and the pools in one float dtype it reads."""
+    backward), a compiled decode kernel (native or numba) present, and q and the pools in
+    one float dtype it reads."""
     grad = torch.is_grad_enabled() and (q.requires_grad or k_pool.requires_grad
                                         or v_pool.requires_grad)
-    return (window is None and q.shape[2] == 1 and not grad and numba_available()
+    return (window is None and q.shape[2] == 1 and not grad
+            and (kv_native.available() or numba_available())
             and q.dtype in _DECODE_DTYPES and k_pool.dtype == q.dtype
             and v_pool.dtype == q.dtype)
 

@@ -131,6 +131,18 @@ def _items(lens, starts, chunk, hkv, threads):
     at most `chunk` keys each, boundaries at multiples of the chunk; the chunk shrinks
     (to 512) until the items fill the threads 8 times. (n, 3) int64, items of a sequence
     consecutive and in key order."""
+    if lens.shape[0] <= 64:  # small batches: a loop over Python ints beats ~12 tensor ops
+        ls, ss = lens.tolist(), starts.tolist()
+        total = sum(max(e - b, 0) for b, e in zip(ss, ls))
+        while chunk > 512 and hkv * -(-total // chunk) < 8 * threads:
+            chunk //= 2
+        out = []
+        for b, (j, e) in enumerate(zip(ss, ls)):
+            while j < e:
+                j1 = min((j // chunk + 1) * chunk, e)
+                out.append((b, j, j1))
+                j = j1
+        return torch.tensor(out, dtype=torch.int64).reshape(-1, 3)
     span = (lens - starts).clamp(min=0)
     total = int(span.sum())
     while chunk > 512 and hkv * -(-total // chunk) < 8 * threads:
