@@ -30,7 +30,7 @@ from attnlab.cache.base import CacheStack, KVCache
 from attnlab.cache.contiguous import ContiguousKVCache
 from attnlab.cache.quantized import Int8KVCache, KIVICache, attention_error
 from attnlab.grill.answers._tiny import tiny_lm
-from attnlab.ops.paged import paged_attention
+from attnlab.ops.paged import paged_attention, paged_decode
 from attnlab.ops.softmax.decode import decode_attention
 from attnlab.serving.engine import Engine, EngineConfig, Request
 
@@ -180,6 +180,9 @@ def bench_decode(batches, prompt_len: int, new: int, lines: list[str]) -> dict:
     return out
 
 
+PD, PD_END = "paged_decode, ", " blocks (block tables read in the kernel)"
+
+
 def bench_paged_kernel(contexts, lines: list[str], threads: int, repeats: int = 5) -> dict:
     Hq, Hkv, D, bs = 32, 8, 128, 16
     torch.set_num_threads(threads)
@@ -207,6 +210,7 @@ def bench_paged_kernel(contexts, lines: list[str], threads: int, repeats: int = 
         ref = decode_attention(q, k_c, v_c)
         for tab in (seq_tab, shuf_tab):  # correctness on the benchmark data itself
             got = paged_attention(q, k_pool, v_pool, tab, lens)
+            got2 = paged_decode(q, k_pool, v_pool, tab, lens)
             if tab is shuf_tab:  # shuffled table reads permuted blocks: compare to a gather
                 kk = k_pool[:, tab[0]].reshape(1, Hkv, L, D)
                 vv = v_pool[:, tab[0]].reshape(1, Hkv, L, D)
@@ -215,6 +219,7 @@ def bench_paged_kernel(contexts, lines: list[str], threads: int, repeats: int = 
             else:
                 ref_t = ref
             torch.testing.assert_close(got, ref_t, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(got2, ref_t, atol=1e-5, rtol=1e-4)
         args = (q, k_pool, v_pool)
         runs = {
             "split-KV over a contiguous cache (peer)":
@@ -223,6 +228,10 @@ def bench_paged_kernel(contexts, lines: list[str], threads: int, repeats: int = 
                 lambda a=(*args, seq_tab, lens): paged_attention(*a),
             "paged, shuffled blocks (gathered)":
                 lambda a=(*args, shuf_tab, lens): paged_attention(*a),
+            "paged_decode, consecutive blocks (block tables read in the kernel)":
+                lambda a=(*args, seq_tab, lens): paged_decode(*a),
+            "paged_decode, shuffled blocks (block tables read in the kernel)":
+                lambda a=(*args, shuf_tab, lens): paged_decode(*a),
         }
         t = {name: time_fn(fn, repeats=repeats, warmup=1).median for name, fn in runs.items()}
         base = t["split-KV over a contiguous cache (peer)"]
@@ -331,6 +340,10 @@ def main() -> None:
               (f"- paged decode attention at {Lmax // 1024}K: {100 * frac:.0f}% of stream "
                f"bandwidth with consecutive blocks, {100 * frac_s:.0f}% with shuffled blocks "
                "(target ≥ 50%)."),
+              (f"- paged_decode (the every-dtype kernel reading block tables in place) at "
+               f"{Lmax // 1024}K: {100 * ker[Lmax][PD + 'consecutive' + PD_END]:.0f}% of stream "
+               f"bandwidth with consecutive blocks, "
+               f"{100 * ker[Lmax][PD + 'shuffled' + PD_END]:.0f}% with shuffled blocks."),
               (f"- paging overhead vs split-KV over a contiguous cache at equal length "
                f"({Lmax // 1024}K): {100 * ker[Lmax]['overhead_consecutive']:+.0f}% consecutive, "
                f"{100 * ker[Lmax]['overhead_shuffled']:+.0f}% shuffled (target ≤ 15%)."),
