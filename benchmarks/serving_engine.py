@@ -4,8 +4,9 @@ batched decode loop, throughput per mixer kind, and KV memory per sequence.
 1. Batch-B decode: the engine (`serving.Engine`, decode steps reading the paged pool
    through the block tables with `ops.paged.paged_decode`) against the same model
    decoding the same prompts in one plain loop over contiguous caches
-   (`model.new_cache`, decode steps through `ops.softmax.kv_decode`): the same numba
-   kernel family on both sides; and the two kernels alone on the same shapes.
+   (`model.new_cache`, decode steps through `ops.softmax.kv_decode`): the same compiled
+   kernel (native C++, else numba) on both sides; and the two kernels alone on the same
+   shapes.
 2. Throughput: generated tokens/s vs batch size for every built-in mixer kind
    (`serving.zoo`), prompt 64, 64 new tokens.
 3. KV bytes per sequence vs context, measured from the pools (`serving.measure`), with a
@@ -27,19 +28,21 @@ import torch
 from attnlab import attention
 from attnlab.models.generate import generate
 from attnlab.ops.paged import paged_decode
-from attnlab.ops.softmax.kv_decode import kv_decode, numba_available
+from attnlab.ops.softmax.kv_decode import choose_impl, kv_decode
 from attnlab.serving.engine import Engine, EngineConfig, Request
 from attnlab.serving.measure import sequence_memory
 from attnlab.serving.zoo import MODEL_KINDS, serving_model
 
 from .common import header, matmul_peak_flops, stream_bandwidth, time_fn, write_results
 
+KERNEL = choose_impl("auto")  # the compiled decode kernel both sides run
+
 
 class _KVDecodeAttention:
     """The plain loop's attention function (a layer's `attention_fn`): decode steps (one
     query at the last cached position, no window) go to `ops.softmax.kv_decode` over the
     contiguous cache's views, read in place; prefill goes to `attnlab.attention`. The
-    engine's decode steps run `ops.paged.paged_decode`, the same numba kernel reading
+    engine's decode steps run `ops.paged.paged_decode`, the same compiled kernel reading
     rows through block tables, so the two sides differ only in where rows live."""
 
     def __init__(self):
@@ -98,7 +101,7 @@ def _lockstep(model, prompt: torch.Tensor, new: int, kernel: _KVDecodeAttention)
     step; an engine step counts as a decode step when every sequence decodes in it.
     Returns seconds: totals per side (prefill included), wall time per decode step, the
     thread's CPU time per decode step (`time.thread_time`: blind to the time other jobs
-    hold the core, so steadier on a shared machine; torch and numba run on this one
+    hold the core, so steadier on a shared machine; torch and the kernel run on this one
     thread), and the model's forward inside each engine decode step."""
     layers = [blk.mixer for blk in model.blocks]
     if any(getattr(a, "window", None) is not None for a in layers):
@@ -180,9 +183,11 @@ def _kernel_only(B: int, L: int, a, block_size: int = 16, repeats: int = 21) -> 
 
 def bench_engine_vs_plain(batches, prompt_len: int, new: int, lines: list[str],
                           repeats: int = 3) -> dict:
-    if not numba_available():
-        raise RuntimeError("the engine-vs-plain section compares numba decode kernels: "
-                           "install the 'fast' extra")
+    if KERNEL == "torch":
+        raise RuntimeError("the engine-vs-plain section compares compiled decode kernels: "
+                           "a C++ compiler (native kernel) or the 'fast' extra (numba)")
+    if KERNEL == "native":
+        return _engine_vs_plain(batches, prompt_len, new, lines, repeats)
     import numba
 
     threads = torch.get_num_threads()
@@ -198,8 +203,14 @@ def bench_engine_vs_plain(batches, prompt_len: int, new: int, lines: list[str],
 
 def _engine_vs_plain(batches, prompt_len: int, new: int, lines: list[str],
                      repeats: int) -> dict:
-    import numba
-
+    if KERNEL == "native":
+        kernel = "the native C++ kernel (kv_native.cpp)"
+        threads = f"Both kernels run on {torch.get_num_threads()} thread(s), as many as torch's."
+    else:
+        import numba
+        kernel = "the numba kernel (kv_numba.py)"
+        threads = (f"Both kernels run on {numba.get_num_threads()} numba thread(s), as many "
+                   f"as torch's ({torch.get_num_threads()}).")
     model = serving_model("gqa", d_model=64, max_seq_len=prompt_len + new)
     a = model.blocks[0].mixer
     lines += [(f"## Engine vs a plain batched decode loop, same kernel family (tiny GQA LM: "
@@ -207,9 +218,9 @@ def _engine_vs_plain(batches, prompt_len: int, new: int, lines: list[str],
                f"{prompt_len}, {new} new tokens, greedy; {repeats} repeats)"), "",
               ("Same model, same prompts, same greedy tokens. Peer: one plain loop over "
                "contiguous caches (`model.new_cache`) whose decode steps run "
-               "`ops.softmax.kv_decode` (numba) on the cache's views, read in place; prefill "
-               "through `attnlab.attention`. Engine: scheduler + per-step views + the paged "
-               "pool, decode steps through `ops.paged.paged_decode` — the same numba kernel, "
+               f"`ops.softmax.kv_decode` ({kernel}) on the cache's views, read in place; "
+               "prefill through `attnlab.attention`. Engine: scheduler + per-step views + the "
+               "paged pool, decode steps through `ops.paged.paged_decode` — the same kernel, "
                "rows found through the block tables, the whole batch in one call per layer, "
                "no gather. The two run in lock step: after both prefilled, one plain decode "
                "step, then one engine step, and so on, so load drifts hit both alike. Decode "
@@ -219,9 +230,7 @@ def _engine_vs_plain(batches, prompt_len: int, new: int, lines: list[str],
                "beside it), and the same ratio in the thread's CPU time per step (steadier "
                "when other jobs share the cores). The third row is the model's forward inside the engine step (the "
                "rest is scheduling and bookkeeping). The last column checks that the plain "
-               "loop's decode steps really ran kv_decode (2 layers × steps). Both kernels run "
-               f"on {numba.get_num_threads()} numba thread(s), as many as torch's "
-               f"({torch.get_num_threads()})."), "",
+               "loop's decode steps really ran kv_decode (2 layers × steps). " + threads), "",
               ("| batch | path | total s | median decode step ms | engine / plain (step) | "
                "per-repeat ratios | engine / plain (CPU time) | tokens equal / kv_decode "
                "calls |"),
