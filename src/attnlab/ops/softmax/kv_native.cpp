@@ -39,7 +39,7 @@ typedef int16_t v16s __attribute__((vector_size(32)));
 typedef int8_t v16b __attribute__((vector_size(16)));
 typedef _Float16 v16h __attribute__((vector_size(32)));
 
-static const int KB = 32;  // keys per block: 4 x 32 scores and probabilities stay in L1
+static const int KB = 64;  // keys per block (a multiple of 16): 4 x 64 scores stay in L1
 
 static inline v16f splat(float x) { return v16f{} + x; }
 static inline v16f loadf(const float* p) { v16f v; memcpy(&v, p, 64); return v; }
@@ -277,8 +277,9 @@ struct Kernel {
 #ifndef KV_PFD
 #define KV_PFD 2
 #endif
-        // prefetch distance in blocks, into L2 (measured: 1 and 2 alike, 6 slower; into L1 or
-        // non-temporal slower than L2)
+        // prefetch distance in blocks, into L2 (measured with 32-key blocks: 1 and 2 alike, 6
+        // slower; into L1 or
+        // non-temporal slower than into L2)
         const int PFD = KV_PFD;
         // rows of the blocks ahead: block t's rows sit in ring[t % (PFD + 1)]; block t + PFD
         // is looked up and prefetched (into L2) while block t runs, so the misses of
@@ -390,12 +391,16 @@ struct Kernel {
                     }
                 for (int r = 0; r < 4; ++r) {  // online softmax over the block
                     const int64_t R = r0 + r;
-                    v16f s0 = loadf(s[r]), s1 = loadf(s[r] + 16);
-                    const float mb = hmax(s0 > s1 ? s0 : s1);
+                    const int nv = (nb + 15) / 16;  // vectors of scores in use
+                    v16f sm = loadf(s[r]);
+                    for (int u = 1; u < nv; ++u) {
+                        const v16f su = loadf(s[r] + 16 * u);
+                        sm = su > sm ? su : sm;
+                    }
+                    const float mb = hmax(sm);
                     const float mn = std::max(m[R], mb);
                     if (mn == -INFINITY) {
-                        storef(p[r], v16f{});
-                        storef(p[r] + 16, v16f{});
+                        for (int u = 0; u < nv; ++u) storef(p[r] + 16 * u, v16f{});
                         continue;
                     }
                     if (mn > m[R]) {
@@ -405,14 +410,14 @@ struct Kernel {
                         for (int64_t e = 0; e < Dv; e += 16) storef(ar + e, loadf(ar + e) * alpha);
                         m[R] = mn;
                     }
-                    v16f p0 = vexp(s0 - mn), p1 = vexp(s1 - mn);
-                    l[R] += hsum(p0 + p1);
-                    if (VL::ROW) {  // per-token int8 value scales multiply the weights
-                        p0 *= loadf(vsc);
-                        p1 *= loadf(vsc + 16);
+                    v16f ps = v16f{};
+                    for (int u = 0; u < nv; ++u) {
+                        v16f pu = vexp(loadf(s[r] + 16 * u) - mn);
+                        ps += pu;
+                        if (VL::ROW) pu *= loadf(vsc + 16 * u);  // per-token int8 value scales
+                        storef(p[r] + 16 * u, pu);
                     }
-                    storef(p[r], p0);
-                    storef(p[r] + 16, p1);
+                    l[R] += hsum(ps);
                 }
                 float* a4 = acc + r0 * Dv;
                 int64_t e0 = 0;
