@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 import attnlab.cache.paged_view as pv
 from attnlab.cache.paged import PagedKVCache
 from attnlab.ops.paged import paged_attention, paged_attention_reference
-from attnlab.ops.softmax.kv_decode import numba_available
 from attnlab.serving.engine import Engine, EngineConfig, Request, generate_one
 from attnlab.serving.zoo import serving_model
 
-pytestmark = pytest.mark.skipif(not numba_available(), reason="paged_decode path needs numba")
+pytestmark = pytest.mark.skipif(not pv.decode_kernel_available(),
+                                reason="the paged_decode path needs a compiled kernel")
 
 
 def fragmented_pool(lens, *, hkv=2, d=16, bs=4, seed=0):
@@ -90,8 +90,8 @@ def test_fallback_cases_do_not_use_paged_decode(monkeypatch):
     assert not pv.uses_paged_decode(q1.clone().requires_grad_(), kp, vp, None)  # gradient
     with torch.no_grad():  # no gradient is recorded: the kernel may run
         assert pv.uses_paged_decode(q1.clone().requires_grad_(), kp, vp, None)
-    monkeypatch.setattr(pv, "numba_available", lambda: False)
-    assert not pv.uses_paged_decode(q1, kp, vp, None)  # numba missing
+    monkeypatch.setattr(pv, "decode_kernel_available", lambda: False)
+    assert not pv.uses_paged_decode(q1, kp, vp, None)  # no compiled kernel
 
     # a query that needs a gradient still gets one, through the fallback
     monkeypatch.undo()
@@ -121,7 +121,7 @@ def test_engine_decode_steps_go_through_paged_decode(monkeypatch):
 
     monkeypatch.undo()
     calls_off = spy(monkeypatch)
-    monkeypatch.setattr(pv, "numba_available", lambda: False)
+    monkeypatch.setattr(pv, "decode_kernel_available", lambda: False)
     assert [r.tokens for r in Engine(model, cfg).run(reqs)] == ref
     assert calls_off == []
 

@@ -36,6 +36,11 @@ def _valid_keys(valid: torch.Tensor) -> Mask:
 _DECODE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def decode_kernel_available() -> bool:
+    """A compiled decode kernel (native C++ or numba) is present on this machine."""
+    return kv_native.available() or numba_available()
+
+
 def uses_paged_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
                       window: int | None) -> bool:
     """Whether `paged_attend` reads with the block-table decode kernel `paged_decode`:
@@ -44,8 +49,7 @@ def uses_paged_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tenso
     one float dtype it reads."""
     grad = torch.is_grad_enabled() and (q.requires_grad or k_pool.requires_grad
                                         or v_pool.requires_grad)
-    return (window is None and q.shape[2] == 1 and not grad
-            and (kv_native.available() or numba_available())
+    return (window is None and q.shape[2] == 1 and not grad and decode_kernel_available()
             and q.dtype in _DECODE_DTYPES and k_pool.dtype == q.dtype
             and v_pool.dtype == q.dtype)
 
