@@ -38,6 +38,7 @@ matmul + softmax in torch; benchmarks/results/kernels_notes.md).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -249,6 +250,40 @@ def _batch_keys(x, r0: int, length: int, nb: int, n: int):
     return u.permute(2, 0, 1, 4, 3).reshape(nb * B, Hkv, length, D)
 
 
+# The forward's batched calls put the nb stacked query blocks in the kernel's batch
+# dimension and fold (B, Hkv) into its head dimension, so that the overlapping key ranges
+# are a strided VIEW of K and V (batch stride n·D, head stride Nk·D) and nothing is copied:
+# torch's fused kernel reads q, k, v through their strides (unit stride on the last dim).
+# Measured (N=16384, W=512, same run, kernels_notes.md): the unfold copies cost 1.2–1.8×.
+
+
+def _view_rows(x, a: int, nb: int, n: int, B: int, Hkv: int, G: int):
+    """Rows [a, a + nb·n) of x (B, Hkv, G, N, ·) -> (nb, B·Hkv, G·n, ·); a view when G == 1."""
+    c = x.shape[-1]
+    y = x[:, :, :, a:a + nb * n].reshape(B, Hkv, G, nb, n, c)
+    return y.permute(3, 0, 1, 2, 4, 5).reshape(nb, B * Hkv, G * n, c)
+
+
+def _unview_rows(y, nb: int, n: int, B: int, Hkv: int, G: int):
+    """Inverse of `_view_rows`: (nb, B·Hkv, G·n, ·) -> (B, Hkv, G, nb·n, ·)."""
+    c = y.shape[-1]
+    return y.reshape(nb, B, Hkv, G, n, c).permute(1, 2, 3, 0, 4, 5).reshape(B, Hkv, G, nb * n, c)
+
+
+def _view_keys(xf, r0: int, length: int, nb: int, n: int):
+    """Key ranges [r0 + i·n, r0 + i·n + length) of xf (B·Hkv, Nk, D) -> (nb, B·Hkv, length, D),
+    a strided view (overlapping ranges share memory; nothing is copied)."""
+    u = xf[:, r0:r0 + (nb - 1) * n + length].unfold(1, length, n)  # (B·Hkv, nb, D, length)
+    return u.permute(1, 0, 3, 2)
+
+
+def _view_mask(add, B: int):
+    """An additive mask (1, Hkv|1, G·n, L) for the folded head dimension (B·Hkv)."""
+    if add is None or add.shape[1] == 1 or B == 1:
+        return add
+    return add.expand(B, *add.shape[1:]).reshape(1, B * add.shape[1], *add.shape[2:])
+
+
 def _fix_empty(o, l, empty):
     """The kernel reports lse = 0 on rows whose keys are all masked: make them -inf / 0."""
     if empty is not None and bool(empty.any()):
@@ -271,19 +306,29 @@ def _fused_forward(q, k, v, spec: TileSpec):
             out[:, :, q0:q1] = 0
     og, lg = out.view(B, Hkv, G, Nq, D), lse.view(B, Hkv, G, Nq, 1)
     qg = q.view(B, Hkv, G, Nq, D)
+    kf, vf = k.view(B * Hkv, k.shape[2], D), v.view(B * Hkv, v.shape[2], D)  # (B·Hkv, Nk, D)
     for it in _memo_schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
         nb, n, a = len(it.q0s), it.n, it.q0s[0]
-        qb = _batch_rows(qg, a, nb, n, B, Hkv, G)  # (nb·B, Hkv, G·n, D)
+        if nb == 1:  # (B, Hkv, G·n, D): the run's mask may differ per batch row
+            qb = _batch_rows(qg, a, 1, n, B, Hkv, G)
+        else:  # (nb, B·Hkv, G·n, D): stacked blocks share one mask (`_joins`)
+            qb = _view_rows(qg, a, nb, n, B, Hkv, G)
         outs, lses = [], []
         for r0, r1, add, empty in it.runs:
-            kb, vb = _batch_keys(k, r0, r1 - r0, nb, n), _batch_keys(v, r0, r1 - r0, nb, n)
+            if nb == 1:
+                kb, vb = k[:, :, r0:r1], v[:, :, r0:r1]
+            else:
+                kb, vb = _view_keys(kf, r0, r1 - r0, nb, n), _view_keys(vf, r0, r1 - r0, nb, n)
+                add = _view_mask(add, B)
+                empty = _view_mask(empty, B)
             o, l = _FLASH(qb, kb, vb, attn_mask=add, scale=scale)
             o, l = _fix_empty(o, l.to(stat), empty)
             outs.append(o)
             lses.append(l)
         o, l = merge_many(outs, lses)
-        og[:, :, :, a:a + nb * n] = _unbatch_rows(o, nb, n, B, Hkv, G)
-        lg[:, :, :, a:a + nb * n] = _unbatch_rows(l.unsqueeze(-1), nb, n, B, Hkv, G)
+        unb = _unbatch_rows if nb == 1 else _unview_rows
+        og[:, :, :, a:a + nb * n] = unb(o, nb, n, B, Hkv, G)
+        lg[:, :, :, a:a + nb * n] = unb(l.unsqueeze(-1), nb, n, B, Hkv, G)
     return out, lse.squeeze(-1)
 
 
@@ -331,15 +376,72 @@ FusedBlockSparseFn = recompute_function(
     "Autograd for the fused path: saves q, k, v, out, lse; recomputes per run.")
 
 
-def block_sparse_run(call: Call, q_block: int = 128, kv_block: int = 128, impl: str = "auto"):
+# Default (q_block, kv_block) per compute dtype, chosen by measurement (window N=16384,
+# W=512, H=8, D=64, 32/64/128 interleaved in one run; kernels_notes.md): the fused kernel
+# splits a call's G·n query rows into tiles of 32 rows below 192 rows anyway, so small
+# blocks cost no tile shape and waste fewer scores in the two partial blocks of each
+# window row (32-row blocks: 94% of the computed scores are visible at W=512; 128: 80%).
+# 32 was fastest in fp32 and bf16 (1.1–1.3× the 128 time under load); planning is paid
+# once per mask structure (memoised).
+BLOCKS = {torch.float32: (32, 32), torch.bfloat16: (32, 32), torch.float16: (32, 32)}
+
+# float16/bfloat16 inputs run the fused kernel in their own dtype only where it is faster
+# than in float32 on this CPU (measured once per process and dtype on one window tile, see
+# `lowp_is_fast`): a CPU without native fp16 (or bf16) arithmetic emulates it, e.g. the
+# fp16 window took 2× the time of the float32 path on an AVX512-BF16 part without
+# AVX512-FP16. In float32 the inputs are widened (exact), statistics stay float32 and the
+# output is rounded to the input dtype once. "auto" | "native" | "float32" (tests force).
+LOWP_COMPUTE = "auto"
+_LOWP_FAST: dict = {}
+
+
+def lowp_is_fast(dtype: torch.dtype) -> bool:
+    """Whether the fused kernel runs faster in `dtype` than in float32 here: best of 3
+    interleaved calls each on one (1, 8, 128, 64) × (640 keys) tile; memoised per process."""
+    if dtype not in _LOWP_FAST:
+        g = torch.Generator().manual_seed(0)
+        f32 = [torch.randn(1, 8, n, 64, generator=g) for n in (128, 640, 640)]
+        low = [t.to(dtype) for t in f32]
+        best = {dtype: float("inf"), torch.float32: float("inf")}
+        for _ in range(4):  # the first round warms up both
+            for d, args in ((dtype, low), (torch.float32, f32)):
+                t0 = time.perf_counter()
+                _FLASH(*args)
+                best[d] = min(best[d], time.perf_counter() - t0)
+        _LOWP_FAST[dtype] = best[dtype] < best[torch.float32]
+    return _LOWP_FAST[dtype]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the fused path computes `dtype` inputs in (module note on LOWP_COMPUTE)."""
+    if dtype not in (torch.float16, torch.bfloat16) or LOWP_COMPUTE == "native":
+        return dtype
+    if LOWP_COMPUTE == "float32" or not lowp_is_fast(dtype):
+        return torch.float32
+    return dtype
+
+
+def block_sparse_run(call: Call, q_block: int | None = None, kv_block: int | None = None,
+                     impl: str = "auto"):
     """`attention()`'s "block_sparse" backend on a validated call: (out, lse).
 
-    Non-finite inputs (docs/conventions.md §2): torch's fused tile computes P @ V over
-    masked slots too and returns 0 for a row whose scores are all NaN, so q, k and v are
-    probed first (one sum each, O((Nq + Nk)·D)); when any holds a NaN/inf the call runs on
-    the exact tiled engine over the same plan (EMPTY blocks are still never read)."""
+    Blocks default to `BLOCKS` of the compute dtype. Non-finite inputs (docs/conventions.md
+    §2): torch's fused tile computes P @ V over masked slots too and returns 0 for a row
+    whose scores are all NaN, so q, k and v are probed first (one pass each,
+    O((Nq + Nk)·D)); when any holds a NaN/inf the call runs on the exact tiled engine over
+    the same plan (EMPTY blocks are still never read)."""
     if call.Nq == 0 or call.Nk == 0:
         return degenerate(call)
+    cd = compute_dtype(call.q.dtype)
+    # torch's fused tile keeps float32 statistics even for float64 inputs: float64 runs on
+    # the tiled engine, which keeps float64 statistics and lse (conventions §1); so does a
+    # sink computed in float16/bfloat16: the fused tile's output is already rounded, and
+    # the sink's rescale would round it twice
+    lowp_sink = call.sink is not None and cd in (torch.float16, torch.bfloat16)
+    tiled = (impl == "tiled" or call.Dv != call.D or call.score_mod is not None or lowp_sink
+             or call.q.dtype == torch.float64 or _nonfinite(call.q, call.k, call.v))
+    dq, dk = (128, 128) if tiled else BLOCKS.get(cd, (128, 128))
+    q_block, kv_block = q_block or dq, kv_block or dk
     B, Hq, Hkv, Nq, Nk, D = call.B, call.Hq, call.Hkv, call.Nq, call.Nk, call.D
     mask, q_pos, kv_pos = call.mask, call.q_pos, call.kv_pos
     store = None
@@ -353,26 +455,23 @@ def block_sparse_run(call: Call, q_block: int = 128, kv_block: int = 128, impl: 
         if store is not None:
             store.put(pkey, plan, 64 * sum(len(ks) + 1 for _, _, ks in plan.rows))
     tile_mask = make_tile_mask(mask, B, Hq, Nq, Nk, q_pos, kv_pos)
-    # torch's fused tile keeps float32 statistics even for float64 inputs: float64 runs on
-    # the tiled engine, which keeps float64 statistics and lse (conventions §1)
-    # a sink on float16/bfloat16 too: the fused tile's output is already rounded, and the
-    # sink's rescale would round it twice
-    lowp_sink = call.sink is not None and call.q.dtype in (torch.float16, torch.bfloat16)
-    if (impl == "tiled" or call.Dv != D or call.score_mod is not None or lowp_sink
-            or call.q.dtype == torch.float64 or nonfinite(call.q, call.k, call.v)):
+    if tiled:
         return run_tiles(call, plan, tile_mask)
     if store is not None:
         plan = replace(plan, memo=(store, prefix + ("fused schedule", B, Hq, Hkv, Nq, Nk, D,
-                                                    q_block, kv_block, call.q.dtype)))
+                                                    q_block, kv_block, cd)))
     spec = TileSpec(call.scale, plan, tile_mask, None, False)
-    qc, kc, vc = call.q.contiguous(), call.k.contiguous(), call.v.contiguous()
+    # widened to the compute dtype (a differentiable cast) and unit-stride; `finish`
+    # rounds the output to q's dtype once
+    qc, kc, vc = (t.to(cd).contiguous() for t in (call.q, call.k, call.v))
     if torch.is_grad_enabled() and (qc.requires_grad or kc.requires_grad or vc.requires_grad):
         return FusedBlockSparseFn.apply(qc, kc, vc, spec)
     return _fused_forward(qc, kc, vc, spec)
 
 
 def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None, score_mod=None,
-                           sink=None, q_block: int = 128, kv_block: int = 128,
+                           sink=None, q_block: int | None = None,
+                           kv_block: int | None = None,
                            impl: str = "auto", return_lse: bool = False, q_pos=None,
                            kv_pos=None, check_finite: bool = False):
     """Exact attention visiting only the mask's non-empty blocks; differentiable (also
@@ -389,14 +488,30 @@ def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None, sc
     call = validate(q, k, v, mask=mask, scale=scale, score_mod=score_mod, sink=sink,
                     return_lse=return_lse, q_pos=q_pos, kv_pos=kv_pos,
                     check_finite_values=check_finite)
-    check_positive_int("q_block", q_block)
-    check_positive_int("kv_block", kv_block)
+    for name, val in (("q_block", q_block), ("kv_block", kv_block)):
+        if val is not None:
+            check_positive_int(name, val)
     if impl not in IMPLS:
         raise ValueError(f"impl ({impl!r}) must be one of {IMPLS}")
     if impl == "fused" and (call.Dv != call.D or score_mod is not None):
         raise ValueError(f"impl 'fused' needs v head_dim ({call.Dv}) == q head_dim "
                          f"({call.D}) and no score_mod; use impl='tiled' or 'auto'")
     return finish(call, *block_sparse_run(call, q_block, kv_block, impl))
+
+
+def _nonfinite(*ts: torch.Tensor) -> bool:
+    """Whether any of q, k, v holds a NaN/inf. float16/bfloat16 use one `aminmax` pass
+    (min and max propagate NaN and show ±inf; no overflow, no float32 copy: the float32
+    sum of `contract.nonfinite` converts a bfloat16 tensor first, which took ~19% of a
+    bf16 window call); other dtypes use `contract.nonfinite`."""
+    low = [t for t in ts if t.dtype in (torch.float16, torch.bfloat16)]
+    rest = [t for t in ts if t.dtype not in (torch.float16, torch.bfloat16)]
+    for t in low:
+        if t.numel():
+            lo, hi = torch.aminmax(t.detach())
+            if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+                return True
+    return nonfinite(*rest)
 
 
 register_backend(Backend(
