@@ -26,9 +26,10 @@ from attnlab.analysis.allocations import measure_allocations
 from attnlab.analysis.machine import Machine, measure
 from attnlab.masks import causal, sliding_window
 from attnlab.ops.softmax import attention, attention_reference, decode_numba, softcap
-from attnlab.ops.softmax.block_sparse import block_sparse_attention, compute_dtype
+from attnlab.ops.softmax.block_sparse import block_sparse_attention
 from attnlab.ops.softmax.decode import decode_attention
 from attnlab.ops.softmax.flash import flash_attention
+from attnlab.ops.softmax.fused_calls import compute_dtype
 
 from .common import fmt_time, header, md_table, stream_bandwidth, write_results
 

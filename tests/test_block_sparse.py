@@ -8,6 +8,7 @@ from attnlab.analysis.allocations import measure_allocations
 from attnlab.masks.memo import STRUCTURE_MEMO, Memo
 from attnlab.ops.softmax import attention_reference
 from attnlab.ops.softmax import block_sparse as BS
+from attnlab.ops.softmax import fused_calls as FC
 from attnlab.ops.softmax.block_sparse import block_kinds, block_sparse_attention, runs
 
 
@@ -276,7 +277,7 @@ def test_stacked_window_blocks_as_views_every_dtype(dtype, mode, monkeypatch):
     kernel's heads: batch 2, GQA groups of 2, a per-head mask, odd length; low precision
     computed natively or widened to float32 (conventions §5: error ≤ 2× the naive path's
     in the same dtype, against float64). Gradients flow in every mode."""
-    monkeypatch.setattr(BS, "LOWP_COMPUTE", mode)
+    monkeypatch.setattr(FC, "LOWP_COMPUTE", mode)
     per_head = M.Mask(lambda b, h, q, k: (k <= q) & (q - k <= 6 + 3 * h), "band_by_head",
                       uses_head=True)
     for mask in (M.sliding_window(13), per_head):
@@ -308,28 +309,28 @@ def test_stacked_window_blocks_as_views_every_dtype(dtype, mode, monkeypatch):
 def test_low_precision_compute_dtype_choice(monkeypatch):
     """float32/float64 compute in their own dtype; float16/bfloat16 in their own dtype or in
     float32, forced or measured once per process (the answer is memoised)."""
-    assert BS.compute_dtype(torch.float32) == torch.float32
-    assert BS.compute_dtype(torch.float64) == torch.float64
-    monkeypatch.setattr(BS, "LOWP_COMPUTE", "float32")
-    assert BS.compute_dtype(torch.bfloat16) == torch.float32
-    monkeypatch.setattr(BS, "LOWP_COMPUTE", "native")
-    assert BS.compute_dtype(torch.float16) == torch.float16
-    monkeypatch.setattr(BS, "LOWP_COMPUTE", "auto")
-    monkeypatch.setattr(BS, "_LOWP_FAST", {})
-    first = BS.compute_dtype(torch.bfloat16)
+    assert FC.compute_dtype(torch.float32) == torch.float32
+    assert FC.compute_dtype(torch.float64) == torch.float64
+    monkeypatch.setattr(FC, "LOWP_COMPUTE", "float32")
+    assert FC.compute_dtype(torch.bfloat16) == torch.float32
+    monkeypatch.setattr(FC, "LOWP_COMPUTE", "native")
+    assert FC.compute_dtype(torch.float16) == torch.float16
+    monkeypatch.setattr(FC, "LOWP_COMPUTE", "auto")
+    monkeypatch.setattr(FC, "_LOWP_FAST", {})
+    first = FC.compute_dtype(torch.bfloat16)
     assert first in (torch.bfloat16, torch.float32)
-    assert set(BS._LOWP_FAST) == {torch.bfloat16}
-    monkeypatch.setattr(BS, "_FLASH", None)  # measured once: not called again
-    assert BS.compute_dtype(torch.bfloat16) == first
+    assert set(FC._LOWP_FAST) == {torch.bfloat16}
+    monkeypatch.setattr(FC, "_FLASH", None)  # measured once: not called again
+    assert FC.compute_dtype(torch.bfloat16) == first
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_nonfinite_probe_low_precision(dtype):
     """The aminmax probe sees NaN and ±inf anywhere and never overflows on finite data."""
     big = torch.full((4096,), 60000.0 if dtype == torch.float16 else 3e38).to(dtype)
-    assert not BS._nonfinite(big, big)  # a float16 sum would overflow to inf here
+    assert not FC.inputs_nonfinite(big, big)  # a float16 sum would overflow to inf here
     for bad in (float("nan"), float("inf"), -float("inf")):
         for pos in (0, 2047, 4095):
             t = torch.randn(4096).to(dtype)
             t[pos] = bad
-            assert BS._nonfinite(torch.randn(3).to(dtype), t)
+            assert FC.inputs_nonfinite(torch.randn(3).to(dtype), t)

@@ -33,7 +33,7 @@ from attnlab.ops.softmax import (
     flash_attention,
     merge,
 )
-from attnlab.ops.softmax import block_sparse as BS
+from attnlab.ops.softmax import fused_calls as FC
 
 BACKENDS = ["reference", "flash", "block_sparse", "decode", "sdpa", "auto"]
 EXACT = (torch.float32, torch.float64)
@@ -147,11 +147,11 @@ KERNELS = ["flash", "block_sparse_fused", "block_sparse_fused32", "block_sparse_
 
 def _lowp_mode(mode: str, fn):
     """Run `fn()` with the block-sparse fused path's low-precision compute mode forced."""
-    old, BS.LOWP_COMPUTE = BS.LOWP_COMPUTE, mode
+    old, FC.LOWP_COMPUTE = FC.LOWP_COMPUTE, mode
     try:
         return fn()
     finally:
-        BS.LOWP_COMPUTE = old
+        FC.LOWP_COMPUTE = old
 
 
 def _kernel(name: str, case: Case, qb: int, kb: int, grad: bool):

@@ -20,11 +20,14 @@ Two implementations, the same answer:
   Δ = rowsum(dO ∘ O) are global quantities, so per-run gradients simply add up).
   When the lse is used (dlse ≠ 0: merged partials, ring attention) the backward is the
   tiled engine's, which takes dlse. Requires Dv == D, no score_mod and float16/bfloat16/
-  float32 (the kernel keeps float32 statistics); otherwise "tiled" is used. Consecutive
-  query blocks whose run has the same length, the same offset and an identical mask
-  (every interior block of a sliding window) are stacked into ONE batched call, the
-  overlapping key ranges unfolded (bounded by BATCH_COPY_BYTES): under load on 2 cores,
-  a few large calls were 1.7–2.5× faster than one call per block (kernels.md). With a
+  float32 (the kernel keeps float32 statistics); otherwise "tiled" is used. float16/
+  bfloat16 compute in their own dtype where that is faster on this CPU than widening to
+  float32, else widened (`fused_calls.compute_dtype`: measured once per process).
+  Consecutive query blocks whose run has the same length, the same offset and an
+  identical mask (every interior block of a sliding window) are stacked into ONE batched
+  call that reads the overlapping key ranges as strided views of K and V (no copy;
+  `fused_calls`): under load on 2 cores, a few large calls were 1.7–2.5× faster than one
+  call per block (kernels.md). With a
   `Mask` and default positions the tile plan and the schedule (runs and their additive
   masks) are memoised by the mask's structure when small (`masks.memo`), so a layer's
   repeated calls — even with a mask built afresh each call — skip predicate evaluation.
@@ -32,13 +35,12 @@ Two implementations, the same answer:
   the exact non-finite rules), visiting only the non-empty blocks.
 
 Cost: O(B·Hq·D · Σ non-empty block areas) time; O(B·Hq·(Nq + Nk)·D) memory plus one
-(q_block × run length) tile. The fused path and q_block = 128 were chosen by measurement
-(window N=16384, W=512: 128-row calls beat 64, 256 and 512 rows and beat per-block
-matmul + softmax in torch; benchmarks/results/kernels_notes.md).
+(q_block × run length) tile. The fused path and its default blocks (`fused_calls.BLOCKS`:
+32 × 32 in every dtype; the tiled engine keeps 128) were chosen by measurement (window
+N=16384, W=512; benchmarks/results/kernels_notes.md).
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -49,8 +51,21 @@ from ..._checks import check_positive_int
 from ...masks import EMPTY, FULL, PARTIAL, Mask, block_layout
 from ...masks.memo import memo_for
 from .backends import Backend, register_backend
-from .contract import Call, finish, nonfinite, validate
+from .contract import Call, finish, validate
 from .flash import degenerate
+from .fused_calls import (
+    BLOCKS,
+    batch_keys,
+    batch_rows,
+    compute_dtype,
+    fix_empty,
+    inputs_nonfinite,
+    unbatch_rows,
+    unview_rows,
+    view_keys,
+    view_mask,
+    view_rows,
+)
 from .merge import merge_many
 from .reference import dense_mask
 from .tiles import TilePlan, TileSpec, make_tile_mask, recompute_function, run_tiles, tiled_backward
@@ -227,72 +242,6 @@ def _memo_schedule(plan, tile_mask, B, Hkv, G, D, dtype) -> Iterator[_Item]:
         store.put(key, kept, size)
 
 
-def _batch_rows(x, a: int, nb: int, n: int, B: int, Hkv: int, G: int):
-    """Rows [a, a + nb·n) of x (B, Hkv, G, N, ·) -> (nb·B, Hkv, G·n, ·), block-major."""
-    c = x.shape[-1]
-    y = x[:, :, :, a:a + nb * n].reshape(B, Hkv, G, nb, n, c)
-    return y.permute(3, 0, 1, 2, 4, 5).reshape(nb * B, Hkv, G * n, c)
-
-
-def _unbatch_rows(y, nb: int, n: int, B: int, Hkv: int, G: int):
-    """Inverse of `_batch_rows`: (nb·B, Hkv, G·n, ·) -> (B, Hkv, G, nb·n, ·)."""
-    c = y.shape[-1]
-    return y.reshape(nb, B, Hkv, G, n, c).permute(1, 2, 3, 0, 4, 5).reshape(B, Hkv, G, nb * n, c)
-
-
-def _batch_keys(x, r0: int, length: int, nb: int, n: int):
-    """Key ranges [r0 + i·n, r0 + i·n + length) of x (B, Hkv, Nk, D) -> (nb·B, Hkv, length, D)
-    (a view when nb == 1, else a copy of the overlapping ranges)."""
-    if nb == 1:
-        return x[:, :, r0:r0 + length]
-    B, Hkv, _, D = x.shape
-    u = x[:, :, r0:r0 + (nb - 1) * n + length].unfold(2, length, n)  # (B, Hkv, nb, D, length)
-    return u.permute(2, 0, 1, 4, 3).reshape(nb * B, Hkv, length, D)
-
-
-# The forward's batched calls put the nb stacked query blocks in the kernel's batch
-# dimension and fold (B, Hkv) into its head dimension, so that the overlapping key ranges
-# are a strided VIEW of K and V (batch stride n·D, head stride Nk·D) and nothing is copied:
-# torch's fused kernel reads q, k, v through their strides (unit stride on the last dim).
-# Measured (N=16384, W=512, same run, kernels_notes.md): the unfold copies cost 1.2–1.8×.
-
-
-def _view_rows(x, a: int, nb: int, n: int, B: int, Hkv: int, G: int):
-    """Rows [a, a + nb·n) of x (B, Hkv, G, N, ·) -> (nb, B·Hkv, G·n, ·); a view when G == 1."""
-    c = x.shape[-1]
-    y = x[:, :, :, a:a + nb * n].reshape(B, Hkv, G, nb, n, c)
-    return y.permute(3, 0, 1, 2, 4, 5).reshape(nb, B * Hkv, G * n, c)
-
-
-def _unview_rows(y, nb: int, n: int, B: int, Hkv: int, G: int):
-    """Inverse of `_view_rows`: (nb, B·Hkv, G·n, ·) -> (B, Hkv, G, nb·n, ·)."""
-    c = y.shape[-1]
-    return y.reshape(nb, B, Hkv, G, n, c).permute(1, 2, 3, 0, 4, 5).reshape(B, Hkv, G, nb * n, c)
-
-
-def _view_keys(xf, r0: int, length: int, nb: int, n: int):
-    """Key ranges [r0 + i·n, r0 + i·n + length) of xf (B·Hkv, Nk, D) -> (nb, B·Hkv, length, D),
-    a strided view (overlapping ranges share memory; nothing is copied)."""
-    u = xf[:, r0:r0 + (nb - 1) * n + length].unfold(1, length, n)  # (B·Hkv, nb, D, length)
-    return u.permute(1, 0, 3, 2)
-
-
-def _view_mask(add, B: int):
-    """An additive mask (1, Hkv|1, G·n, L) for the folded head dimension (B·Hkv)."""
-    if add is None or add.shape[1] == 1 or B == 1:
-        return add
-    return add.expand(B, *add.shape[1:]).reshape(1, B * add.shape[1], *add.shape[2:])
-
-
-def _fix_empty(o, l, empty):
-    """The kernel reports lse = 0 on rows whose keys are all masked: make them -inf / 0."""
-    if empty is not None and bool(empty.any()):
-        e = empty.expand_as(l)
-        l = l.masked_fill(e, float("-inf"))
-        o = o.masked_fill(e.unsqueeze(-1), 0.0)
-    return o, l
-
-
 def _fused_forward(q, k, v, spec: TileSpec):
     B, Hq, Nq, D = q.shape
     Hkv = k.shape[1]
@@ -310,23 +259,23 @@ def _fused_forward(q, k, v, spec: TileSpec):
     for it in _memo_schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
         nb, n, a = len(it.q0s), it.n, it.q0s[0]
         if nb == 1:  # (B, Hkv, G·n, D): the run's mask may differ per batch row
-            qb = _batch_rows(qg, a, 1, n, B, Hkv, G)
+            qb = batch_rows(qg, a, 1, n, B, Hkv, G)
         else:  # (nb, B·Hkv, G·n, D): stacked blocks share one mask (`_joins`)
-            qb = _view_rows(qg, a, nb, n, B, Hkv, G)
+            qb = view_rows(qg, a, nb, n, B, Hkv, G)
         outs, lses = [], []
         for r0, r1, add, empty in it.runs:
             if nb == 1:
                 kb, vb = k[:, :, r0:r1], v[:, :, r0:r1]
             else:
-                kb, vb = _view_keys(kf, r0, r1 - r0, nb, n), _view_keys(vf, r0, r1 - r0, nb, n)
-                add = _view_mask(add, B)
-                empty = _view_mask(empty, B)
+                kb, vb = view_keys(kf, r0, r1 - r0, nb, n), view_keys(vf, r0, r1 - r0, nb, n)
+                add = view_mask(add, B)
+                empty = view_mask(empty, B)
             o, l = _FLASH(qb, kb, vb, attn_mask=add, scale=scale)
-            o, l = _fix_empty(o, l.to(stat), empty)
+            o, l = fix_empty(o, l.to(stat), empty)
             outs.append(o)
             lses.append(l)
         o, l = merge_many(outs, lses)
-        unb = _unbatch_rows if nb == 1 else _unview_rows
+        unb = unbatch_rows if nb == 1 else unview_rows
         og[:, :, :, a:a + nb * n] = unb(o, nb, n, B, Hkv, G)
         lg[:, :, :, a:a + nb * n] = unb(l.unsqueeze(-1), nb, n, B, Hkv, G)
     return out, lse.squeeze(-1)
@@ -352,81 +301,28 @@ def _fused_backward(do, dlse, q, k, v, out, lse, spec: TileSpec):
     lg = fold(lse_safe.unsqueeze(-1))
     for it in _memo_schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
         nb, n, a = len(it.q0s), it.n, it.q0s[0]
-        qb, dob, ob = (_batch_rows(x, a, nb, n, B, Hkv, G) for x in (qg, dog, og))
-        lb = _batch_rows(lg, a, nb, n, B, Hkv, G).squeeze(-1)
+        qb, dob, ob = (batch_rows(x, a, nb, n, B, Hkv, G) for x in (qg, dog, og))
+        lb = batch_rows(lg, a, nb, n, B, Hkv, G).squeeze(-1)
         dqb = torch.zeros_like(qb)
         for r0, r1, add, _ in it.runs:
             L = r1 - r0
             # P = exp(S − lse) and Δ = rowsum(dO ∘ O) use the merged out/lse: per-run
             # gradients are exact parts of the whole and simply add up
-            gq, gk, gv = _FLASH_BWD(dob, qb, _batch_keys(k, r0, L, nb, n),
-                                    _batch_keys(v, r0, L, nb, n), ob, lb, 0.0, False,
+            gq, gk, gv = _FLASH_BWD(dob, qb, batch_keys(k, r0, L, nb, n),
+                                    batch_keys(v, r0, L, nb, n), ob, lb, 0.0, False,
                                     attn_mask=add, scale=scale)
             dqb += gq
             gk, gv = gk.view(nb, B, Hkv, L, D), gv.view(nb, B, Hkv, L, D)
             for i in range(nb):  # overlapping key ranges: gradients add up
                 dk[:, :, r0 + i * n:r0 + i * n + L] += gk[i]
                 dv[:, :, r0 + i * n:r0 + i * n + L] += gv[i]
-        dqg[:, :, :, a:a + nb * n] = _unbatch_rows(dqb, nb, n, B, Hkv, G)
+        dqg[:, :, :, a:a + nb * n] = unbatch_rows(dqb, nb, n, B, Hkv, G)
     return dq, dk, dv
 
 
 FusedBlockSparseFn = recompute_function(
     _fused_forward, _fused_backward, "FusedBlockSparseFn",
     "Autograd for the fused path: saves q, k, v, out, lse; recomputes per run.")
-
-
-# Default (q_block, kv_block) per compute dtype, chosen by measurement (window N=16384,
-# W=512, H=8, D=64, 32/64/128 interleaved in one run; kernels_notes.md): the fused kernel
-# splits a call's G·n query rows into tiles of 32 rows below 192 rows anyway, so small
-# blocks cost no tile shape and waste fewer scores in the two partial blocks of each
-# window row (32-row blocks: 94% of the computed scores are visible at W=512; 128: 80%).
-# 32 was fastest in fp32 and bf16 (1.1–1.3× the 128 time under load); planning is paid
-# once per mask structure (memoised).
-BLOCKS = {torch.float32: (32, 32), torch.bfloat16: (32, 32), torch.float16: (32, 32)}
-
-# float16/bfloat16 inputs run the fused kernel in their own dtype only where it is faster
-# than in float32 on this CPU (measured once per process and dtype on one window tile, see
-# `lowp_is_fast`): a CPU without native fp16 (or bf16) arithmetic emulates it, e.g. the
-# fp16 window took 2× the time of the float32 path on an AVX512-BF16 part without
-# AVX512-FP16. In float32 the inputs are widened (exact), statistics stay float32 and the
-# output is rounded to the input dtype once. "auto" | "native" | "float32" (tests force).
-LOWP_COMPUTE = "auto"
-_LOWP_FAST: dict = {}
-
-
-def lowp_is_fast(dtype: torch.dtype) -> bool:
-    """Whether the fused path is faster computing in `dtype` than widening to float32 here:
-    best of 3 interleaved runs of a small stacked window (16 blocks of 32 rows × 544 keys,
-    8 heads, D = 64, K/V as views, as `_fused_forward` calls it), the float32 side paying
-    its widening; memoised per process (~50 ms once)."""
-    if dtype not in _LOWP_FAST:
-        g = torch.Generator().manual_seed(0)
-        low = [torch.randn(1, 8, n, 64, generator=g).to(dtype) for n in (512, 1056, 1056)]
-
-        def window(q, k, v):  # (16, 8, 32, 64) queries against (16, 8, 544, 64) keys
-            qs = _view_rows(q.view(1, 8, 1, 512, 64), 0, 16, 32, 1, 8, 1)
-            _FLASH(qs, _view_keys(k[0], 0, 544, 16, 32), _view_keys(v[0], 0, 544, 16, 32))
-
-        runs = {"native": lambda: window(*low),
-                "float32": lambda: window(*(t.to(torch.float32) for t in low))}
-        best = dict.fromkeys(runs, float("inf"))
-        for _ in range(4):  # the first round warms up both
-            for name, fn in runs.items():
-                t0 = time.perf_counter()
-                fn()
-                best[name] = min(best[name], time.perf_counter() - t0)
-        _LOWP_FAST[dtype] = best["native"] < best["float32"]
-    return _LOWP_FAST[dtype]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the fused path computes `dtype` inputs in (module note on LOWP_COMPUTE)."""
-    if dtype not in (torch.float16, torch.bfloat16) or LOWP_COMPUTE == "native":
-        return dtype
-    if LOWP_COMPUTE == "float32" or not lowp_is_fast(dtype):
-        return torch.float32
-    return dtype
 
 
 def block_sparse_run(call: Call, q_block: int | None = None, kv_block: int | None = None,
@@ -447,7 +343,7 @@ def block_sparse_run(call: Call, q_block: int | None = None, kv_block: int | Non
     # the sink's rescale would round it twice
     lowp_sink = call.sink is not None and cd in (torch.float16, torch.bfloat16)
     tiled = (impl == "tiled" or call.Dv != call.D or call.score_mod is not None or lowp_sink
-             or call.q.dtype == torch.float64 or _nonfinite(call.q, call.k, call.v))
+             or call.q.dtype == torch.float64 or inputs_nonfinite(call.q, call.k, call.v))
     dq, dk = (128, 128) if tiled else BLOCKS.get(cd, (128, 128))
     q_block, kv_block = q_block or dq, kv_block or dk
     B, Hq, Hkv, Nq, Nk, D = call.B, call.Hq, call.Hkv, call.Nq, call.Nk, call.D
@@ -505,21 +401,6 @@ def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None, sc
         raise ValueError(f"impl 'fused' needs v head_dim ({call.Dv}) == q head_dim "
                          f"({call.D}) and no score_mod; use impl='tiled' or 'auto'")
     return finish(call, *block_sparse_run(call, q_block, kv_block, impl))
-
-
-def _nonfinite(*ts: torch.Tensor) -> bool:
-    """Whether any of q, k, v holds a NaN/inf. float16/bfloat16 use one `aminmax` pass
-    (min and max propagate NaN and show ±inf; no overflow, no float32 copy: the float32
-    sum of `contract.nonfinite` converts a bfloat16 tensor first, which took ~19% of a
-    bf16 window call); other dtypes use `contract.nonfinite`."""
-    low = [t for t in ts if t.dtype in (torch.float16, torch.bfloat16)]
-    rest = [t for t in ts if t.dtype not in (torch.float16, torch.bfloat16)]
-    for t in low:
-        if t.numel():
-            lo, hi = torch.aminmax(t.detach())
-            if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
-                return True
-    return nonfinite(*rest)
 
 
 register_backend(Backend(
