@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from attnlab.analysis.allocations import measure_allocations
 from attnlab.analysis.machine import Machine, measure
 from attnlab.masks import causal, sliding_window
-from attnlab.ops.softmax import attention, attention_reference, decode_numba, softcap
+from attnlab.ops.softmax import attention, attention_reference, decode_numba, fused_calls, softcap
 from attnlab.ops.softmax.block_sparse import block_sparse_attention
 from attnlab.ops.softmax.decode import decode_attention
 from attnlab.ops.softmax.flash import flash_attention
@@ -143,6 +143,15 @@ FULL_REF = "SDPA full attention N={n}, no mask (rate reference)"
 DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+def forced(mode: str, fn):
+    """`fn()` with the fused path's low-precision compute mode forced ("native"/"float32")."""
+    old, fused_calls.LOWP_COMPUTE = fused_calls.LOWP_COMPUTE, mode
+    try:
+        return fn()
+    finally:
+        fused_calls.LOWP_COMPUTE = old
+
+
 def full_reference(dtype, n: int) -> Entry:
     """SDPA on full (unmasked) attention at N=n: the useful rate of the best dense fused
     kernel on this machine in `dtype`, timed with the window's peers (issue 14's yardstick)."""
@@ -164,6 +173,13 @@ def bench_window(ns, ws, flex: Flex, sdpa_max_n: int, ref_max_n: int,
                         dtype=dtype)
             case.entries.append(Entry(ATTN_WIN, timed(
                 lambda q=q, k=k, v=v, w=w: attention(q, k, v, mask=sliding_window(w)))))
+            if dtype != torch.float32:  # the path the probe did not pick, for comparison
+                other = "float32" if compute_dtype(dtype) == dtype else "native"
+                case.entries.append(Entry(
+                    f"same, forced to compute in {'fp32' if other == 'float32' else dn}",
+                    timed(lambda q=q, k=k, v=v, w=w, other=other: forced(
+                        other, lambda: attention(q, k, v, mask=sliding_window(w)))),
+                    "the low-precision path the probe did not choose"))
             if n <= 4096 and dtype == torch.float32:
                 case.entries.append(Entry("attnlab block_sparse (tiled, pure torch)", timed(
                     partial(block_sparse_attention, q, k, v, mask=sliding_window(w),

@@ -35,9 +35,10 @@ Two implementations, the same answer:
   the exact non-finite rules), visiting only the non-empty blocks.
 
 Cost: O(B·Hq·D · Σ non-empty block areas) time; O(B·Hq·(Nq + Nk)·D) memory plus one
-(q_block × run length) tile. The fused path and its default blocks (`fused_calls.BLOCKS`:
-32 × 32 in every dtype; the tiled engine keeps 128) were chosen by measurement (window
-N=16384, W=512; benchmarks/results/kernels_notes.md).
+(q_block × run length) tile. The fused path and its default blocks
+(`fused_calls.default_blocks`: 32 × 32 for sliding windows up to 1024 keys, else 128 × 128)
+were chosen by measurement (window N=16384, W=512 and 4096; causal;
+benchmarks/results/kernels_notes.md).
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ from .fused_calls import (
     batch_keys,
     batch_rows,
     compute_dtype,
+    default_blocks,
     fix_empty,
     inputs_nonfinite,
     unbatch_rows,
@@ -329,7 +331,7 @@ def block_sparse_run(call: Call, q_block: int | None = None, kv_block: int | Non
                      impl: str = "auto"):
     """`attention()`'s "block_sparse" backend on a validated call: (out, lse).
 
-    Blocks default to `BLOCKS` of the compute dtype. Non-finite inputs (docs/conventions.md
+    Blocks default to `fused_calls.default_blocks`. Non-finite inputs (docs/conventions.md
     §2): torch's fused tile computes P @ V over masked slots too and returns 0 for a row
     whose scores are all NaN, so q, k and v are probed first (one pass each,
     O((Nq + Nk)·D)); when any holds a NaN/inf the call runs on the exact tiled engine over
@@ -344,7 +346,8 @@ def block_sparse_run(call: Call, q_block: int | None = None, kv_block: int | Non
     lowp_sink = call.sink is not None and cd in (torch.float16, torch.bfloat16)
     tiled = (impl == "tiled" or call.Dv != call.D or call.score_mod is not None or lowp_sink
              or call.q.dtype == torch.float64 or inputs_nonfinite(call.q, call.k, call.v))
-    dq, dk = (128, 128) if tiled else BLOCKS.get(cd, (128, 128))
+    window = call.mask.window if isinstance(call.mask, Mask) else None
+    dq, dk = BLOCKS if tiled else default_blocks(window)
     q_block, kv_block = q_block or dq, kv_block or dk
     B, Hq, Hkv, Nq, Nk, D = call.B, call.Hq, call.Hkv, call.Nq, call.Nk, call.D
     mask, q_pos, kv_pos = call.mask, call.q_pos, call.kv_pos

@@ -84,14 +84,23 @@ def fix_empty(o, l, empty):
     return o, l
 
 
-# Default (q_block, kv_block) per compute dtype, chosen by measurement (window N=16384,
-# W=512, H=8, D=64, 32/64/128 interleaved in one run; kernels_notes.md): the fused kernel
-# splits a call's G·n query rows into tiles of 32 rows below 192 rows anyway, so small
-# blocks cost no tile shape and waste fewer scores in the two partial blocks of each
-# window row (32-row blocks: 94% of the computed scores are visible at W=512; 128: 80%).
-# 32 was fastest in fp32 and bf16 (1.1–1.3× the 128 time under load); planning is paid
-# once per mask structure (memoised).
-BLOCKS = {torch.float32: (32, 32), torch.bfloat16: (32, 32), torch.float16: (32, 32)}
+# Default (q_block, kv_block), chosen by measurement (kernels_notes.md). Narrow sliding
+# windows (a `Mask` whose structure says window <= NARROW_WINDOW) use 32 × 32: the fused
+# kernel splits a call's G·n query rows into 32-row tiles below 192 rows anyway, so small
+# blocks cost no tile shape and waste fewer scores in the two partial blocks of each row
+# (W=512: 94% of the computed scores are visible with 32-row blocks, 80% with 128), and
+# the stacked calls read K/V as views. Everything else (wide windows, causal, documents)
+# keeps 128 × 128: with 32-row blocks a W=4096 window or a causal prefix became 4× as many
+# unstacked calls, each with its own mask (1.3–2× slower in the same run).
+BLOCKS = (128, 128)
+NARROW_BLOCKS = (32, 32)
+NARROW_WINDOW = 1024
+
+
+def default_blocks(window: int | None) -> tuple[int, int]:
+    """(q_block, kv_block) for a mask of this window width (None: not a plain window)."""
+    return NARROW_BLOCKS if window is not None and window <= NARROW_WINDOW else BLOCKS
+
 
 # float16/bfloat16 inputs run the fused kernel in their own dtype only where it is faster
 # than in float32 on this CPU (measured once per process and dtype on one window tile, see
