@@ -334,3 +334,14 @@ def test_nonfinite_probe_low_precision(dtype):
             t = torch.randn(4096).to(dtype)
             t[pos] = bad
             assert FC.inputs_nonfinite(torch.randn(3).to(dtype), t)
+
+
+def test_default_blocks_follow_the_mask_structure():
+    """Narrow sliding windows get small blocks (less waste in the partial blocks); wide
+    windows, causal and masks without a window keep 128 × 128."""
+    assert FC.default_blocks(M.sliding_window(512).window) == FC.NARROW_BLOCKS
+    assert FC.default_blocks(M.sliding_window(4096).window) == FC.BLOCKS
+    assert FC.default_blocks(M.causal().window) == FC.BLOCKS
+    assert FC.default_blocks(None) == FC.BLOCKS
+    q, k, v = rand_qkv(1, 2, 2, 300, 300, 16)
+    check_against_reference(block_sparse_attention, q, k, v, M.sliding_window(40))
