@@ -343,5 +343,5 @@ def test_default_blocks_follow_the_mask_structure():
     assert FC.default_blocks(M.sliding_window(4096).window) == FC.BLOCKS
     assert FC.default_blocks(M.causal().window) == FC.BLOCKS
     assert FC.default_blocks(None) == FC.BLOCKS
-    q, k, v = rand_qkv(1, 2, 2, 300, 300, 16)
+    q, k, v = rand_qkv(1, 2, 2, 300, 300, 16, grad=True)  # default blocks, exact
     check_against_reference(block_sparse_attention, q, k, v, M.sliding_window(40))
