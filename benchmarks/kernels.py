@@ -436,8 +436,10 @@ def window_targets(win: list[Case], machine: Machine) -> list[list]:
             continue
         ours, fx = case.get(ATTN_WIN), case.get("FlexAttention (compiled)")
         rate, full = case.rate(ATTN_WIN), _full_rate(case)
-        peak = machine.peak(case.dtype)
-        dn = DTYPE_NAME[case.dtype]
+        cd = compute_dtype(case.dtype)
+        peak = machine.peak(cd)
+        dn = DTYPE_NAME[cd] + ("" if cd == case.dtype else
+                               f" (the dtype {DTYPE_NAME[case.dtype]} computes in here)")
         if fx:
             rows.append([f"{case.title}: ≥ 1.5× compiled FlexAttention", f"{fx / ours:.2f}×",
                          _verdict(fx / ours >= 1.5)])
@@ -473,7 +475,7 @@ def report(win, cau, dec, mem_rows, mem, machine: Machine, machines, copy_bw, fl
     low = ", ".join(f"{DTYPE_NAME[d]} computes in {DTYPE_NAME[compute_dtype(d)]}"
                     for d in (torch.bfloat16, torch.float16))
     out.append(f"Low precision in the fused block-sparse path on this CPU (measured once per "
-               f"process, `block_sparse.lowp_is_fast`): {low}; statistics float32 always.\n")
+               f"process, `fused_calls.lowp_is_fast`): {low}; statistics float32 always.\n")
     out.append(f"Machine shared with other engineers' jobs while this ran: 1-min load average "
                f"{load0:.2f} at the start, {load1:.2f} at the end on 2 cores; timings are medians "
                f"under that load, peers interleaved round by round. Run took {seconds:.0f} s.\n")
@@ -513,9 +515,11 @@ def report(win, cau, dec, mem_rows, mem, machine: Machine, machines, copy_bw, fl
                "up in [kernels_notes.md](kernels_notes.md) (hand-written, dated).\n")
     out.append("## Targets\n\n" + md_table(["target", "measured", "verdict"], targets) + "\n")
     out.append("## Sliding window (fused block-sparse vs peers, per dtype)\n")
-    out += [render_case(c, machine.peak(c.dtype)) for c in win]
+    out.append("\"of peak\": the matmul peak of the dtype the attnlab path computes in "
+               "(fp16 is widened to fp32 on a CPU without native fp16).\n")
+    out += [render_case(c, machine.peak(compute_dtype(c.dtype))) for c in win]
     out.append("## Causal\n")
-    out += [render_case(c, machine.peak(c.dtype)) for c in cau]
+    out += [render_case(c, machine.peak(compute_dtype(c.dtype))) for c in cau]
     out.append("## Gemma-2-style layer (score_mod in the executor's tiles)\n")
     out.append(render_case(gem, machine.peak(torch.float32)))
     out.append("## Decode (rate = K+V bytes read per second; of peak = of streaming read)\n")
