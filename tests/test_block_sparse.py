@@ -8,6 +8,7 @@ from attnlab.analysis.allocations import measure_allocations
 from attnlab.masks.memo import STRUCTURE_MEMO, Memo
 from attnlab.ops.softmax import attention_reference
 from attnlab.ops.softmax import block_sparse as BS
+from attnlab.ops.softmax import fused_calls as FC
 from attnlab.ops.softmax.block_sparse import block_kinds, block_sparse_attention, runs
 
 
@@ -267,3 +268,80 @@ def test_result_check_one_reduction_then_elementwise():
             check_result(out, lse)
     with pytest.raises(ValueError, match="NaN or inf"):
         check_result(torch.zeros(1, 1, 4, 2), torch.tensor([[[0.0, float("nan"), 0, 0]]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode", ["native", "float32", "auto"])
+def test_stacked_window_blocks_as_views_every_dtype(dtype, mode, monkeypatch):
+    """Stacked interior blocks read K/V through strided views with (B, Hkv) folded into the
+    kernel's heads: batch 2, GQA groups of 2, a per-head mask, odd length; low precision
+    computed natively or widened to float32 (conventions §5: error ≤ 2× the naive path's
+    in the same dtype, against float64). Gradients flow in every mode."""
+    monkeypatch.setattr(FC, "LOWP_COMPUTE", mode)
+    per_head = M.Mask(lambda b, h, q, k: (k <= q) & (q - k <= 6 + 3 * h), "band_by_head",
+                      uses_head=True)
+    for mask in (M.sliding_window(13), per_head):
+        q, k, v = rand_qkv(2, 4, 2, 203, 203, 16)
+        ref64 = attention_reference(q.double(), k.double(), v.double(), mask=mask,
+                                    return_lse=True)
+        lq, lk, lv = (t.to(dtype).requires_grad_() for t in (q, k, v))
+        out, lse = block_sparse_attention(lq, lk, lv, mask=mask, q_block=8, kv_block=8,
+                                          return_lse=True)
+        assert out.dtype == dtype and lse.dtype == torch.float32
+        items = list(BS._schedule(BS.tile_plan(block_kinds(mask, 2, 4, 203, 203, 8, 8), 203,
+                                               203, 8, 8),
+                                  BS.make_tile_mask(mask, 2, 4, 203, 203), 2, 2, 2, 16,
+                                  torch.float32))
+        assert max(len(it.q0s) for it in items) > 5  # the view path ran
+        if dtype == torch.float32:
+            torch.testing.assert_close(out.double(), ref64[0], **TOL)
+            torch.testing.assert_close(lse.double(), ref64[1], **TOL)
+        else:
+            naive = attention_reference(lq.detach(), lk.detach(), lv.detach(), mask=mask)
+            err = (out.double() - ref64[0]).abs().max()
+            assert err <= 2 * (naive.double() - ref64[0]).abs().max() + 1e-3
+            assert (lse.double() - ref64[1]).abs().max() <= 2e-2
+        out.float().sum().backward()
+        assert all(t.grad.dtype == dtype and bool(torch.isfinite(t.grad).all())
+                   for t in (lq, lk, lv))
+
+
+def test_low_precision_compute_dtype_choice(monkeypatch):
+    """float32/float64 compute in their own dtype; float16/bfloat16 in their own dtype or in
+    float32, forced or measured once per process (the answer is memoised)."""
+    assert FC.compute_dtype(torch.float32) == torch.float32
+    assert FC.compute_dtype(torch.float64) == torch.float64
+    monkeypatch.setattr(FC, "LOWP_COMPUTE", "float32")
+    assert FC.compute_dtype(torch.bfloat16) == torch.float32
+    monkeypatch.setattr(FC, "LOWP_COMPUTE", "native")
+    assert FC.compute_dtype(torch.float16) == torch.float16
+    monkeypatch.setattr(FC, "LOWP_COMPUTE", "auto")
+    monkeypatch.setattr(FC, "_LOWP_FAST", {})
+    first = FC.compute_dtype(torch.bfloat16)
+    assert first in (torch.bfloat16, torch.float32)
+    assert set(FC._LOWP_FAST) == {torch.bfloat16}
+    monkeypatch.setattr(FC, "_FLASH", None)  # measured once: not called again
+    assert FC.compute_dtype(torch.bfloat16) == first
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_nonfinite_probe_low_precision(dtype):
+    """The aminmax probe sees NaN and ±inf anywhere and never overflows on finite data."""
+    big = torch.full((4096,), 60000.0 if dtype == torch.float16 else 3e38).to(dtype)
+    assert not FC.inputs_nonfinite(big, big)  # a float16 sum would overflow to inf here
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for pos in (0, 2047, 4095):
+            t = torch.randn(4096).to(dtype)
+            t[pos] = bad
+            assert FC.inputs_nonfinite(torch.randn(3).to(dtype), t)
+
+
+def test_default_blocks_follow_the_mask_structure():
+    """Narrow sliding windows get small blocks (less waste in the partial blocks); wide
+    windows, causal and masks without a window keep 128 × 128."""
+    assert FC.default_blocks(M.sliding_window(512).window) == FC.NARROW_BLOCKS
+    assert FC.default_blocks(M.sliding_window(4096).window) == FC.BLOCKS
+    assert FC.default_blocks(M.causal().window) == FC.BLOCKS
+    assert FC.default_blocks(None) == FC.BLOCKS
+    q, k, v = rand_qkv(1, 2, 2, 300, 300, 16, grad=True)  # default blocks, exact
+    check_against_reference(block_sparse_attention, q, k, v, M.sliding_window(40))

@@ -33,6 +33,7 @@ from attnlab.ops.softmax import (
     flash_attention,
     merge,
 )
+from attnlab.ops.softmax import fused_calls as FC
 
 BACKENDS = ["reference", "flash", "block_sparse", "decode", "sdpa", "auto"]
 EXACT = (torch.float32, torch.float64)
@@ -139,8 +140,18 @@ def test_every_backend_equals_the_reference(case, backend, grad):
                        if with_lse else (attention(*t, backend=backend, **kw), None), q, k, v)
 
 
-KERNELS = ["flash", "block_sparse_fused", "block_sparse_tiled", "block_sparse_auto",
+KERNELS = ["flash", "block_sparse_fused", "block_sparse_fused32", "block_sparse_tiled",
+           "block_sparse_auto",
            "decode_matmul", "decode_torch", "decode_fused", "decode_numba", "decode_auto"]
+
+
+def _lowp_mode(mode: str, fn):
+    """Run `fn()` with the block-sparse fused path's low-precision compute mode forced."""
+    old, FC.LOWP_COMPUTE = FC.LOWP_COMPUTE, mode
+    try:
+        return fn()
+    finally:
+        FC.LOWP_COMPUTE = old
 
 
 def _kernel(name: str, case: Case, qb: int, kb: int, grad: bool):
@@ -150,10 +161,14 @@ def _kernel(name: str, case: Case, qb: int, kb: int, grad: bool):
         return lambda *t: flash_attention(*t, q_block=qb, kv_block=kb, return_lse=True, **kw)
     if name.startswith("block_sparse"):
         impl = name.split("_")[-1]
+        # the fused kernel computes float16/bfloat16 in their own dtype ("fused") or widened
+        # to float32 ("fused32", the path of CPUs that emulate them); "auto" lets it choose
+        mode = {"fused": "native", "fused32": "float32"}.get(impl, "auto")
+        impl = "fused" if impl == "fused32" else impl
         if impl == "fused" and (case.Dv != case.D or case.score_mod is not None):
             return None
-        return lambda *t: block_sparse_attention(*t, q_block=qb, kv_block=kb, impl=impl,
-                                                 return_lse=True, **kw)
+        return lambda *t: _lowp_mode(mode, lambda: block_sparse_attention(
+            *t, q_block=qb, kv_block=kb, impl=impl, return_lse=True, **kw))
     impl = name.split("_")[-1]
     if impl == "fused" and (case.Dv != case.D or grad):
         return None

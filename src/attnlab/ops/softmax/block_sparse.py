@@ -20,11 +20,14 @@ Two implementations, the same answer:
   Δ = rowsum(dO ∘ O) are global quantities, so per-run gradients simply add up).
   When the lse is used (dlse ≠ 0: merged partials, ring attention) the backward is the
   tiled engine's, which takes dlse. Requires Dv == D, no score_mod and float16/bfloat16/
-  float32 (the kernel keeps float32 statistics); otherwise "tiled" is used. Consecutive
-  query blocks whose run has the same length, the same offset and an identical mask
-  (every interior block of a sliding window) are stacked into ONE batched call, the
-  overlapping key ranges unfolded (bounded by BATCH_COPY_BYTES): under load on 2 cores,
-  a few large calls were 1.7–2.5× faster than one call per block (kernels.md). With a
+  float32 (the kernel keeps float32 statistics); otherwise "tiled" is used. float16/
+  bfloat16 compute in their own dtype where that is faster on this CPU than widening to
+  float32, else widened (`fused_calls.compute_dtype`: measured once per process).
+  Consecutive query blocks whose run has the same length, the same offset and an
+  identical mask (every interior block of a sliding window) are stacked into ONE batched
+  call that reads the overlapping key ranges as strided views of K and V (no copy;
+  `fused_calls`): under load on 2 cores, a few large calls were 1.7–2.5× faster than one
+  call per block (kernels.md). With a
   `Mask` and default positions the tile plan and the schedule (runs and their additive
   masks) are memoised by the mask's structure when small (`masks.memo`), so a layer's
   repeated calls — even with a mask built afresh each call — skip predicate evaluation.
@@ -32,9 +35,10 @@ Two implementations, the same answer:
   the exact non-finite rules), visiting only the non-empty blocks.
 
 Cost: O(B·Hq·D · Σ non-empty block areas) time; O(B·Hq·(Nq + Nk)·D) memory plus one
-(q_block × run length) tile. The fused path and q_block = 128 were chosen by measurement
-(window N=16384, W=512: 128-row calls beat 64, 256 and 512 rows and beat per-block
-matmul + softmax in torch; benchmarks/results/kernels_notes.md).
+(q_block × run length) tile. The fused path and its default blocks
+(`fused_calls.default_blocks`: 32 × 32 for sliding windows up to 1024 keys, else 128 × 128)
+were chosen by measurement (window N=16384, W=512 and 4096; causal;
+benchmarks/results/kernels_notes.md).
 """
 from __future__ import annotations
 
@@ -48,8 +52,22 @@ from ..._checks import check_positive_int
 from ...masks import EMPTY, FULL, PARTIAL, Mask, block_layout
 from ...masks.memo import memo_for
 from .backends import Backend, register_backend
-from .contract import Call, finish, nonfinite, validate
+from .contract import Call, finish, validate
 from .flash import degenerate
+from .fused_calls import (
+    BLOCKS,
+    batch_keys,
+    batch_rows,
+    compute_dtype,
+    default_blocks,
+    fix_empty,
+    inputs_nonfinite,
+    unbatch_rows,
+    unview_rows,
+    view_keys,
+    view_mask,
+    view_rows,
+)
 from .merge import merge_many
 from .reference import dense_mask
 from .tiles import TilePlan, TileSpec, make_tile_mask, recompute_function, run_tiles, tiled_backward
@@ -226,38 +244,6 @@ def _memo_schedule(plan, tile_mask, B, Hkv, G, D, dtype) -> Iterator[_Item]:
         store.put(key, kept, size)
 
 
-def _batch_rows(x, a: int, nb: int, n: int, B: int, Hkv: int, G: int):
-    """Rows [a, a + nb·n) of x (B, Hkv, G, N, ·) -> (nb·B, Hkv, G·n, ·), block-major."""
-    c = x.shape[-1]
-    y = x[:, :, :, a:a + nb * n].reshape(B, Hkv, G, nb, n, c)
-    return y.permute(3, 0, 1, 2, 4, 5).reshape(nb * B, Hkv, G * n, c)
-
-
-def _unbatch_rows(y, nb: int, n: int, B: int, Hkv: int, G: int):
-    """Inverse of `_batch_rows`: (nb·B, Hkv, G·n, ·) -> (B, Hkv, G, nb·n, ·)."""
-    c = y.shape[-1]
-    return y.reshape(nb, B, Hkv, G, n, c).permute(1, 2, 3, 0, 4, 5).reshape(B, Hkv, G, nb * n, c)
-
-
-def _batch_keys(x, r0: int, length: int, nb: int, n: int):
-    """Key ranges [r0 + i·n, r0 + i·n + length) of x (B, Hkv, Nk, D) -> (nb·B, Hkv, length, D)
-    (a view when nb == 1, else a copy of the overlapping ranges)."""
-    if nb == 1:
-        return x[:, :, r0:r0 + length]
-    B, Hkv, _, D = x.shape
-    u = x[:, :, r0:r0 + (nb - 1) * n + length].unfold(2, length, n)  # (B, Hkv, nb, D, length)
-    return u.permute(2, 0, 1, 4, 3).reshape(nb * B, Hkv, length, D)
-
-
-def _fix_empty(o, l, empty):
-    """The kernel reports lse = 0 on rows whose keys are all masked: make them -inf / 0."""
-    if empty is not None and bool(empty.any()):
-        e = empty.expand_as(l)
-        l = l.masked_fill(e, float("-inf"))
-        o = o.masked_fill(e.unsqueeze(-1), 0.0)
-    return o, l
-
-
 def _fused_forward(q, k, v, spec: TileSpec):
     B, Hq, Nq, D = q.shape
     Hkv = k.shape[1]
@@ -271,19 +257,29 @@ def _fused_forward(q, k, v, spec: TileSpec):
             out[:, :, q0:q1] = 0
     og, lg = out.view(B, Hkv, G, Nq, D), lse.view(B, Hkv, G, Nq, 1)
     qg = q.view(B, Hkv, G, Nq, D)
+    kf, vf = k.view(B * Hkv, k.shape[2], D), v.view(B * Hkv, v.shape[2], D)  # (B·Hkv, Nk, D)
     for it in _memo_schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
         nb, n, a = len(it.q0s), it.n, it.q0s[0]
-        qb = _batch_rows(qg, a, nb, n, B, Hkv, G)  # (nb·B, Hkv, G·n, D)
+        if nb == 1:  # (B, Hkv, G·n, D): the run's mask may differ per batch row
+            qb = batch_rows(qg, a, 1, n, B, Hkv, G)
+        else:  # (nb, B·Hkv, G·n, D): stacked blocks share one mask (`_joins`)
+            qb = view_rows(qg, a, nb, n, B, Hkv, G)
         outs, lses = [], []
         for r0, r1, add, empty in it.runs:
-            kb, vb = _batch_keys(k, r0, r1 - r0, nb, n), _batch_keys(v, r0, r1 - r0, nb, n)
+            if nb == 1:
+                kb, vb = k[:, :, r0:r1], v[:, :, r0:r1]
+            else:
+                kb, vb = view_keys(kf, r0, r1 - r0, nb, n), view_keys(vf, r0, r1 - r0, nb, n)
+                add = view_mask(add, B)
+                empty = view_mask(empty, B)
             o, l = _FLASH(qb, kb, vb, attn_mask=add, scale=scale)
-            o, l = _fix_empty(o, l.to(stat), empty)
+            o, l = fix_empty(o, l.to(stat), empty)
             outs.append(o)
             lses.append(l)
         o, l = merge_many(outs, lses)
-        og[:, :, :, a:a + nb * n] = _unbatch_rows(o, nb, n, B, Hkv, G)
-        lg[:, :, :, a:a + nb * n] = _unbatch_rows(l.unsqueeze(-1), nb, n, B, Hkv, G)
+        unb = unbatch_rows if nb == 1 else unview_rows
+        og[:, :, :, a:a + nb * n] = unb(o, nb, n, B, Hkv, G)
+        lg[:, :, :, a:a + nb * n] = unb(l.unsqueeze(-1), nb, n, B, Hkv, G)
     return out, lse.squeeze(-1)
 
 
@@ -307,22 +303,22 @@ def _fused_backward(do, dlse, q, k, v, out, lse, spec: TileSpec):
     lg = fold(lse_safe.unsqueeze(-1))
     for it in _memo_schedule(plan, tile_mask, B, Hkv, G, D, q.dtype):
         nb, n, a = len(it.q0s), it.n, it.q0s[0]
-        qb, dob, ob = (_batch_rows(x, a, nb, n, B, Hkv, G) for x in (qg, dog, og))
-        lb = _batch_rows(lg, a, nb, n, B, Hkv, G).squeeze(-1)
+        qb, dob, ob = (batch_rows(x, a, nb, n, B, Hkv, G) for x in (qg, dog, og))
+        lb = batch_rows(lg, a, nb, n, B, Hkv, G).squeeze(-1)
         dqb = torch.zeros_like(qb)
         for r0, r1, add, _ in it.runs:
             L = r1 - r0
             # P = exp(S − lse) and Δ = rowsum(dO ∘ O) use the merged out/lse: per-run
             # gradients are exact parts of the whole and simply add up
-            gq, gk, gv = _FLASH_BWD(dob, qb, _batch_keys(k, r0, L, nb, n),
-                                    _batch_keys(v, r0, L, nb, n), ob, lb, 0.0, False,
+            gq, gk, gv = _FLASH_BWD(dob, qb, batch_keys(k, r0, L, nb, n),
+                                    batch_keys(v, r0, L, nb, n), ob, lb, 0.0, False,
                                     attn_mask=add, scale=scale)
             dqb += gq
             gk, gv = gk.view(nb, B, Hkv, L, D), gv.view(nb, B, Hkv, L, D)
             for i in range(nb):  # overlapping key ranges: gradients add up
                 dk[:, :, r0 + i * n:r0 + i * n + L] += gk[i]
                 dv[:, :, r0 + i * n:r0 + i * n + L] += gv[i]
-        dqg[:, :, :, a:a + nb * n] = _unbatch_rows(dqb, nb, n, B, Hkv, G)
+        dqg[:, :, :, a:a + nb * n] = unbatch_rows(dqb, nb, n, B, Hkv, G)
     return dq, dk, dv
 
 
@@ -331,15 +327,28 @@ FusedBlockSparseFn = recompute_function(
     "Autograd for the fused path: saves q, k, v, out, lse; recomputes per run.")
 
 
-def block_sparse_run(call: Call, q_block: int = 128, kv_block: int = 128, impl: str = "auto"):
+def block_sparse_run(call: Call, q_block: int | None = None, kv_block: int | None = None,
+                     impl: str = "auto"):
     """`attention()`'s "block_sparse" backend on a validated call: (out, lse).
 
-    Non-finite inputs (docs/conventions.md §2): torch's fused tile computes P @ V over
-    masked slots too and returns 0 for a row whose scores are all NaN, so q, k and v are
-    probed first (one sum each, O((Nq + Nk)·D)); when any holds a NaN/inf the call runs on
-    the exact tiled engine over the same plan (EMPTY blocks are still never read)."""
+    Blocks default to `fused_calls.default_blocks`. Non-finite inputs (docs/conventions.md
+    §2): torch's fused tile computes P @ V over masked slots too and returns 0 for a row
+    whose scores are all NaN, so q, k and v are probed first (one pass each,
+    O((Nq + Nk)·D)); when any holds a NaN/inf the call runs on the exact tiled engine over
+    the same plan (EMPTY blocks are still never read)."""
     if call.Nq == 0 or call.Nk == 0:
         return degenerate(call)
+    cd = compute_dtype(call.q.dtype)
+    # torch's fused tile keeps float32 statistics even for float64 inputs: float64 runs on
+    # the tiled engine, which keeps float64 statistics and lse (conventions §1); so does a
+    # sink computed in float16/bfloat16: the fused tile's output is already rounded, and
+    # the sink's rescale would round it twice
+    lowp_sink = call.sink is not None and cd in (torch.float16, torch.bfloat16)
+    tiled = (impl == "tiled" or call.Dv != call.D or call.score_mod is not None or lowp_sink
+             or call.q.dtype == torch.float64 or inputs_nonfinite(call.q, call.k, call.v))
+    window = call.mask.window if isinstance(call.mask, Mask) else None
+    dq, dk = BLOCKS if tiled else default_blocks(window)
+    q_block, kv_block = q_block or dq, kv_block or dk
     B, Hq, Hkv, Nq, Nk, D = call.B, call.Hq, call.Hkv, call.Nq, call.Nk, call.D
     mask, q_pos, kv_pos = call.mask, call.q_pos, call.kv_pos
     store = None
@@ -353,26 +362,23 @@ def block_sparse_run(call: Call, q_block: int = 128, kv_block: int = 128, impl: 
         if store is not None:
             store.put(pkey, plan, 64 * sum(len(ks) + 1 for _, _, ks in plan.rows))
     tile_mask = make_tile_mask(mask, B, Hq, Nq, Nk, q_pos, kv_pos)
-    # torch's fused tile keeps float32 statistics even for float64 inputs: float64 runs on
-    # the tiled engine, which keeps float64 statistics and lse (conventions §1)
-    # a sink on float16/bfloat16 too: the fused tile's output is already rounded, and the
-    # sink's rescale would round it twice
-    lowp_sink = call.sink is not None and call.q.dtype in (torch.float16, torch.bfloat16)
-    if (impl == "tiled" or call.Dv != D or call.score_mod is not None or lowp_sink
-            or call.q.dtype == torch.float64 or nonfinite(call.q, call.k, call.v)):
+    if tiled:
         return run_tiles(call, plan, tile_mask)
     if store is not None:
         plan = replace(plan, memo=(store, prefix + ("fused schedule", B, Hq, Hkv, Nq, Nk, D,
-                                                    q_block, kv_block, call.q.dtype)))
+                                                    q_block, kv_block, cd)))
     spec = TileSpec(call.scale, plan, tile_mask, None, False)
-    qc, kc, vc = call.q.contiguous(), call.k.contiguous(), call.v.contiguous()
+    # widened to the compute dtype (a differentiable cast) and unit-stride; `finish`
+    # rounds the output to q's dtype once
+    qc, kc, vc = (t.to(cd).contiguous() for t in (call.q, call.k, call.v))
     if torch.is_grad_enabled() and (qc.requires_grad or kc.requires_grad or vc.requires_grad):
         return FusedBlockSparseFn.apply(qc, kc, vc, spec)
     return _fused_forward(qc, kc, vc, spec)
 
 
 def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None, score_mod=None,
-                           sink=None, q_block: int = 128, kv_block: int = 128,
+                           sink=None, q_block: int | None = None,
+                           kv_block: int | None = None,
                            impl: str = "auto", return_lse: bool = False, q_pos=None,
                            kv_pos=None, check_finite: bool = False):
     """Exact attention visiting only the mask's non-empty blocks; differentiable (also
@@ -389,8 +395,9 @@ def block_sparse_attention(q, k, v, *, mask=None, scale: float | None = None, sc
     call = validate(q, k, v, mask=mask, scale=scale, score_mod=score_mod, sink=sink,
                     return_lse=return_lse, q_pos=q_pos, kv_pos=kv_pos,
                     check_finite_values=check_finite)
-    check_positive_int("q_block", q_block)
-    check_positive_int("kv_block", kv_block)
+    for name, val in (("q_block", q_block), ("kv_block", kv_block)):
+        if val is not None:
+            check_positive_int(name, val)
     if impl not in IMPLS:
         raise ValueError(f"impl ({impl!r}) must be one of {IMPLS}")
     if impl == "fused" and (call.Dv != call.D or score_mod is not None):
