@@ -52,7 +52,7 @@ from ..._checks import check_positive_int
 from ...masks import EMPTY, FULL, PARTIAL, Mask, block_layout
 from ...masks.memo import memo_for
 from .backends import Backend, register_backend
-from .contract import Call, finish, validate
+from .contract import Call, finish, nonfinite, validate
 from .flash import degenerate
 from .fused_calls import (
     BLOCKS,
@@ -61,7 +61,6 @@ from .fused_calls import (
     compute_dtype,
     default_blocks,
     fix_empty,
-    inputs_nonfinite,
     unbatch_rows,
     unview_rows,
     view_keys,
@@ -345,7 +344,7 @@ def block_sparse_run(call: Call, q_block: int | None = None, kv_block: int | Non
     # the sink's rescale would round it twice
     lowp_sink = call.sink is not None and cd in (torch.float16, torch.bfloat16)
     tiled = (impl == "tiled" or call.Dv != call.D or call.score_mod is not None or lowp_sink
-             or call.q.dtype == torch.float64 or inputs_nonfinite(call.q, call.k, call.v))
+             or call.q.dtype == torch.float64 or nonfinite(call.q, call.k, call.v))
     window = call.mask.window if isinstance(call.mask, Mask) else None
     dq, dk = BLOCKS if tiled else default_blocks(window)
     q_block, kv_block = q_block or dq, kv_block or dk

@@ -15,8 +15,6 @@ import time
 
 import torch
 
-from .contract import nonfinite
-
 _FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
 
@@ -150,16 +148,3 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def inputs_nonfinite(*ts: torch.Tensor) -> bool:
-    """Whether any of q, k, v holds a NaN/inf. float16/bfloat16 use one `aminmax` pass
-    (min and max propagate NaN and show ±inf; no overflow, no float32 copy: the float32
-    sum of `contract.nonfinite` converts a bfloat16 tensor first, which took ~19% of a
-    bf16 window call); other dtypes use `contract.nonfinite`."""
-    low = [t for t in ts if t.dtype in (torch.float16, torch.bfloat16)]
-    rest = [t for t in ts if t.dtype not in (torch.float16, torch.bfloat16)]
-    for t in low:
-        if t.numel():
-            lo, hi = torch.aminmax(t.detach())
-            if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
-                return True
-    return nonfinite(*rest)
