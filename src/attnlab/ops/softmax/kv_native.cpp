@@ -277,8 +277,8 @@ struct Kernel {
 #ifndef KV_PFD
 #define KV_PFD 2
 #endif
-        // prefetch distance in blocks, into L2 (measured with 32-key blocks: 1 and 2 alike, 6
-        // slower; into L1 or
+        // prefetch distance in blocks, into L2 (measured: 1 and 2 alike, 6 slower; none,
+        // or spread over the block's score groups, alike at 128K contiguous; into L1 or
         // non-temporal slower than into L2)
         const int PFD = KV_PFD;
         // rows of the blocks ahead: block t's rows sit in ring[t % (PFD + 1)]; block t + PFD
