@@ -202,7 +202,7 @@ def bench_long(n: int, machine, repeats: int):
         if dtype == torch.float32:
             tp = time_fn(partial(paged_attention, qd, pools[0], pools[1], tab, lens),
                          max(2, repeats // 2)).median
-            peer += f"; paged_attention {nbytes / tp / 1e9:.1f} GB/s ({tp / t2:.1f}× the time)"
+            peer += f"paged_attention {nbytes / tp / 1e9:.1f} GB/s ({tp / t2:.1f}× the time)"
         rows.append(row(f"{name} paged (shuffled blocks)", t2, nbytes, ai, machine, peer))
         if dtype in (torch.float32, torch.bfloat16):  # the block size's share of the cost
             perm = torch.randperm(n // BS_LARGE, generator=gen)

@@ -195,10 +195,9 @@ def test_paged_table_entries_checked_only_where_used(impl):
         paged_decode(q, kp, vp, bad, lens, impl=impl)
 
 
-def test_work_items_equal_for_small_and_large_batches():
-    """Work items (a Python loop for ≤ 64 sequences, tensor ops above) against a plain
-    statement of the rule: each sequence's keys [start, len) cut at multiples of the chunk,
-    in order; no shrinking when threads = 0."""
+def test_work_items_follow_the_rule():
+    """Work items against a plain statement of the rule: each sequence's keys [start, len)
+    cut at multiples of the chunk, in order; no shrinking when threads = 0."""
     from attnlab.ops.softmax.kv_decode import _items
     g = gen(21)
     for B in (1, 5, 64, 65, 200):

@@ -58,7 +58,7 @@ def _kernel():
     import numpy as np
 
     # the block exp and the finishing step are shared with the every-dtype kernel
-    from .kv_numba import finish, vexp
+    from .kv_numba import dot4, finish, vexp
 
     @numba.njit(inline="always")
     def coords(item, Hkv, C, Bm, Hm):
@@ -71,7 +71,7 @@ def _kernel():
     def chunks4(q, k, v, keep, has_mask, scale, chunk, o_part, lse_part):
         # R == 4 path; same arguments as `chunks`. Row r's scores in s[r], its
         # accumulator in acc[r]; all 4 rows are updated from one read of each K/V row.
-        B, Hkv, _, D = q.shape  # R == 4
+        B, Hkv = q.shape[0], q.shape[1]  # R == 4
         Nk = k.shape[2]
         Dv = v.shape[3]
         C = o_part.shape[2]
@@ -94,21 +94,7 @@ def _kernel():
             for j0 in range(c0, c1, KEY_BLOCK):
                 nb = min(KEY_BLOCK, c1 - j0)
                 for jj in range(nb):  # 4 dot products from one pass over the key row
-                    kj = k[b, h, j0 + jj]
-                    t0 = np.float32(0.0)
-                    t1 = np.float32(0.0)
-                    t2 = np.float32(0.0)
-                    t3 = np.float32(0.0)
-                    for d in range(D):
-                        kd = kj[d]
-                        t0 += q0[d] * kd
-                        t1 += q1[d] * kd
-                        t2 += q2[d] * kd
-                        t3 += q3[d] * kd
-                    s[0, jj] = t0 * sc
-                    s[1, jj] = t1 * sc
-                    s[2, jj] = t2 * sc
-                    s[3, jj] = t3 * sc
+                    dot4(q0, q1, q2, q3, k[b, h, j0 + jj], sc, s, jj)
                 if has_mask:  # masked scores become −inf (a NaN key there is dropped)
                     for r in range(4):
                         kr = keep[bm, hm, r]

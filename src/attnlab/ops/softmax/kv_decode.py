@@ -131,30 +131,17 @@ def _items(lens, starts, chunk, hkv, threads):
     at most `chunk` keys each, boundaries at multiples of the chunk; the chunk shrinks
     (to 512) until the items fill the threads 8 times. (n, 3) int64, items of a sequence
     consecutive and in key order."""
-    if lens.shape[0] <= 64:  # small batches: a loop over Python ints beats ~12 tensor ops
-        ls, ss = lens.tolist(), starts.tolist()
-        total = sum(max(e - b, 0) for b, e in zip(ss, ls))
-        while chunk > 512 and hkv * -(-total // chunk) < 8 * threads:
-            chunk //= 2
-        out = []
-        for b, (j, e) in enumerate(zip(ss, ls)):
-            while j < e:
-                j1 = min((j // chunk + 1) * chunk, e)
-                out.append((b, j, j1))
-                j = j1
-        return torch.tensor(out, dtype=torch.int64).reshape(-1, 3)
-    span = (lens - starts).clamp(min=0)
-    total = int(span.sum())
+    ls, ss = lens.tolist(), starts.tolist()  # a loop over Python ints: no small tensor ops
+    total = sum(max(e - b, 0) for b, e in zip(ss, ls))
     while chunk > 512 and hkv * -(-total // chunk) < 8 * threads:
         chunk //= 2
-    first = starts // chunk
-    count = torch.where(span > 0, (lens - 1) // chunk - first + 1, 0)  # chunks touched
-    seq = torch.repeat_interleave(torch.arange(lens.shape[0]), count)  # (n,)
-    offset = torch.cumsum(count, 0) - count  # index of each sequence's first item
-    blk = first[seq] + torch.arange(seq.shape[0]) - offset[seq]
-    j0 = torch.maximum(blk * chunk, starts[seq])
-    j1 = torch.minimum((blk + 1) * chunk, lens[seq])
-    return torch.stack([seq, j0, j1], 1)
+    out = []
+    for b, (j, e) in enumerate(zip(ss, ls)):
+        while j < e:
+            j1 = min((j // chunk + 1) * chunk, e)
+            out.append((b, j, j1))
+            j = j1
+    return torch.tensor(out, dtype=torch.int64).reshape(-1, 3)
 
 
 def _torch_item(qb, kv: KVRows, b, j0, j1, lim0, nq, scale):

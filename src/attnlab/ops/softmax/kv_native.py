@@ -9,6 +9,8 @@ machine's ISA (`-march=native`) into `$ATTNLAB_CACHE_DIR` (default `~/.cache/att
 keyed by the source, the flags, the compiler and the CPU's feature flags, and loaded with
 ctypes: a 2–3 s build, once per machine. With no compiler, a failed build or
 `ATTNLAB_NATIVE=0`, `available()` is False and `kv_decode` uses numba or torch.
+`ATTNLAB_NATIVE_FLAGS` appends compiler flags (e.g. `-march=znver3` to test the AVX2 build
+on an AVX-512 machine; they enter the cache key).
 
 Shapes the kernel does not take (head dims not multiples of 16, int8 groups under 16
 channels) are refused with `run(...) is False`; the caller falls back.

@@ -154,30 +154,35 @@ def _load_rows(raw, sc, rows, nb, buf, bufi, ident):
 
 
 @numba.njit(inline="always", fastmath=FASTMATH)
+def dot4(q0, q1, q2, q3, kj, sc, s, jj):
+    """s[r, jj] = sc · (q_r · kj) for r < 4: the 4 dot products from one pass over the key
+    row (4 scalar accumulators, vectorised over d)."""
+    t0 = np.float32(0.0)
+    t1 = np.float32(0.0)
+    t2 = np.float32(0.0)
+    t3 = np.float32(0.0)
+    for d in range(kj.shape[0]):
+        kd = kj[d]
+        t0 += q0[d] * kd
+        t1 += q1[d] * kd
+        t2 += q2[d] * kd
+        t3 += q3[d] * kd
+    s[0, jj] = t0 * sc
+    s[1, jj] = t1 * sc
+    s[2, jj] = t2 * sc
+    s[3, jj] = t3 * sc
+
+
+@numba.njit(inline="always", fastmath=FASTMATH)
 def update4(qb, r0, kb, kix, vb, vix, nb, j, lim0, nq, sc, s, p, ib, fb, acc, m, l):
     """Online-softmax update of query rows r0..r0+3 with the key block (keys j..j+nb at
     rows kb[kix[i]], vb[vix[i]]). Row r sees keys below lim0 + (r mod nq) (bottom-right
     causal)."""
-    D = kb.shape[1]
     Dv = vb.shape[1]
     q0, q1, q2, q3 = qb[r0], qb[r0 + 1], qb[r0 + 2], qb[r0 + 3]
     a0, a1, a2, a3 = acc[r0], acc[r0 + 1], acc[r0 + 2], acc[r0 + 3]
-    for jj in range(nb):  # 4 dot products from one pass over the key row
-        kj = kb[kix[jj]]
-        t0 = np.float32(0.0)
-        t1 = np.float32(0.0)
-        t2 = np.float32(0.0)
-        t3 = np.float32(0.0)
-        for d in range(D):
-            kd = kj[d]
-            t0 += q0[d] * kd
-            t1 += q1[d] * kd
-            t2 += q2[d] * kd
-            t3 += q3[d] * kd
-        s[0, jj] = t0 * sc
-        s[1, jj] = t1 * sc
-        s[2, jj] = t2 * sc
-        s[3, jj] = t3 * sc
+    for jj in range(nb):
+        dot4(q0, q1, q2, q3, kb[kix[jj]], sc, s, jj)
     if j + nb > lim0:  # the causal tail: a key past a row's own position is masked
         for rr in range(4):
             lim = lim0 + (r0 + rr) % nq
